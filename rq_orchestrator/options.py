@@ -1,0 +1,200 @@
+"""Command-line options shared by `rq-orchestrator worker-pool` and `bench worker-pool`.
+
+One definition of every pool option and one validation, so both front ends
+accept the same input and reject bad input the same way: a one-line message
+naming the option, exit status 2, and nothing started.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import click
+
+from .config import (
+    DEFAULT_MAX_WORKERS,
+    DEFAULT_MIN_WORKERS,
+    DEFAULT_SCALING_PERIOD,
+    DEFAULT_THRESHOLD,
+    DEFAULT_WINDOW,
+    GroupSpec,
+    PoolConfig,
+)
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class BadInput(click.ClickException):
+    """Bad command-line input: one line on stderr, exit status 2."""
+
+    exit_code = 2
+
+
+class OneLineErrors(click.Command):
+    """A click command whose usage errors are one line, not usage + hint + error."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise BadInput(exc.format_message()) from None
+
+
+def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a click command with every option of the pool."""
+    options = [
+        click.option("--min-workers", type=int, default=None, show_default=f"{DEFAULT_MIN_WORKERS}",
+                     help="Fewest workers the pool keeps (0 scales to zero)."),
+        click.option("--max-workers", type=int, default=None, show_default=f"{DEFAULT_MAX_WORKERS}",
+                     help="Most workers the pool runs."),
+        click.option("--num-workers", "-n", type=int, default=None,
+                     help="A fixed pool of N workers (min = max = N); not with --min/--max-workers."),
+        click.option("--scaling-period", type=float, default=DEFAULT_SCALING_PERIOD, show_default=True,
+                     help="Seconds between scaling decisions (fractions allowed)."),
+        click.option("--utilization-threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
+                     help="Add a worker above this utilization, retire one below half of it; in (0, 1]."),
+        click.option("--utilization-window", type=float, default=DEFAULT_WINDOW, show_default=True,
+                     help="Seconds of history utilization is averaged over; at least the scaling period."),
+        click.option("--burst", is_flag=True, help="Workers exit when the queues are empty; the pool exits when all have."),
+        click.option("--preload", multiple=True, metavar="MODULE",
+                     help="Import MODULE in the master before forking, so workers share it (repeatable)."),
+        click.option("--worker-class", default="rq.Worker", show_default=True, help="RQ worker class (dotted path)."),
+        click.option("--job-class", default=None, help="RQ job class (dotted path)."),
+        click.option("--queue-class", default=None, help="RQ queue class (dotted path)."),
+        click.option("--serializer", default=None, help="RQ serializer (dotted path), e.g. rq.serializers.JSONSerializer."),
+        click.option("--with-scheduler/--without-scheduler", default=True, show_default=True,
+                     help="Run RQ's scheduler (enqueue_at/enqueue_in, retry intervals) once, in the master."),
+        click.option("--name", default="", help="Pool name in worker names and status (default: from the queues)."),
+        click.option("--logging-level", default="INFO", show_default=True, help="Level of the pool's and workers' logs."),
+        click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors (same as --logging-level WARNING)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def resolve_bounds(min_workers: int | None, max_workers: int | None, num_workers: int | None) -> tuple[int, int]:
+    """Turn the three count options into (min, max), or raise BadInput."""
+    if num_workers is not None:
+        if min_workers is not None or max_workers is not None:
+            raise BadInput("--num-workers fixes the pool size: do not combine it with --min-workers/--max-workers")
+        if num_workers < 1:
+            raise BadInput(f"--num-workers must be at least 1, got {num_workers}")
+        return num_workers, num_workers
+    if min_workers is not None and min_workers < 0:
+        raise BadInput(f"--min-workers must be 0 or more, got {min_workers}")
+    if max_workers is not None and max_workers < 1:
+        raise BadInput(f"--max-workers must be at least 1, got {max_workers}")
+    if min_workers is not None and max_workers is not None and min_workers > max_workers:
+        raise BadInput(f"--min-workers ({min_workers}) is greater than --max-workers ({max_workers})")
+    # A bound given alone moves the other default out of its way.
+    low = min_workers if min_workers is not None else min(DEFAULT_MIN_WORKERS, max_workers or DEFAULT_MIN_WORKERS)
+    high = max_workers if max_workers is not None else max(DEFAULT_MAX_WORKERS, low)
+    return low, high
+
+
+def check_timing(threshold: float, period: float, window: float) -> None:
+    if not 0 < threshold <= 1:
+        raise BadInput(f"--utilization-threshold must be in (0, 1], got {threshold}")
+    if not period > 0:
+        raise BadInput(f"--scaling-period must be greater than 0, got {period}")
+    if not window >= period:
+        raise BadInput(f"--utilization-window ({window}) must be at least --scaling-period ({period})")
+
+
+def import_object(path: str, option: str) -> Any:
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        raise BadInput(f"{option}: {path!r} is not a dotted path (module.Name)")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+    except Exception as exc:  # noqa: BLE001 - any failure to import is the user's input
+        raise BadInput(f"{option}: cannot import {path}: {type(exc).__name__}: {exc}") from None
+
+
+def import_class(path: str, option: str, base: type) -> type:
+    obj = import_object(path, option)
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        raise BadInput(f"{option}: {path} is not a subclass of {base.__module__}.{base.__qualname__}")
+    return obj
+
+
+def preload(modules: Iterable[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001
+            raise BadInput(f"--preload: cannot import {name}: {type(exc).__name__}: {exc}") from None
+
+
+def check_queues(queues: Iterable[str], option: str = "QUEUES") -> tuple[str, ...]:
+    names = tuple(q.strip() for q in queues)
+    if not names or any(not q for q in names):
+        raise BadInput(f"{option}: empty queue name")
+    if len(set(names)) != len(names):
+        raise BadInput(f"{option}: a queue is named twice in {','.join(names)}")
+    return names
+
+
+def logging_level(level: str, quiet: bool) -> str:
+    if quiet:
+        return "WARNING"
+    if level.upper() not in LOG_LEVELS:
+        raise BadInput(f"--logging-level must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return level.upper()
+
+
+def build_config(queues: Iterable[str], opts: dict[str, Any]) -> PoolConfig:
+    """Validate the pool options, import what they name, and return the pool's config.
+
+    Preloaded modules are imported here, in the master, before any fork.
+    """
+    from rq.job import Job
+    from rq.queue import Queue
+    from rq.serializers import resolve_serializer
+    from rq.worker import BaseWorker
+
+    low, high = resolve_bounds(opts["min_workers"], opts["max_workers"], opts["num_workers"])
+    check_timing(opts["utilization_threshold"], opts["scaling_period"], opts["utilization_window"])
+    level = logging_level(opts["logging_level"], opts["quiet"])
+    names = check_queues(queues)
+    preload(opts["preload"])
+    worker_kwargs: dict[str, Any] = {}
+    worker_class = import_class(opts["worker_class"], "--worker-class", BaseWorker)
+    if opts["job_class"]:
+        worker_kwargs["job_class"] = import_class(opts["job_class"], "--job-class", Job)
+    if opts["queue_class"]:
+        worker_kwargs["queue_class"] = import_class(opts["queue_class"], "--queue-class", Queue)
+    if opts["serializer"]:
+        import_object(opts["serializer"], "--serializer")
+        try:
+            resolve_serializer(opts["serializer"])
+        except Exception as exc:  # noqa: BLE001
+            raise BadInput(f"--serializer: {opts['serializer']} is not a serializer: {exc}") from None
+        worker_kwargs["serializer"] = opts["serializer"]
+    return PoolConfig(
+        groups=(GroupSpec(names, low, high),),
+        utilization_threshold=opts["utilization_threshold"],
+        scaling_period=opts["scaling_period"],
+        utilization_window=opts["utilization_window"],
+        burst=opts["burst"],
+        worker_class=worker_class,
+        worker_kwargs=worker_kwargs,
+        logging_level=level,
+        name=opts["name"],
+        with_scheduler=opts["with_scheduler"],
+    )
+
+
+def setup_logging(level: str) -> None:
+    logger = logging.getLogger("rq_orchestrator")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False

@@ -1,0 +1,402 @@
+"""The master: forks workers, reaps them, and resizes each group every period.
+
+Shaped after gunicorn's arbiter: one thread, a loop woken by a self-pipe when
+a signal arrives (so dead children are reaped at once, not on a poll) and by
+the workers' event pipe; signals are queued by tiny handlers and handled in
+the loop, never inside the handler.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import selectors
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import NoReturn
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from .config import PoolConfig, hostname
+from .connection import fresh_copy
+from .events import BUSY, IDLE, READY, EventReader
+from .group import WorkerGroup, WorkerRecord
+from .scaling import Action, ScalingPolicy, ScalingSettings
+from .state import StatePublisher
+from .worker_process import WorkerLaunch, run_worker, set_process_title
+
+log = logging.getLogger("rq_orchestrator")
+
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGCHLD,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+)
+LOOP_SECONDS = 1.0  # the longest the master sleeps: housekeeping runs at least this often
+CRASH_BACKOFF_MAX = 10.0
+
+
+class PoolError(RuntimeError):
+    """The pool cannot go on (e.g. workers fail at start-up)."""
+
+
+class Pool:
+    def __init__(self, config: PoolConfig, connection: Redis, clock: Callable[[], float] = time.monotonic) -> None:
+        import rq
+
+        self.config = config
+        self.connection = connection
+        self.clock = clock
+        self.worker_class = config.worker_class or rq.Worker
+        self.host = hostname()
+        self.pid = os.getpid()
+        now = clock()
+        self.groups = [
+            WorkerGroup(
+                name=spec.name,
+                queues=spec.queues,
+                policy=ScalingPolicy(
+                    ScalingSettings(spec.min_workers, spec.max_workers, config.utilization_threshold)
+                ),
+                window=config.utilization_window,
+                now=now,
+            )
+            for spec in config.groups
+        ]
+        self._owner: dict[int, WorkerGroup] = {}
+        self._signals: list[int] = []
+        self._stopping = False
+        self._draining = False  # burst mode: a worker found the queues empty
+        self._exit_status = 0
+        self._next_tick = now + config.scaling_period
+        self._respawn_at = 0.0
+        self._crashes = 0
+        self._last_crash = 0.0
+        self._boot_failures = 0
+        self._redis_down_since: float | None = None
+        self._selector = selectors.DefaultSelector()
+        self._wake_r = self._wake_w = self._events_r = self._events_w = -1
+        self._events: EventReader | None = None
+        self.state = StatePublisher(self, connection)
+
+    # -- lifecycle --------------------------------------------------------
+    def run(self) -> int:
+        """Run until stopped; returns the exit status for the process."""
+        self._setup()
+        try:
+            self._loop()
+        except PoolError as exc:
+            log.error("%s", exc)
+            self._exit_status = 1
+            self._stop_children(signal.SIGTERM)
+        finally:
+            self._teardown()
+        return self._exit_status
+
+    def _setup(self) -> None:
+        set_process_title(f"rq-orchestrator: master {self.config.pool_name} [{','.join(self.config.all_queues)}]")
+        self._wake_r, self._wake_w = _nonblocking_pipe()
+        self._events_r, self._events_w = os.pipe()
+        os.set_blocking(self._events_r, False)
+        self._events = EventReader(self._events_r)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._selector.register(self._events_r, selectors.EVENT_READ)
+        signal.set_wakeup_fd(self._wake_w)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, self._queue_signal)
+        # Everything imported so far is shared with the children copy-on-write;
+        # freezing keeps the collector from touching (and so copying) those pages.
+        gc.collect()
+        gc.freeze()
+        log.info(
+            "pool %s started: pid %d, queues %s, %s",
+            self.config.pool_name,
+            self.pid,
+            ",".join(self.config.all_queues),
+            ", ".join(f"{g.name} {g.policy.settings.min_workers}-{g.policy.settings.max_workers}" for g in self.groups),
+        )
+
+    def _teardown(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        self.state.remove()
+        for fd in (self._wake_r, self._wake_w, self._events_r, self._events_w):
+            if fd >= 0:
+                os.close(fd)
+        self._selector.close()
+
+    def _loop(self) -> None:
+        self._spawn_missing()
+        while True:
+            self._sleep()
+            self._handle_signals()
+            self._read_events()
+            self._reap()
+            if self._stopping:
+                if not self._owner:
+                    log.info("pool %s stopped: all workers have exited", self.config.pool_name)
+                    return
+                continue
+            if self.config.burst and self._draining and not self._owner:
+                log.info("pool %s: burst done, all workers have exited", self.config.pool_name)
+                return
+            now = self.clock()
+            if now >= self._next_tick:
+                self._next_tick = now + self.config.scaling_period
+                self._tick(now)
+            self._spawn_missing()
+            self.state.publish_if_due(self.clock())
+
+    def _sleep(self) -> None:
+        timeout = max(min(self._next_tick - self.clock(), LOOP_SECONDS), 0.0)
+        for key, _ in self._selector.select(timeout):
+            if key.fd == self._wake_r:
+                _drain(self._wake_r)
+
+    # -- signals ----------------------------------------------------------
+    def _queue_signal(self, signum: int, frame: object) -> None:
+        self._signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self._request_stop(cold=self._stopping)
+            elif signum == signal.SIGQUIT:
+                self._request_stop(cold=True)
+            elif signum in (signal.SIGTTIN, signal.SIGTTOU):
+                self._resize(+1 if signum == signal.SIGTTIN else -1)
+            elif signum == signal.SIGHUP:
+                log.info("SIGHUP: nothing to reload yet")
+
+    def _request_stop(self, cold: bool) -> None:
+        if cold:
+            log.warning("cold stop: killing the jobs of %d workers", len(self._owner))
+            self._stop_children(signal.SIGQUIT)
+        else:
+            log.info("warm stop: waiting for %d workers to finish their jobs", len(self._owner))
+            self._stop_children(signal.SIGTERM)
+        self._stopping = True
+
+    def _stop_children(self, signum: int) -> None:
+        for pid in list(self._owner):
+            _kill(pid, signum)
+
+    def _resize(self, delta: int) -> None:
+        for group in self.groups:
+            s = group.policy.settings
+            new_min, new_max = max(s.min_workers + delta, 0), max(s.max_workers + delta, 1)
+            if new_min > new_max:
+                new_min = new_max
+            group.resize_bounds(new_min, new_max)
+            target = min(max(len(group.active) + delta, new_min), new_max)
+            log.info("resize %s: bounds %d-%d, target %d", group.name, new_min, new_max, target)
+            self._set_target(group, target)
+
+    def _set_target(self, group: WorkerGroup, target: int) -> None:
+        surplus = len(group.active) - target
+        group.target = target
+        if surplus > 0:
+            idle = sorted(group.idle, key=lambda w: w.slot, reverse=True)[:surplus]
+            for worker in idle:
+                self._retire(group, worker)
+
+    # -- workers ----------------------------------------------------------
+    def _spawn_missing(self) -> None:
+        if self._stopping or (self.config.burst and self._draining):
+            return
+        if self.clock() < self._respawn_at:
+            return
+        for group in self.groups:
+            for _ in range(group.deficit):
+                self._spawn(group)
+
+    def _spawn(self, group: WorkerGroup) -> None:
+        threads = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        if threads:
+            raise PoolError(f"refusing to fork while threads run in the master: {', '.join(threads)}")
+        slot = group.free_slot()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            self._become_worker(group, slot)
+        group.worker_born(pid, slot, self.clock(), self.worker_name(group, slot, pid))
+        self._owner[pid] = group
+        self.state.mark_dirty()
+
+    def worker_name(self, group: WorkerGroup, slot: int, pid: int) -> str:
+        prefix = self.config.pool_name if len(self.groups) == 1 else f"{self.config.pool_name}.{group.name}"
+        return f"{self.host}.{prefix}.w{slot}.{pid}"
+
+    def _become_worker(self, group: WorkerGroup, slot: int) -> NoReturn:
+        status = 1
+        try:
+            self._forget_master_state()
+            launch = WorkerLaunch(
+                name=self.worker_name(group, slot, os.getpid()),
+                queues=group.queues,
+                worker_class=self.worker_class,
+                worker_kwargs=self.config.worker_kwargs,
+                burst=self.config.burst,
+                logging_level=self.config.logging_level,
+                events_fd=self._events_w,
+                master_pid=self.pid,
+            )
+            status = run_worker(launch, fresh_copy(self.connection))
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+
+    def _forget_master_state(self) -> None:
+        """In a fresh child: drop the master's signal handling and its private fds."""
+        signal.set_wakeup_fd(-1)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._selector.close()
+        for fd in (self._wake_r, self._wake_w, self._events_r):
+            os.close(fd)
+
+    def _retire(self, group: WorkerGroup, worker: WorkerRecord) -> None:
+        group.mark_retiring(worker.key)
+        _kill(int(worker.key), signal.SIGTERM)
+        self.state.mark_dirty()
+
+    def _read_events(self) -> None:
+        assert self._events is not None
+        for event in self._events.read():
+            group = self._owner.get(event.pid)
+            if group is None:
+                continue
+            if event.kind == BUSY:
+                group.job_started(event.pid, event.job_id or "", event.at)
+            elif event.kind == IDLE:
+                group.job_ended(event.pid, event.at)
+            elif event.kind == READY:
+                group.worker_ready(event.pid)
+                self._boot_failures = 0
+            self.state.mark_dirty()
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            group = self._owner.pop(pid, None)
+            if group is not None:
+                self._worker_exited(group, pid, os.waitstatus_to_exitcode(status))
+
+    def _worker_exited(self, group: WorkerGroup, pid: int, code: int) -> None:
+        record = group.worker_exited(pid, self.clock())
+        self.state.mark_dirty()
+        if record is None or self._stopping or record.retiring:
+            log.debug("worker %s exited (%s)", record.name if record else pid, _describe_exit(code))
+            return
+        if self.config.burst and code == 0:
+            self._draining = True
+            group.target = max(group.target - 1, 0)
+            log.info("worker %s found its queues empty and exited (burst)", record.name)
+            return
+        log.warning("worker %s exited unexpectedly (%s)%s", record.name, _describe_exit(code),
+                    f" while running job {record.job_id}" if record.job_id else "")
+        if not record.ready:
+            self._boot_failures += 1
+            if self._boot_failures >= self.config.max_boot_failures:
+                raise PoolError(
+                    f"workers fail at start-up: {self._boot_failures} in a row exited before taking a job "
+                    f"({_describe_exit(code)}); see the worker errors above"
+                )
+        self._back_off()
+
+    def _back_off(self) -> None:
+        """Replace crashed workers, but slow down when they keep crashing."""
+        now = self.clock()
+        self._crashes = self._crashes + 1 if now - self._last_crash < 60 else 1
+        self._last_crash = now
+        delay = min(0.1 * 2 ** (self._crashes - 1), CRASH_BACKOFF_MAX) if self._crashes > 1 else 0.0
+        self._respawn_at = now + delay
+
+    # -- scaling ----------------------------------------------------------
+    def _tick(self, now: float) -> None:
+        queued = self._queued_jobs()
+        if queued is None:
+            return
+        for group in self.groups:
+            workers = len(group.active)
+            plan = group.tick(now, queued.get(group.name, 0))
+            d = plan.decision
+            log.log(
+                logging.INFO if d.action is not Action.HOLD else logging.DEBUG,
+                "scale group=%s workers=%d utilization=%.2f decision=%s target=%d reason=%s",
+                group.name, workers, group.ledger.utilization(now, workers), d.action.value, d.target, d.reason,
+            )
+            for key in plan.retire:
+                _kill(int(key), signal.SIGTERM)
+        self.state.record_tick(now)
+
+    def _queued_jobs(self) -> dict[str, int] | None:
+        """Jobs waiting in each group's queues, or None while Redis is unreachable."""
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for group in self.groups:
+                    for queue in group.queues:
+                        pipe.llen(f"rq:queue:{queue}")
+                lengths = iter(pipe.execute())
+        except RedisError as exc:
+            if self._redis_down_since is None:
+                self._redis_down_since = self.clock()
+                log.error("Redis unreachable (%s): no scaling decisions until it is back", exc)
+            return None
+        if self._redis_down_since is not None:
+            log.info("Redis is back after %.0f s", self.clock() - self._redis_down_since)
+            self._redis_down_since = None
+        return {g.name: sum(next(lengths) for _ in g.queues) for g in self.groups}
+
+
+def _nonblocking_pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    return r, w
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"

@@ -1,0 +1,173 @@
+"""What runs inside a forked worker.
+
+``pool_worker_class`` wraps any RQ worker class (``rq.Worker``, Frappe's, a
+user's) in a subclass that:
+
+* reports busy/idle to the master through the event pipe (exact utilization);
+* never loses a job to a stop request: rq raises ``StopRequested`` from its
+  signal handler when the worker looks idle, which can land after BLPOP popped
+  a job but before the worker marks itself busy. Here a stop only sets a flag,
+  and the idle wait is cut into short polls that check it;
+* starts no pubsub thread, so no thread is alive when the worker forks the
+  process that runs a job (the cause of Frappe's pool deadlocks);
+* stops when the master dies (parent-death signal, plus a parent-pid check in
+  every poll), after finishing the job it is running.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .events import BUSY, IDLE, READY, EventWriter
+
+PR_SET_PDEATHSIG = 1
+POLL_SECONDS = 1  # longest an idle worker waits before re-checking for a stop
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """Ask Linux to send ``signum`` when our parent dies (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PoolWorkerMixin:
+    """Behaviour every pool worker gets on top of its RQ worker class."""
+
+    pool_events: EventWriter | None = None
+    pool_master_pid: int = 0
+    _pool_stop_at: float = 0.0
+
+    # -- job accounting ---------------------------------------------------
+    def execute_job(self, job: Any, queue: Any) -> Any:
+        self._pool_send(BUSY, job.id)
+        try:
+            return super().execute_job(job, queue)  # type: ignore[misc]
+        finally:
+            self._pool_send(IDLE, job.id)
+
+    def register_birth(self) -> None:
+        super().register_birth()  # type: ignore[misc]
+        self._pool_send(READY)
+
+    # -- waiting for jobs without losing one ------------------------------
+    @property
+    def dequeue_timeout(self) -> int:
+        return POLL_SECONDS
+
+    def dequeue_job_and_maintain_ttl(self, timeout: Any, max_idle_time: Any = None) -> Any:
+        if timeout is None:  # burst mode: one non-blocking look, as rq does
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)  # type: ignore[misc]
+        while not self._stop_requested and not self.pool_orphaned():  # type: ignore[attr-defined]
+            # max_idle_time makes rq return None after one empty poll, so the
+            # stop flag is checked between polls and never while a job is in hand.
+            result = super().dequeue_job_and_maintain_ttl(POLL_SECONDS, POLL_SECONDS)  # type: ignore[misc]
+            if result is not None:
+                return result
+        self._stop_requested = True
+        return None
+
+    def pool_orphaned(self) -> bool:
+        return bool(self.pool_master_pid) and os.getppid() != self.pool_master_pid
+
+    # -- stopping ---------------------------------------------------------
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """Warm stop: finish the job in hand (if any), then exit. Never raises."""
+        self._pool_stop_at = time.monotonic()
+        signal.signal(signal.SIGINT, self.request_force_stop)
+        signal.signal(signal.SIGTERM, self.request_force_stop)
+        self.handle_warm_shutdown_request()  # type: ignore[attr-defined]
+        self._stop_requested = True
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """Cold stop: kill the running job and exit, as rq does.
+
+        A terminal's Ctrl+C reaches the worker and the master at once, and the
+        master then forwards a stop: a second TERM/INT within a second of the
+        first is that same request, not an escalation.
+        """
+        if signum in (signal.SIGINT, signal.SIGTERM) and time.monotonic() - self._pool_stop_at < 1.0:
+            return
+        self.log.warning("Worker %s: cold shut down", self.name)  # type: ignore[attr-defined]
+        if getattr(self, "horse_pid", 0):
+            self.kill_horse()  # type: ignore[attr-defined]
+            self.wait_for_horse()  # type: ignore[attr-defined]
+        raise SystemExit(1)
+
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()  # type: ignore[misc]
+        signal.signal(signal.SIGQUIT, self.request_force_stop)
+
+    def setup_work_horse_signals(self) -> None:
+        super().setup_work_horse_signals()  # type: ignore[misc]
+        # The job process dies with its worker, so the master can settle the
+        # job of a worker that was killed without a job still writing to it.
+        set_parent_death_signal(signal.SIGKILL)
+
+    # -- no pubsub thread -------------------------------------------------
+    def subscribe(self) -> None:
+        self.pubsub = None
+        self.pubsub_thread = None
+
+    def unsubscribe(self) -> None:
+        pass
+
+    def _pool_send(self, kind: str, job_id: str | None = None) -> None:
+        if self.pool_events is not None:
+            self.pool_events.send(kind, job_id)
+
+
+_wrapped: dict[type, type] = {}
+
+
+def pool_worker_class(worker_class: type) -> type:
+    """The pool's subclass of ``worker_class`` (one per class, cached)."""
+    if worker_class not in _wrapped:
+        _wrapped[worker_class] = type(worker_class.__name__, (PoolWorkerMixin, worker_class), {})
+    return _wrapped[worker_class]
+
+
+@dataclass(frozen=True)
+class WorkerLaunch:
+    """Everything a child needs to become a worker."""
+
+    name: str
+    queues: tuple[str, ...]
+    worker_class: type
+    worker_kwargs: dict[str, Any]
+    burst: bool
+    logging_level: str
+    events_fd: int
+    master_pid: int
+
+
+def run_worker(launch: WorkerLaunch, connection: Any) -> int:
+    """Body of a forked child: become an RQ worker and work until told to stop."""
+    set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != launch.master_pid:  # the master died before prctl took effect
+        return 0
+    set_process_title(f"rq-orchestrator: worker {launch.name} [{','.join(launch.queues)}]")
+    cls = pool_worker_class(launch.worker_class)
+    worker = cls(list(launch.queues), name=launch.name, connection=connection, **launch.worker_kwargs)
+    worker.pool_events = EventWriter(launch.events_fd)
+    worker.pool_master_pid = launch.master_pid
+    worker.work(burst=launch.burst, logging_level=launch.logging_level, with_scheduler=False)
+    return 0
+
+
+def set_process_title(title: str) -> None:
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)

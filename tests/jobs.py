@@ -1,0 +1,27 @@
+"""Jobs the tests enqueue. Each records its run in Redis so tests can count runs."""
+
+import os
+import time
+
+from rq import get_current_job
+
+
+def _record(name: str) -> None:
+    job = get_current_job()
+    job.connection.hincrby("test:runs", job.id, 1)
+    job.connection.rpush("test:order", f"{name}:{job.id}:{os.getpid()}")
+
+
+def sleep(seconds: float = 0.1) -> str:
+    time.sleep(seconds)
+    _record("sleep")
+    return "slept"
+
+
+def noop() -> None:
+    _record("noop")
+
+
+def crash_worker() -> None:
+    os.kill(os.getppid(), 9)
+    time.sleep(5)
