@@ -1,0 +1,148 @@
+"""The pool end to end: real master, real forked workers, real Redis, short periods."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import psutil
+import pytest
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+from conftest import run_counts
+
+FAST = ("--scaling-period", "0.2", "--utilization-window", "1")
+
+
+def finished(jobs: list[Job]) -> bool:
+    return all(job.get_status(refresh=True) == JobStatus.FINISHED for job in jobs)
+
+
+def pool_processes(pool_name: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if f".{pool_name}.w" in cmdline or f"master {pool_name} " in cmdline:
+            found.append(proc)
+    return found
+
+
+def test_scales_up_under_load_and_back_to_min(start_pool, redis):
+    pool = start_pool("--min-workers", "1", "--max-workers", "4", *FAST)
+    pool.wait_until(lambda: pool.active_workers() == 1, 15, "the first worker")
+    queue = Queue(connection=redis)
+    jobs = [queue.enqueue("jobs.sleep", 0.2) for _ in range(60)]
+    seen = []
+
+    def grown() -> bool:
+        seen.append(pool.active_workers())
+        return seen[-1] >= 3
+
+    pool.wait_until(grown, 20, "the pool to grow to 3 workers")
+    pool.wait_until(lambda: finished(jobs), 30, "all jobs to finish")
+
+    def back_to_min() -> bool:
+        seen.append(pool.active_workers())
+        return seen[-1] == 1 and len(pool.workers()) == 1
+
+    pool.wait_until(back_to_min, 20, "the pool to shrink back to 1 worker")
+    assert max(seen) <= 4 and min(seen) >= 1
+    assert set(run_counts(redis).values()) == {1} and len(run_counts(redis)) == 60
+    assert "decision=up" in pool.output() and "decision=down" in pool.output()
+
+
+def test_every_job_runs_exactly_once_while_the_pool_churns(start_pool, redis):
+    """Scale-downs every fraction of a second must never drop or interrupt a job."""
+    pool = start_pool("--min-workers", "1", "--max-workers", "5", "--scaling-period", "0.1",
+                      "--utilization-window", "0.3")
+    pool.wait_until(lambda: pool.active_workers() == 1, 15, "the first worker")
+    queue = Queue(connection=redis)
+    rng = random.Random(7)
+    jobs = []
+    for _ in range(8):  # bursts and lulls, so the pool grows and shrinks repeatedly
+        jobs += [queue.enqueue("jobs.sleep", rng.uniform(0, 0.08)) for _ in range(rng.randint(5, 30))]
+        time.sleep(rng.uniform(0.3, 0.9))
+    pool.wait_until(lambda: finished(jobs), 60, "all jobs to finish")
+    counts = run_counts(redis)
+    assert len(counts) == len(jobs) and set(counts.values()) == {1}
+    assert FailedJobRegistry(queue=queue).count == 0
+    assert StartedJobRegistry(queue=queue).count == 0
+    assert pool.output().count("decision=down") >= 2
+
+
+def test_replaces_a_killed_worker(start_pool):
+    pool = start_pool("--num-workers", "2", *FAST)
+    pids = pool.wait_until(lambda: len(pool.ready_pids()) == 2 and pool.ready_pids(), 15, "two ready workers")
+    os.kill(pids[0], signal.SIGKILL)
+    pool.wait_until(
+        lambda: len(pool.ready_pids()) == 2 and pids[0] not in pool.ready_pids(), 15, "a replacement worker"
+    )
+    assert "exited unexpectedly (killed by SIGKILL)" in pool.output()
+
+
+def test_sigterm_lets_the_running_job_finish(start_pool, redis):
+    pool = start_pool("--num-workers", "1", "--name", "termtest", *FAST)
+    job = Queue(connection=redis).enqueue("jobs.sleep", 1.5)
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 15, "the job to start")
+    pool.send(signal.SIGTERM)
+    assert pool.wait(15) == 0
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+    assert run_counts(redis) == {job.id: 1}
+    assert pool_processes("termtest") == []
+
+
+def test_second_sigterm_is_a_cold_stop(start_pool, redis):
+    pool = start_pool("--num-workers", "1", "--name", "coldtest", *FAST)
+    job = Queue(connection=redis).enqueue("jobs.sleep", 60)
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 15, "the job to start")
+    pool.send(signal.SIGTERM)
+    time.sleep(1.5)  # a repeat within a second is the same request (terminal + master), not an escalation
+    started = time.monotonic()
+    pool.send(signal.SIGTERM)
+    pool.wait(10)
+    assert time.monotonic() - started < 5
+    assert job.get_status(refresh=True) != JobStatus.FINISHED
+    assert run_counts(redis) == {}
+    assert pool_processes("coldtest") == []
+
+
+def test_burst_mode_exits_when_the_queues_are_empty(start_pool, redis):
+    queue = Queue("burst", connection=redis)
+    jobs = [queue.enqueue("jobs.noop") for _ in range(20)]
+    pool = start_pool("burst", "--min-workers", "2", "--max-workers", "3", "--burst", *FAST)
+    assert pool.wait(30) == 0
+    assert finished(jobs)
+    assert len(run_counts(redis)) == 20
+
+
+def test_queue_priority_order_is_kept(start_pool, redis):
+    low, high = Queue("low", connection=redis), Queue("high", connection=redis)
+    low_jobs = [low.enqueue("jobs.noop") for _ in range(5)]
+    high_jobs = [high.enqueue("jobs.noop") for _ in range(5)]
+    pool = start_pool("high", "low", "--num-workers", "1", "--burst")
+    assert pool.wait(30) == 0
+    order = [entry.decode().split(":")[1] for entry in redis.lrange("test:order", 0, -1)]
+    assert order == [j.id for j in high_jobs] + [j.id for j in low_jobs]
+
+
+@pytest.mark.parametrize("worker_class", ["rq.SimpleWorker", "rq.Worker"])
+def test_worker_classes_run_jobs(start_pool, redis, worker_class):
+    jobs = [Queue(connection=redis).enqueue("jobs.noop") for _ in range(5)]
+    pool = start_pool("--num-workers", "2", "--burst", "--worker-class", worker_class)
+    assert pool.wait(30) == 0
+    assert finished(jobs)
+
+
+def test_workers_are_registered_with_readable_names(start_pool, redis):
+    from rq import Worker
+
+    pool = start_pool("--num-workers", "2", "--name", "names", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two ready workers")
+    names = sorted(w.name for w in Worker.all(connection=redis))
+    assert len(names) == 2
+    assert all(".names.w" in name for name in names)
+    assert {name.split(".names.")[1].split(".")[0] for name in names} == {"w1", "w2"}
