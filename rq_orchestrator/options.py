@@ -61,7 +61,8 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--burst", is_flag=True, help="Workers exit when the queues are empty; the pool exits when all have."),
         click.option("--preload", multiple=True, metavar="MODULE",
                      help="Import MODULE in the master before forking, so workers share it (repeatable)."),
-        click.option("--worker-class", default="rq.Worker", show_default=True, help="RQ worker class (dotted path)."),
+        click.option("--worker-class", default=None, help="RQ worker class (dotted path); default rq.Worker "
+                     "(in a bench: the class Frappe uses for its version)."),
         click.option("--job-class", default=None, help="RQ job class (dotted path)."),
         click.option("--queue-class", default=None, help="RQ queue class (dotted path)."),
         click.option("--serializer", default=None, help="RQ serializer (dotted path), e.g. rq.serializers.JSONSerializer."),
@@ -148,7 +149,15 @@ def logging_level(level: str, quiet: bool) -> str:
     return level.upper()
 
 
-def build_config(queues: Iterable[str], opts: dict[str, Any]) -> PoolConfig:
+def check_numbers(opts: dict[str, Any]) -> tuple[int, int]:
+    """Validate every option that needs no import and no connection; returns (min, max)."""
+    bounds = resolve_bounds(opts["min_workers"], opts["max_workers"], opts["num_workers"])
+    check_timing(opts["utilization_threshold"], opts["scaling_period"], opts["utilization_window"])
+    logging_level(opts["logging_level"], opts["quiet"])
+    return bounds
+
+
+def build_config(queues: Iterable[str], opts: dict[str, Any], default_worker_class: type | None = None) -> PoolConfig:
     """Validate the pool options, import what they name, and return the pool's config.
 
     Preloaded modules are imported here, in the master, before any fork.
@@ -156,15 +165,17 @@ def build_config(queues: Iterable[str], opts: dict[str, Any]) -> PoolConfig:
     from rq.job import Job
     from rq.queue import Queue
     from rq.serializers import resolve_serializer
-    from rq.worker import BaseWorker
+    from rq.worker import BaseWorker, Worker
 
-    low, high = resolve_bounds(opts["min_workers"], opts["max_workers"], opts["num_workers"])
-    check_timing(opts["utilization_threshold"], opts["scaling_period"], opts["utilization_window"])
+    low, high = check_numbers(opts)
     level = logging_level(opts["logging_level"], opts["quiet"])
     names = check_queues(queues)
     preload(opts["preload"])
     worker_kwargs: dict[str, Any] = {}
-    worker_class = import_class(opts["worker_class"], "--worker-class", BaseWorker)
+    if opts["worker_class"]:
+        worker_class = import_class(opts["worker_class"], "--worker-class", BaseWorker)
+    else:
+        worker_class = default_worker_class or Worker
     if opts["job_class"]:
         worker_kwargs["job_class"] = import_class(opts["job_class"], "--job-class", Job)
     if opts["queue_class"]:

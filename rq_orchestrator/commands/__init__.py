@@ -1,0 +1,39 @@
+"""Bench commands. Frappe merges app commands after its own, so `worker-pool` here replaces the built-in.
+
+Importing this module must not import frappe: the adapter is imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ..options import OneLineErrors, build_config, check_numbers, pool_options, setup_logging
+
+
+@click.command("worker-pool", cls=OneLineErrors)
+@click.option("--queue", type=str, default=None,
+              help="Queues to consume, comma-separated, in priority order (default: all of the bench's queues).")
+@click.option("-u", "--rq-username", default=None, help="Redis ACL user (used when use_rq_auth is set).")
+@click.option("-p", "--rq-password", default=None, help="Redis ACL user password.")
+@pool_options
+def worker_pool(queue: str | None, rq_username: str | None, rq_password: str | None, **opts: Any) -> None:
+    """Start an autoscaling pool of background workers (replaces Frappe's fixed-size pool).
+
+    Accepts everything Frappe's built-in `worker-pool` does (--queue,
+    --num-workers, --quiet, --burst) with the same meaning; without
+    --num-workers the pool scales between --min-workers and --max-workers.
+    """
+    from ..frappe_adapter import prepare_bench
+    from ..pool import Pool
+
+    check_numbers(opts)
+    bench = prepare_bench(queue, rq_username, rq_password)
+    config = build_config(bench.queues, opts, default_worker_class=bench.worker_class)
+    setup_logging(config.logging_level)
+    sys.exit(Pool(config, bench.connection).run())
+
+
+commands = [worker_pool]

@@ -1,0 +1,133 @@
+"""Turn a Frappe bench into the generic pool's inputs. The only module that imports frappe.
+
+It prepares the master the way Frappe prepares its own pool, by calling
+Frappe's own functions: Sentry, the queue connection from the bench config
+(with Redis ACL credentials), bench-prefixed queue names in Frappe's priority
+order, niceness, and the modules Frappe's pool preloads. What it adds is fork
+safety: no thread is left running in the master, and workers run neither
+rq's pubsub thread nor Frappe's scheduler thread, so nothing holds a lock at
+the moment a worker forks the process that runs a job.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .options import BadInput
+
+# The modules Frappe's own `start_worker_pool` imports before forking (v15 and
+# develop), plus the logger that every job's `frappe.connect()` would import.
+PRELOAD = (
+    "frappe.database.query",
+    "frappe.query_builder",
+    "frappe.utils",
+    "frappe.utils.safe_exec",
+    "frappe.utils.scheduler",
+    "frappe.utils.typing_validations",
+    "frappe.website.path_resolver",
+    "frappe.utils.logger",
+    "frappe.utils.background_jobs",
+)
+NOFORK_SWITCH = "FRAPPE_BACKGROUND_WORKERS_NOFORK"
+
+
+@dataclass(frozen=True)
+class BenchInputs:
+    connection: Any
+    queues: tuple[str, ...]
+    worker_class: type
+    queue_timeouts: dict[str, int]
+
+
+def prepare_bench(queue: str | None, rq_username: str | None, rq_password: str | None) -> BenchInputs:
+    """Everything the pool needs from the bench in the current directory (`sites/`)."""
+    import frappe
+    from frappe.utils import background_jobs
+
+    _call_if_present(background_jobs, "_start_sentry")
+    _preload()
+    with frappe.init_site():
+        connection = _connect(background_jobs, rq_username, rq_password)
+        queues = _queue_names(background_jobs, queue)
+        timeouts = dict(background_jobs.get_queues_timeout())
+    _stop_master_threads(frappe)
+    _call_if_present(background_jobs, "set_niceness")
+    return BenchInputs(connection, tuple(queues), worker_class(background_jobs), timeouts)
+
+
+def worker_class(background_jobs: Any) -> type:
+    """The class Frappe's pool would use, minus the Frappe scheduler thread.
+
+    v15 runs plain ``rq.Worker`` for `bench worker`; newer lines have
+    ``FrappeWorker`` and, behind an environment switch, a no-fork variant.
+    FrappeWorker starts Frappe's scheduler in a thread of every worker; here
+    it never runs in a worker (``bench schedule`` does that job, once).
+    """
+    if not hasattr(background_jobs, "FrappeWorkerNoFork"):
+        from rq import Worker
+
+        return Worker
+    from frappe.utils import sbool
+
+    base = background_jobs.FrappeWorkerNoFork if sbool(os.environ.get(NOFORK_SWITCH, False)) else background_jobs.FrappeWorker
+    return type(base.__name__, (base,), {"start_frappe_scheduler": _no_scheduler_thread, "__module__": __name__})
+
+
+def _no_scheduler_thread(self: Any) -> None:
+    """Frappe's scheduler is not started inside pool workers."""
+
+
+def _preload() -> None:
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue  # a module this Frappe version does not have
+
+
+def _connect(background_jobs: Any, username: str | None, password: str | None) -> Any:
+    try:
+        return background_jobs.get_redis_conn(username=username, password=password)
+    except Exception as exc:  # noqa: BLE001 - Frappe raises plain Exception for config problems
+        raise BadInput(f"cannot connect to the bench's Redis queue: {type(exc).__name__}: {exc}") from None
+
+
+def _queue_names(background_jobs: Any, queue: str | None) -> list[str]:
+    names = [q.strip() for q in queue.split(",")] if queue else None
+    if names is not None and not all(names):
+        raise BadInput(f"--queue: empty queue name in {queue!r}")
+    known = list(background_jobs.get_queues_timeout())
+    unknown = [q for q in names or () if q not in known]
+    if unknown:
+        raise BadInput(f"--queue: unknown queue {', '.join(unknown)} (this bench has {', '.join(known)})")
+    return background_jobs.get_queue_list(names, build_queue_name=True)
+
+
+def _stop_master_threads(frappe: Any) -> None:
+    """Stop the client-side-cache invalidation thread newer Frappe starts in `init`.
+
+    Forking while it runs could leave its lock held forever in a child, and the
+    children would inherit a cache nobody invalidates. Dropping the cache
+    objects makes every job process build its own, as a fresh process would.
+    """
+    client_cache = getattr(frappe, "client_cache", None)
+    thread = getattr(client_cache, "invalidator_thread", None)
+    if thread is not None:
+        thread.stop()
+        watcher = getattr(client_cache, "_watcher", None)
+        connection = getattr(watcher, "connection", None)
+        if connection is not None:
+            connection.disconnect()  # wakes the thread from its blocking read
+        thread.join(timeout=10)
+    if client_cache is not None:
+        frappe.client_cache = None
+        frappe.cache = None
+
+
+def _call_if_present(module: Any, name: str) -> None:
+    func = getattr(module, name, None)
+    if func is not None:
+        func()
