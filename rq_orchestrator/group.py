@@ -123,7 +123,11 @@ class WorkerGroup:
         retire: tuple[Hashable, ...] = ()
         if decision.action is Action.DOWN:
             retire = self._pick_retirees(len(self.active) - decision.target)
-        self.target = decision.target
+            self.target = decision.target
+        elif decision.action is Action.UP:
+            self.target = max(self.target, decision.target)
+        # On HOLD the target stands, so a crashed worker awaiting its
+        # replacement (or its back-off) is still replaced.
         return Plan(decision=decision, spawn=self.deficit, retire=retire)
 
     def mark_retiring(self, key: Hashable) -> None:

@@ -27,6 +27,7 @@ from .config import PoolConfig, hostname
 from .connection import fresh_copy
 from .events import BUSY, IDLE, READY, EventReader
 from .group import WorkerGroup, WorkerRecord
+from .master_scheduler import MasterScheduler
 from .scaling import Action, ScalingPolicy, ScalingSettings
 from .state import StatePublisher
 from .worker_process import WorkerLaunch, run_worker, set_process_title
@@ -88,6 +89,11 @@ class Pool:
         self._wake_r = self._wake_w = self._events_r = self._events_w = -1
         self._events: EventReader | None = None
         self.state = StatePublisher(self, connection)
+        self.scheduler = (
+            MasterScheduler(config.all_queues, connection, config.worker_kwargs.get("serializer"))
+            if config.with_scheduler
+            else None
+        )
 
     # -- lifecycle --------------------------------------------------------
     def run(self) -> int:
@@ -131,6 +137,8 @@ class Pool:
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         self.state.remove()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         for fd in (self._wake_r, self._wake_w, self._events_r, self._events_w):
             if fd >= 0:
                 os.close(fd)
@@ -156,7 +164,9 @@ class Pool:
                 self._next_tick = now + self.config.scaling_period
                 self._tick(now)
             self._spawn_missing()
-            self.state.publish_if_due(self.clock())
+            if self.scheduler is not None:
+                self.scheduler.run_due(now)
+            self.state.publish_if_due(now)
 
     def _sleep(self) -> None:
         timeout = max(min(self._next_tick - self.clock(), LOOP_SECONDS), 0.0)

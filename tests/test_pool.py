@@ -146,3 +146,13 @@ def test_workers_are_registered_with_readable_names(start_pool, redis):
     assert len(names) == 2
     assert all(".names.w" in name for name in names)
     assert {name.split(".names.")[1].split(".")[0] for name in names} == {"w1", "w2"}
+
+
+def test_scheduled_jobs_are_enqueued_by_the_master(start_pool, redis):
+    from datetime import timedelta
+
+    queue = Queue(connection=redis)
+    job = queue.enqueue_in(timedelta(seconds=1), "jobs.noop")
+    pool = start_pool("--num-workers", "1", *FAST)
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "the scheduled job to run")
+    assert run_counts(redis) == {job.id: 1}

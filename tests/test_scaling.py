@@ -119,7 +119,7 @@ def test_down_at_min_holds():
     assert_decision(decide(2, 0.0), Action.HOLD, 2)
 
 
-def test_down_at_min_zero_holds():
+def test_down_at_min_of_one_holds():
     assert_decision(decide(1, 0.0, min_workers=1), Action.HOLD, 1)
 
 
