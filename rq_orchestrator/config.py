@@ -39,6 +39,9 @@ class PoolConfig:
     name: str = ""
     with_scheduler: bool = True
     max_boot_failures: int = 3
+    max_jobs_per_worker: int | None = None
+    max_memory_per_worker: int | None = None  # bytes
+    graceful_timeout: float | None = None  # seconds before a warm stop turns cold
 
     @property
     def pool_name(self) -> str:

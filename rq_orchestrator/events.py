@@ -16,6 +16,7 @@ from dataclasses import dataclass
 READY = "ready"  # registered in Redis, about to take jobs
 BUSY = "busy"  # took a job
 IDLE = "idle"  # finished it
+RECYCLE = "recycle"  # will exit after this job (max jobs or memory reached): start a replacement now
 MAX_LINE = 4000  # < PIPE_BUF (4096 on Linux): one write() is atomic
 
 

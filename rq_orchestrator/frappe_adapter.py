@@ -53,8 +53,10 @@ def prepare_bench(queue: str | None, rq_username: str | None, rq_password: str |
         connection = _connect(background_jobs, rq_username, rq_password)
         queues = _queue_names(background_jobs, queue)
         timeouts = dict(background_jobs.get_queues_timeout())
+        # Inside the site context: outside it, get_conf() would init Frappe
+        # again and, on newer lines, start another cache thread.
+        _call_if_present(background_jobs, "set_niceness")
     _stop_master_threads(frappe)
-    _call_if_present(background_jobs, "set_niceness")
     return BenchInputs(connection, tuple(queues), worker_class(background_jobs), timeouts)
 
 

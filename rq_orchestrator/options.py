@@ -23,6 +23,7 @@ from .config import (
     GroupSpec,
     PoolConfig,
 )
+from .sizes import parse_size
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -66,6 +67,12 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--job-class", default=None, help="RQ job class (dotted path)."),
         click.option("--queue-class", default=None, help="RQ queue class (dotted path)."),
         click.option("--serializer", default=None, help="RQ serializer (dotted path), e.g. rq.serializers.JSONSerializer."),
+        click.option("--max-jobs-per-worker", type=int, default=None, metavar="N",
+                     help="Recycle a worker after about N jobs (up to 10% jitter); its replacement starts first."),
+        click.option("--max-memory-per-worker", default=None, metavar="SIZE",
+                     help="Recycle a worker whose resident memory exceeds SIZE (e.g. 512MB), checked between jobs."),
+        click.option("--graceful-timeout", type=float, default=None, metavar="SECONDS",
+                     help="On TERM/INT, wait this long for running jobs, then stop cold (default: wait for them)."),
         click.option("--with-scheduler/--without-scheduler", default=True, show_default=True,
                      help="Run RQ's scheduler (enqueue_at/enqueue_in, retry intervals) once, in the master."),
         click.option("--name", default="", help="Pool name in worker names and status (default: from the queues)."),
@@ -154,7 +161,21 @@ def check_numbers(opts: dict[str, Any]) -> tuple[int, int]:
     bounds = resolve_bounds(opts["min_workers"], opts["max_workers"], opts["num_workers"])
     check_timing(opts["utilization_threshold"], opts["scaling_period"], opts["utilization_window"])
     logging_level(opts["logging_level"], opts["quiet"])
+    if opts["max_jobs_per_worker"] is not None and opts["max_jobs_per_worker"] < 1:
+        raise BadInput(f"--max-jobs-per-worker must be at least 1, got {opts['max_jobs_per_worker']}")
+    if opts["graceful_timeout"] is not None and not opts["graceful_timeout"] >= 0:
+        raise BadInput(f"--graceful-timeout must be 0 or more seconds, got {opts['graceful_timeout']}")
+    memory_limit(opts["max_memory_per_worker"])
     return bounds
+
+
+def memory_limit(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise BadInput(f"--max-memory-per-worker: {exc}") from None
 
 
 def build_config(queues: Iterable[str], opts: dict[str, Any], default_worker_class: type | None = None) -> PoolConfig:
@@ -198,6 +219,9 @@ def build_config(queues: Iterable[str], opts: dict[str, Any], default_worker_cla
         logging_level=level,
         name=opts["name"],
         with_scheduler=opts["with_scheduler"],
+        max_jobs_per_worker=opts["max_jobs_per_worker"],
+        max_memory_per_worker=memory_limit(opts["max_memory_per_worker"]),
+        graceful_timeout=opts["graceful_timeout"],
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import random
 import selectors
 import signal
 import sys
@@ -25,7 +26,8 @@ from redis.exceptions import RedisError
 
 from .config import PoolConfig, hostname
 from .connection import fresh_copy
-from .events import BUSY, IDLE, READY, EventReader
+from .dead_workers import settle_dead_worker
+from .events import BUSY, IDLE, READY, RECYCLE, EventReader
 from .group import WorkerGroup, WorkerRecord
 from .master_scheduler import MasterScheduler
 from .scaling import Action, ScalingPolicy, ScalingSettings
@@ -77,6 +79,7 @@ class Pool:
         self._owner: dict[int, WorkerGroup] = {}
         self._signals: list[int] = []
         self._stopping = False
+        self._cold_at: float | None = None  # when a warm stop turns cold (--graceful-timeout)
         self._draining = False  # burst mode: a worker found the queues empty
         self._exit_status = 0
         self._next_tick = now + config.scaling_period
@@ -155,6 +158,9 @@ class Pool:
                 if not self._owner:
                     log.info("pool %s stopped: all workers have exited", self.config.pool_name)
                     return
+                if self._cold_at is not None and self.clock() >= self._cold_at:
+                    log.warning("graceful timeout of %.0f s reached", self.config.graceful_timeout)
+                    self._request_stop(cold=True)
                 continue
             if self.config.burst and self._draining and not self._owner:
                 log.info("pool %s: burst done, all workers have exited", self.config.pool_name)
@@ -194,9 +200,12 @@ class Pool:
         if cold:
             log.warning("cold stop: killing the jobs of %d workers", len(self._owner))
             self._stop_children(signal.SIGQUIT)
+            self._cold_at = None
         else:
             log.info("warm stop: waiting for %d workers to finish their jobs", len(self._owner))
             self._stop_children(signal.SIGTERM)
+            if self.config.graceful_timeout is not None:
+                self._cold_at = self.clock() + self.config.graceful_timeout
         self._stopping = True
 
     def _stop_children(self, signum: int) -> None:
@@ -263,6 +272,8 @@ class Pool:
                 logging_level=self.config.logging_level,
                 events_fd=self._events_w,
                 master_pid=self.pid,
+                max_jobs=_jittered(self.config.max_jobs_per_worker),
+                max_memory=self.config.max_memory_per_worker,
             )
             status = run_worker(launch, fresh_copy(self.connection))
         except SystemExit as exc:
@@ -303,6 +314,10 @@ class Pool:
             elif event.kind == READY:
                 group.worker_ready(event.pid)
                 self._boot_failures = 0
+            elif event.kind == RECYCLE:
+                # It exits after this job: its replacement starts now, not after it is gone.
+                log.info("worker %s recycles (%s)", group.workers[event.pid].name, event.job_id)
+                group.mark_retiring(event.pid)
             self.state.mark_dirty()
 
     def _reap(self) -> None:
@@ -328,8 +343,13 @@ class Pool:
             group.target = max(group.target - 1, 0)
             log.info("worker %s found its queues empty and exited (burst)", record.name)
             return
+        if code == 0:  # a worker class that stops by itself (e.g. after max jobs): replace it
+            log.info("worker %s exited by itself (exit status 0); replacing it", record.name)
+            return
         log.warning("worker %s exited unexpectedly (%s)%s", record.name, _describe_exit(code),
                     f" while running job {record.job_id}" if record.job_id else "")
+        reason = f"worker {record.name} {_describe_exit(code)}"
+        settle_dead_worker(self.connection, record.name, group.queues, record.job_id, reason, self.config.worker_kwargs)
         if not record.ready:
             self._boot_failures += 1
             if self._boot_failures >= self.config.max_boot_failures:
@@ -382,6 +402,13 @@ class Pool:
             log.info("Redis is back after %.0f s", self.clock() - self._redis_down_since)
             self._redis_down_since = None
         return {g.name: sum(next(lengths) for _ in g.queues) for g in self.groups}
+
+
+def _jittered(max_jobs: int | None) -> int | None:
+    """Up to 10% more, so workers started together do not all recycle together."""
+    if max_jobs is None:
+        return None
+    return max_jobs + random.randint(0, max(max_jobs // 10, 1))
 
 
 def _nonblocking_pipe() -> tuple[int, int]:

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .events import BUSY, IDLE, READY, EventWriter
+from .events import BUSY, IDLE, READY, RECYCLE, EventWriter
 
 PR_SET_PDEATHSIG = 1
 POLL_SECONDS = 1  # longest an idle worker waits before re-checking for a stop
@@ -46,7 +46,10 @@ class PoolWorkerMixin:
 
     pool_events: EventWriter | None = None
     pool_master_pid: int = 0
+    pool_max_jobs: int | None = None
+    pool_max_memory: int | None = None
     _pool_stop_at: float = 0.0
+    _pool_jobs_done: int = 0
 
     # -- job accounting ---------------------------------------------------
     def execute_job(self, job: Any, queue: Any) -> Any:
@@ -55,6 +58,22 @@ class PoolWorkerMixin:
             return super().execute_job(job, queue)  # type: ignore[misc]
         finally:
             self._pool_send(IDLE, job.id)
+            self._pool_jobs_done += 1
+            self._pool_check_recycle()
+
+    def _pool_check_recycle(self) -> None:
+        """Between jobs: exit (warm) once the job count or memory limit is reached."""
+        reason = None
+        if self.pool_max_jobs is not None and self._pool_jobs_done >= self.pool_max_jobs:
+            reason = f"{self._pool_jobs_done} jobs done"
+        elif self.pool_max_memory is not None:
+            rss = resident_memory()
+            if rss is not None and rss > self.pool_max_memory:
+                reason = f"resident memory {rss // 2**20} MiB over the limit"
+        if reason and not self._stop_requested:  # type: ignore[has-type]
+            self.log.info("Worker %s: recycling: %s", self.name, reason)  # type: ignore[attr-defined]
+            self._pool_send(RECYCLE, reason)
+            self._stop_requested = True
 
     def register_birth(self) -> None:
         super().register_birth()  # type: ignore[misc]
@@ -149,6 +168,8 @@ class WorkerLaunch:
     logging_level: str
     events_fd: int
     master_pid: int
+    max_jobs: int | None = None
+    max_memory: int | None = None
 
 
 def run_worker(launch: WorkerLaunch, connection: Any) -> int:
@@ -161,8 +182,19 @@ def run_worker(launch: WorkerLaunch, connection: Any) -> int:
     worker = cls(list(launch.queues), name=launch.name, connection=connection, **launch.worker_kwargs)
     worker.pool_events = EventWriter(launch.events_fd)
     worker.pool_master_pid = launch.master_pid
+    worker.pool_max_jobs = launch.max_jobs
+    worker.pool_max_memory = launch.max_memory
     worker.work(burst=launch.burst, logging_level=launch.logging_level, with_scheduler=False)
     return 0
+
+
+def resident_memory() -> int | None:
+    """This process's resident set size in bytes (Linux /proc), or None."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def set_process_title(title: str) -> None:

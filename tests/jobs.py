@@ -25,3 +25,22 @@ def noop() -> None:
 def crash_worker() -> None:
     os.kill(os.getppid(), 9)
     time.sleep(5)
+
+
+def kill_my_worker() -> None:
+    """Kill the worker running this job (the job process's parent, or itself for SimpleWorker)."""
+    _record("kill_my_worker")
+    job = get_current_job()
+    target = os.getppid() if job.connection.get("test:horse") == b"1" else os.getpid()
+    os.kill(target, 9)
+    time.sleep(30)
+
+
+from rq import Worker  # noqa: E402
+
+
+class BrokenWorker(Worker):
+    """A worker class that imports fine but cannot start (as when Redis refuses it)."""
+
+    def register_birth(self) -> None:
+        raise RuntimeError("cannot register")

@@ -102,3 +102,30 @@ def test_a_fixed_pool_from_num_workers(redis_url, redis):
     assert resolve_bounds(None, 1, None) == (1, 1)
     assert resolve_bounds(10, None, None) == (10, 10)
     assert resolve_bounds(0, 4, None) == (0, 4)
+
+
+MORE_BAD_INPUT = [
+    (["--max-jobs-per-worker", "0"], "--max-jobs-per-worker"),
+    (["--max-memory-per-worker", "lots"], "--max-memory-per-worker"),
+    (["--max-memory-per-worker", "12XB"], "--max-memory-per-worker"),
+    (["--max-memory-per-worker", "0MB"], "--max-memory-per-worker"),
+    (["--graceful-timeout", "-1"], "--graceful-timeout"),
+]
+
+
+@pytest.mark.parametrize("args,names", MORE_BAD_INPUT, ids=[" ".join(a) for a, _ in MORE_BAD_INPUT])
+def test_bad_recycling_input_is_rejected(redis_url, args, names):
+    result = run_cli("worker-pool", "--url", redis_url, *args)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and names in result.stderr
+
+
+def test_sizes_parse():
+    from rq_orchestrator.sizes import parse_size
+
+    assert parse_size("512MB") == 512 * 10**6
+    assert parse_size("1.5GiB") == int(1.5 * 2**30)
+    assert parse_size("300m") == 300 * 10**6
+    assert parse_size("4096") == 4096
+    with pytest.raises(ValueError):
+        parse_size("-5MB")

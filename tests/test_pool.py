@@ -156,3 +156,100 @@ def test_scheduled_jobs_are_enqueued_by_the_master(start_pool, redis):
     pool = start_pool("--num-workers", "1", *FAST)
     pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "the scheduled job to run")
     assert run_counts(redis) == {job.id: 1}
+
+
+@pytest.mark.parametrize("worker_class", ["rq.Worker", "rq.SimpleWorker"])
+def test_job_of_a_killed_worker_is_failed_at_once(start_pool, redis, worker_class):
+    from rq import Worker
+
+    redis.set("test:horse", "1" if worker_class == "rq.Worker" else "0")
+    queue = Queue(connection=redis)
+    pool = start_pool("--num-workers", "1", "--worker-class", worker_class, *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+    doomed = queue.enqueue("jobs.kill_my_worker")
+    pool.wait_until(lambda: doomed.get_status(refresh=True) == JobStatus.FAILED, 15, "the job to be failed")
+    doomed.refresh()
+    assert "killed by SIGKILL" in doomed.meta["rq_orchestrator_failure"]
+    assert StartedJobRegistry(queue=queue).count == 0
+    after = queue.enqueue("jobs.noop")
+    pool.wait_until(lambda: after.get_status(refresh=True) == JobStatus.FINISHED, 15, "the replacement to work")
+    pool.wait_until(lambda: len(Worker.all(connection=redis)) == 1, 5, "the dead worker to be unregistered")
+
+
+def test_job_of_a_killed_worker_is_retried_when_its_retry_allows(start_pool, redis):
+    from rq import Retry
+
+    redis.set("test:horse", "1")
+    queue = Queue(connection=redis)
+    pool = start_pool("--num-workers", "1", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+    doomed = queue.enqueue("jobs.kill_my_worker", retry=Retry(max=1))
+    pool.wait_until(lambda: run_counts(redis).get(doomed.id) == 2, 20, "the job to run again")
+    pool.wait_until(lambda: doomed.get_status(refresh=True) == JobStatus.FAILED, 20, "the job to fail for good")
+
+
+def test_workers_recycle_after_max_jobs_without_losing_jobs(start_pool, redis):
+    pool = start_pool("--num-workers", "2", "--max-jobs-per-worker", "5", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two ready workers")
+    first = set(pool.ready_pids())
+    jobs = [Queue(connection=redis).enqueue("jobs.noop") for _ in range(40)]
+    pool.wait_until(lambda: finished(jobs), 30, "all jobs to finish")
+    assert set(run_counts(redis).values()) == {1}
+    pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two ready workers again")
+    assert not first & set(pool.ready_pids())
+    assert "recycles (" in pool.output()
+    assert "unexpectedly" not in pool.output()
+
+
+def test_workers_recycle_over_the_memory_limit(start_pool, redis):
+    pool = start_pool("--num-workers", "1", "--max-memory-per-worker", "1MB", "--worker-class", "rq.SimpleWorker", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+    first = pool.ready_pids()[0]
+    job = Queue(connection=redis).enqueue("jobs.noop")
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 15, "the job")
+    pool.wait_until(lambda: pool.ready_pids() and pool.ready_pids()[0] != first, 15, "a fresh worker")
+    assert "resident memory" in pool.output()
+
+
+def test_graceful_timeout_turns_a_warm_stop_cold(start_pool, redis):
+    pool = start_pool("--num-workers", "1", "--graceful-timeout", "1", *FAST)
+    job = Queue(connection=redis).enqueue("jobs.sleep", 60)
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 15, "the job to start")
+    started = time.monotonic()
+    pool.send(signal.SIGTERM)
+    pool.wait(15)
+    assert time.monotonic() - started < 8
+    assert "graceful timeout" in pool.output()
+
+
+def test_master_killed_workers_finish_their_job_and_exit(start_pool, redis):
+    pool = start_pool("--num-workers", "2", "--name", "orphans", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two ready workers")
+    job = Queue(connection=redis).enqueue("jobs.sleep", 2)
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 15, "the job to start")
+    os.kill(pool.pid, signal.SIGKILL)
+    pool.proc.wait()
+    from conftest import wait_until
+
+    wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 15, "the job to finish")
+    wait_until(lambda: not pool_processes("orphans"), 5, "every worker to exit")
+
+
+def test_ttin_and_ttou_resize_a_live_pool(start_pool):
+    pool = start_pool("--min-workers", "1", "--max-workers", "2", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "one ready worker")
+    for expected in (2, 3):  # one at a time: pending signals of one kind coalesce
+        pool.send(signal.SIGTTIN)
+        pool.wait_until(lambda: len(pool.ready_pids()) == expected, 15, f"{expected} workers after TTIN")
+    state = pool.state()["groups"][0]
+    assert (state["min"], state["max"]) == (3, 4)
+    pool.send(signal.SIGTTOU)
+    pool.wait_until(lambda: len(pool.workers()) == 2, 15, "two workers after TTOU")
+    state = pool.state()["groups"][0]
+    assert (state["min"], state["max"]) == (2, 3)
+
+
+def test_workers_failing_at_start_up_stop_the_pool(start_pool):
+    pool = start_pool("--num-workers", "2", "--worker-class", "jobs.BrokenWorker", *FAST)
+    assert pool.wait(20) == 1
+    assert "workers fail at start-up" in pool.output()
