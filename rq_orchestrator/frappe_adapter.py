@@ -44,8 +44,11 @@ class BenchInputs:
 
 def prepare_bench(queue: str | None, rq_username: str | None, rq_password: str | None) -> BenchInputs:
     """Everything the pool needs from the bench in the current directory (`sites/`)."""
-    import frappe
-    from frappe.utils import background_jobs
+    try:
+        import frappe
+        from frappe.utils import background_jobs
+    except ImportError:
+        raise BadInput("frappe is not importable: run `bench worker-pool` inside a Frappe bench") from None
 
     _call_if_present(background_jobs, "_start_sentry")
     _preload()
@@ -58,6 +61,15 @@ def prepare_bench(queue: str | None, rq_username: str | None, rq_password: str |
         _call_if_present(background_jobs, "set_niceness")
     _stop_master_threads(frappe)
     return BenchInputs(connection, tuple(queues), worker_class(background_jobs), timeouts)
+
+
+def longest_queue_timeout() -> int:
+    """The longest job timeout of the bench's queues, in seconds."""
+    import frappe
+    from frappe.utils import background_jobs
+
+    with frappe.init_site():
+        return max(background_jobs.get_queues_timeout().values())
 
 
 def worker_class(background_jobs: Any) -> type:

@@ -30,7 +30,7 @@ from .dead_workers import settle_dead_worker
 from .events import BUSY, IDLE, READY, RECYCLE, EventReader
 from .group import WorkerGroup, WorkerRecord
 from .master_scheduler import MasterScheduler
-from .scaling import Action, ScalingPolicy, ScalingSettings
+from .scaling import ScalingPolicy, ScalingSettings
 from .state import StatePublisher
 from .worker_process import WorkerLaunch, run_worker, set_process_title
 
@@ -376,8 +376,7 @@ class Pool:
             workers = len(group.active)
             plan = group.tick(now, queued.get(group.name, 0))
             d = plan.decision
-            log.log(
-                logging.INFO if d.action is not Action.HOLD else logging.DEBUG,
+            log.info(
                 "scale group=%s workers=%d utilization=%.2f decision=%s target=%d reason=%s",
                 group.name, workers, group.ledger.utilization(now, workers), d.action.value, d.target, d.reason,
             )

@@ -36,4 +36,37 @@ def worker_pool(queue: str | None, rq_username: str | None, rq_password: str | N
     sys.exit(Pool(config, bench.connection).run())
 
 
-commands = [worker_pool]
+@click.command("worker-pool-supervisor", cls=OneLineErrors, context_settings={"ignore_unknown_options": True})
+@click.option("--name", default=None, help="Program name (default: <bench>-frappe-worker-pool).")
+@click.option("--user", default=None, help="User the program runs as (default: the bench owner's, unset).")
+@click.argument("pool_args", nargs=-1, type=click.UNPROCESSED)
+def worker_pool_supervisor(name: str | None, user: str | None, pool_args: tuple[str, ...]) -> None:
+    """Print a supervisor [program] block that runs `bench worker-pool POOL_ARGS...`.
+
+    Replace the `bench worker` programs of your supervisor.conf with it. Its
+    stopwaitsecs covers the longest queue timeout, so a warm stop lets every
+    running job finish before supervisor would kill the pool.
+    """
+    import os
+    import shutil
+
+    from ..frappe_adapter import longest_queue_timeout
+    from ..supervisor import program_block
+
+    bench_dir = os.path.dirname(os.path.abspath(os.getcwd()))  # bench runs commands from sites/
+    bench_name = os.path.basename(bench_dir)
+    command = [shutil.which("bench") or "bench", "worker-pool", *pool_args]
+    click.echo(
+        program_block(
+            name or f"{bench_name}-frappe-worker-pool",
+            command,
+            directory=bench_dir,
+            log_dir=os.path.join(bench_dir, "logs"),
+            longest_job=longest_queue_timeout(),
+            user=user,
+        ),
+        nl=False,
+    )
+
+
+commands = [worker_pool, worker_pool_supervisor]

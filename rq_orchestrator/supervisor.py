@@ -1,0 +1,33 @@
+"""The supervisor program block that runs a pool in place of `bench worker` programs."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+# Time for the pool to notice the stop and for idle workers to leave (1 s polls).
+STOP_MARGIN = 60
+
+
+def program_block(
+    name: str, command: Sequence[str], directory: str, log_dir: str, longest_job: int, user: str | None = None
+) -> str:
+    """A `[program:...]` block whose stopwaitsecs lets the longest job finish on a warm stop."""
+    lines = [
+        f"[program:{name}]",
+        f"command={shlex.join(command)}",
+        "priority=4",
+        "autostart=true",
+        "autorestart=true",
+        f"stdout_logfile={log_dir}/{name}.log",
+        f"stderr_logfile={log_dir}/{name}.error.log",
+        *([f"user={user}"] if user else []),
+        "stopsignal=TERM",
+        f"stopwaitsecs={longest_job + STOP_MARGIN}",
+        f"directory={directory}",
+        "killasgroup=true",
+        "stopasgroup=false",
+        "numprocs=1",
+        "process_name=%(program_name)s",
+    ]
+    return "\n".join(lines) + "\n"

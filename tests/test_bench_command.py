@@ -1,0 +1,73 @@
+"""The `bench worker-pool` command without a bench: options, help and the option mapping.
+
+What needs a real bench (Frappe's connection, queues and worker class) is
+checked inside a bench; see the README's "Frappe" section.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from rq_orchestrator.commands import commands, worker_pool
+from rq_orchestrator.supervisor import program_block
+
+FRAPPE_OPTIONS = ("--queue", "--num-workers", "--quiet", "--burst", "--rq-username", "--rq-password")
+POOL_OPTIONS = ("--min-workers", "--max-workers", "--scaling-period", "--utilization-threshold",
+                "--utilization-window", "--max-jobs-per-worker", "--graceful-timeout")
+
+
+def test_the_app_exports_a_worker_pool_command():
+    assert "worker-pool" in [c.name for c in commands]
+    assert worker_pool.name == "worker-pool"
+
+
+def test_importing_the_commands_does_not_import_frappe():
+    code = "import sys, rq_orchestrator.commands; assert 'frappe' not in sys.modules; print('ok')"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
+
+
+def test_help_lists_frappe_s_options_and_ours():
+    result = CliRunner().invoke(worker_pool, ["--help"])
+    assert result.exit_code == 0
+    for option in FRAPPE_OPTIONS + POOL_OPTIONS:
+        assert option in result.output
+    assert "-u, --rq-username" in result.output and "-p, --rq-password" in result.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--num-workers", "2", "--min-workers", "1"], "--num-workers"),
+        (["--min-workers", "4", "--max-workers", "2"], "--min-workers"),
+        (["--utilization-threshold", "2"], "--utilization-threshold"),
+        (["--num-workers", "x"], "--num-workers"),
+    ],
+)
+def test_bad_numbers_are_rejected_before_touching_the_bench(args, message):
+    result = CliRunner().invoke(worker_pool, args)
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_outside_a_bench_the_error_says_so():
+    try:
+        import frappe  # noqa: F401
+    except ImportError:
+        result = CliRunner().invoke(worker_pool, ["--num-workers", "2"])
+        assert result.exit_code == 2
+        assert "inside a Frappe bench" in result.output
+    else:
+        pytest.skip("frappe is installed here")
+
+
+def test_supervisor_block_waits_for_the_longest_job():
+    block = program_block("b-frappe-worker-pool", ["/b/env/bin/bench", "worker-pool", "--min-workers", "2"],
+                          directory="/b", log_dir="/b/logs", longest_job=1500)
+    assert block.startswith("[program:b-frappe-worker-pool]\n")
+    assert "command=/b/env/bin/bench worker-pool --min-workers 2\n" in block
+    assert "stopwaitsecs=1560\n" in block
+    assert "stopsignal=TERM\n" in block and "directory=/b\n" in block
