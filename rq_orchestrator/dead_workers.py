@@ -11,6 +11,7 @@ where its `Retry` allows, with the failure callback run as rq would.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -49,7 +50,7 @@ def settle_job(connection: Redis, job_id: str, reason: str, job_class: Any = Non
     # rq <2 stores the job id; rq >=2 stores "<job id>:<execution id>".
     members = [m for m in _members(connection, registry.key) if m == job_id or m.startswith(f"{job_id}:")]
     if not members:
-        return None
+        return _requeue_if_never_started(connection, job)
     job.meta["rq_orchestrator_failure"] = reason
     job.save_meta()
     connection.zadd(registry.key, {m: 1 for m in members}, xx=True)
@@ -59,15 +60,122 @@ def settle_job(connection: Redis, job_id: str, reason: str, job_class: Any = Non
     return getattr(status, "value", status)
 
 
+def _requeue_if_never_started(connection: Redis, job: Any) -> str | None:
+    """The worker died after popping the job but before rq marked it started: put it back in front."""
+    from rq.job import JobStatus
+    from rq.queue import Queue
+
+    if job.get_status(refresh=True) != JobStatus.QUEUED:
+        return None
+    queue = Queue(job.origin, connection=connection, job_class=type(job), serializer=job.serializer)
+    if job.id in queue.get_job_ids():
+        return None
+    with connection.pipeline() as pipe:
+        pipe.lrem(intermediate_key(queue.name), 0, job.id)
+        queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+        pipe.execute()
+    log.warning("job %s was popped by a worker that never started it: back at the front of %s", job.id, queue.name)
+    return JobStatus.QUEUED.value
+
+
+def intermediate_key(queue: str) -> str:
+    """Where rq >= 2 moves a job id it pops for a single-queue worker, until the job starts."""
+    return f"rq:queue:{queue}:intermediate"
+
+
+class StrandedJobs:
+    """Job ids left in rq's intermediate lists by a pop whose reply never reached a worker.
+
+    That happens when a connection dies between Redis moving the id and the
+    worker reading the reply (a Redis restart, a network cut): no worker knows
+    the job, and rq itself recovers it only minutes later. An id still there
+    after ``grace`` seconds, not started and not held by a live worker of this
+    pool, goes back to the front of its queue.
+    """
+
+    def __init__(self, queues: Iterable[str], grace: float = 5.0) -> None:
+        self.queues = tuple(queues)
+        self.grace = grace
+        self._first_seen: dict[tuple[str, str], float] = {}
+
+    def recover(self, connection: Redis, now: float, held: set[str], worker_kwargs: dict[str, Any]) -> None:
+        from rq.job import Job
+
+        with connection.pipeline(transaction=False) as pipe:
+            for queue in self.queues:
+                pipe.lrange(intermediate_key(queue), 0, -1)
+            listed = pipe.execute()
+        present = {(q, i.decode() if isinstance(i, bytes) else i) for q, ids in zip(self.queues, listed) for i in ids}
+        self._first_seen = {k: self._first_seen.get(k, now) for k in present if k[1] not in held}
+        job_class = worker_kwargs.get("job_class") or Job
+        for (_queue, job_id), seen in list(self._first_seen.items()):
+            if now - seen < self.grace:
+                continue
+            del self._first_seen[(_queue, job_id)]
+            try:
+                job = job_class.fetch(job_id, connection=connection, serializer=worker_kwargs.get("serializer"))
+            except Exception:  # noqa: BLE001 - deleted meanwhile
+                continue
+            _requeue_if_never_started(connection, job)
+
+
 def settle_dead_worker(
     connection: Redis, name: str, queues: Iterable[str], job_id: str | None, reason: str, worker_kwargs: dict[str, Any]
-) -> None:
+) -> bool:
+    """Settle the job and registration of a dead worker; False when Redis could not be reached (retry later)."""
     try:
         if job_id:
             settle_job(connection, job_id, reason, worker_kwargs.get("job_class"), worker_kwargs.get("serializer"))
         unregister_worker(connection, name, queues)
     except RedisError as exc:
-        log.error("could not settle dead worker %s: %s", name, exc)
+        log.debug("could not settle dead worker %s yet: %s", name, exc)
+        return False
+    return True
+
+
+def clear_previous_run(connection: Redis, name_prefix: str, worker_kwargs: dict[str, Any]) -> int:
+    """Settle workers a killed earlier run of this pool left registered (same host and pool name).
+
+    Only registrations whose process is gone are touched: a worker of the
+    earlier run that still finishes its job is left alone.
+    """
+    from rq.worker import Worker
+
+    cleared = 0
+    for raw in connection.smembers(WORKERS_KEY):
+        key = raw.decode() if isinstance(raw, bytes) else raw
+        name = key.removeprefix(WORKER_KEY.format(""))
+        if not name.startswith(name_prefix) or _process_alive(name):
+            continue
+        worker = Worker.find_by_key(key, connection=connection, **_lookup_kwargs(worker_kwargs))
+        job_id = worker.get_current_job_id() if worker else None
+        queues = worker.queue_names() if worker else []
+        settle_dead_worker(connection, name, queues, job_id, "left behind by a killed earlier run of this pool",
+                           worker_kwargs)
+        connection.srem(WORKERS_KEY, key)
+        cleared += 1
+    if cleared:
+        log.warning("cleared %d worker registrations left behind by an earlier run of this pool", cleared)
+    return cleared
+
+
+def _process_alive(worker_name: str) -> bool:
+    """Pool worker names end in their pid; is that process still running (a zombie is not)?"""
+    try:
+        pid = int(worker_name.rsplit(".", 1)[-1])
+    except ValueError:
+        return True  # not one of our names: leave it alone
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
+def _lookup_kwargs(worker_kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: worker_kwargs[k] for k in ("job_class", "serializer") if k in worker_kwargs}
 
 
 def _members(connection: Redis, key: str) -> list[str]:

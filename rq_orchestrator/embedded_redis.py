@@ -39,8 +39,10 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(self, port: int | None = None, binary: str | None = None, persistent: bool = False) -> None:
+        """``persistent``: keep data across stop()/start() (append-only file), for outage tests."""
         self.binary = binary or find_redis_server()
+        self.persistent = persistent
         self.port = port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="rq-orchestrator-redis-")
         self._process: subprocess.Popen[bytes] | None = None
@@ -53,7 +55,8 @@ class RedisServer:
         return Redis.from_url(self.url, **kwargs)
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
                 "--dir", self._dir.name, "--logfile", str(Path(self._dir.name) / "redis.log")]
         self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout

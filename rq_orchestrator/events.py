@@ -17,6 +17,7 @@ READY = "ready"  # registered in Redis, about to take jobs
 BUSY = "busy"  # took a job
 IDLE = "idle"  # finished it
 RECYCLE = "recycle"  # will exit after this job (max jobs or memory reached): start a replacement now
+ALIVE = "alive"  # an idle worker's poll: it is not wedged
 MAX_LINE = 4000  # < PIPE_BUF (4096 on Linux): one write() is atomic
 
 
@@ -25,13 +26,16 @@ class Event:
     pid: int
     kind: str
     at: float
-    job_id: str | None = None
+    job_id: str | None = None  # BUSY/IDLE: the job; RECYCLE: the reason
+    timeout: float | None = None  # BUSY: the job's timeout in seconds (None: none known, -1: unlimited)
 
 
 def encode(event: Event) -> bytes:
-    line = json.dumps([event.pid, event.kind, event.at, event.job_id], separators=(",", ":"))
+    fields = [event.pid, event.kind, event.at, event.job_id, event.timeout]
+    line = json.dumps(fields, separators=(",", ":"))
     if len(line) >= MAX_LINE:
-        line = json.dumps([event.pid, event.kind, event.at, (event.job_id or "")[:200]], separators=(",", ":"))
+        fields[3] = (event.job_id or "")[:200]
+        line = json.dumps(fields, separators=(",", ":"))
     return line.encode() + b"\n"
 
 
@@ -41,9 +45,9 @@ class EventWriter:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
-    def send(self, kind: str, job_id: str | None = None) -> None:
+    def send(self, kind: str, job_id: str | None = None, timeout: float | None = None) -> None:
         try:
-            os.write(self.fd, encode(Event(os.getpid(), kind, time.monotonic(), job_id)))
+            os.write(self.fd, encode(Event(os.getpid(), kind, time.monotonic(), job_id, timeout)))
         except OSError:
             pass  # the master is gone: the parent-death check stops us soon enough
 
@@ -70,8 +74,8 @@ class EventReader:
         events = []
         for line in lines:
             try:
-                pid, kind, at, job_id = json.loads(line)
+                pid, kind, at, job_id, timeout = json.loads(line)
             except ValueError:
                 continue
-            events.append(Event(int(pid), str(kind), float(at), job_id))
+            events.append(Event(int(pid), str(kind), float(at), job_id, timeout))
         return events

@@ -73,6 +73,8 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Recycle a worker whose resident memory exceeds SIZE (e.g. 512MB), checked between jobs."),
         click.option("--graceful-timeout", type=float, default=None, metavar="SECONDS",
                      help="On TERM/INT, wait this long for running jobs, then stop cold (default: wait for them)."),
+        click.option("--stuck-margin", type=float, default=90.0, show_default=True, metavar="SECONDS",
+                     help="Kill (and replace) a worker whose job runs this long past its timeout."),
         click.option("--with-scheduler/--without-scheduler", default=True, show_default=True,
                      help="Run RQ's scheduler (enqueue_at/enqueue_in, retry intervals) once, in the master."),
         click.option("--name", default="", help="Pool name in worker names and status (default: from the queues)."),
@@ -166,6 +168,8 @@ def check_numbers(opts: dict[str, Any]) -> tuple[int, int]:
     if opts["graceful_timeout"] is not None and not opts["graceful_timeout"] >= 0:
         raise BadInput(f"--graceful-timeout must be 0 or more seconds, got {opts['graceful_timeout']}")
     memory_limit(opts["max_memory_per_worker"])
+    if not opts["stuck_margin"] > 0:
+        raise BadInput(f"--stuck-margin must be greater than 0, got {opts['stuck_margin']}")
     return bounds
 
 
@@ -222,6 +226,7 @@ def build_config(queues: Iterable[str], opts: dict[str, Any], default_worker_cla
         max_jobs_per_worker=opts["max_jobs_per_worker"],
         max_memory_per_worker=memory_limit(opts["max_memory_per_worker"]),
         graceful_timeout=opts["graceful_timeout"],
+        stuck_margin=opts["stuck_margin"],
     )
 
 

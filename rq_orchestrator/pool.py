@@ -26,8 +26,8 @@ from redis.exceptions import RedisError
 
 from .config import PoolConfig, hostname
 from .connection import fresh_copy
-from .dead_workers import settle_dead_worker
-from .events import BUSY, IDLE, READY, RECYCLE, EventReader
+from .dead_workers import StrandedJobs, clear_previous_run, settle_dead_worker
+from .events import BUSY, IDLE, READY, RECYCLE, EventReader, Event
 from .group import WorkerGroup, WorkerRecord
 from .master_scheduler import MasterScheduler
 from .scaling import ScalingPolicy, ScalingSettings
@@ -47,6 +47,7 @@ HANDLED_SIGNALS = (
 )
 LOOP_SECONDS = 1.0  # the longest the master sleeps: housekeeping runs at least this often
 CRASH_BACKOFF_MAX = 10.0
+STRANDED_CHECK_SECONDS = 2.0
 
 
 class PoolError(RuntimeError):
@@ -87,6 +88,12 @@ class Pool:
         self._crashes = 0
         self._last_crash = 0.0
         self._boot_failures = 0
+        self._reload_queue: list[tuple[WorkerGroup, int]] = []  # (group, old worker) still to re-fork
+        self._reload_pending: dict[int, int] = {}  # new worker pid -> old worker it replaces
+        # Dead workers whose job and registration still need settling (Redis was unreachable).
+        self._unsettled: list[tuple[str, tuple[str, ...], str | None, str]] = []
+        self._stranded = StrandedJobs(config.all_queues)
+        self._next_stranded_check = now
         self._redis_down_since: float | None = None
         self._selector = selectors.DefaultSelector()
         self._wake_r = self._wake_w = self._events_r = self._events_w = -1
@@ -127,6 +134,7 @@ class Pool:
         # freezing keeps the collector from touching (and so copying) those pages.
         gc.collect()
         gc.freeze()
+        self._clear_previous_run()
         log.info(
             "pool %s started: pid %d, queues %s, %s",
             self.config.pool_name,
@@ -134,6 +142,12 @@ class Pool:
             ",".join(self.config.all_queues),
             ", ".join(f"{g.name} {g.policy.settings.min_workers}-{g.policy.settings.max_workers}" for g in self.groups),
         )
+
+    def _clear_previous_run(self) -> None:
+        try:
+            clear_previous_run(self.connection, f"{self.host}.{self.config.pool_name}.", self.config.worker_kwargs)
+        except RedisError as exc:
+            log.warning("could not look for an earlier run's leftovers: %s", exc)
 
     def _teardown(self) -> None:
         signal.set_wakeup_fd(-1)
@@ -169,6 +183,10 @@ class Pool:
             if now >= self._next_tick:
                 self._next_tick = now + self.config.scaling_period
                 self._tick(now)
+            self._kill_stuck(now)
+            self._settle_dead_workers()
+            self._recover_stranded(now)
+            self._continue_reload()
             self._spawn_missing()
             if self.scheduler is not None:
                 self.scheduler.run_due(now)
@@ -194,7 +212,7 @@ class Pool:
             elif signum in (signal.SIGTTIN, signal.SIGTTOU):
                 self._resize(+1 if signum == signal.SIGTTIN else -1)
             elif signum == signal.SIGHUP:
-                log.info("SIGHUP: nothing to reload yet")
+                self._begin_reload()
 
     def _request_stop(self, cold: bool) -> None:
         if cold:
@@ -241,7 +259,7 @@ class Pool:
             for _ in range(group.deficit):
                 self._spawn(group)
 
-    def _spawn(self, group: WorkerGroup) -> None:
+    def _spawn(self, group: WorkerGroup) -> int:
         threads = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
         if threads:
             raise PoolError(f"refusing to fork while threads run in the master: {', '.join(threads)}")
@@ -254,6 +272,7 @@ class Pool:
         group.worker_born(pid, slot, self.clock(), self.worker_name(group, slot, pid))
         self._owner[pid] = group
         self.state.mark_dirty()
+        return pid
 
     def worker_name(self, group: WorkerGroup, slot: int, pid: int) -> str:
         prefix = self.config.pool_name if len(self.groups) == 1 else f"{self.config.pool_name}.{group.name}"
@@ -305,20 +324,34 @@ class Pool:
         assert self._events is not None
         for event in self._events.read():
             group = self._owner.get(event.pid)
-            if group is None:
-                continue
-            if event.kind == BUSY:
-                group.job_started(event.pid, event.job_id or "", event.at)
-            elif event.kind == IDLE:
-                group.job_ended(event.pid, event.at)
-            elif event.kind == READY:
-                group.worker_ready(event.pid)
-                self._boot_failures = 0
-            elif event.kind == RECYCLE:
-                # It exits after this job: its replacement starts now, not after it is gone.
-                log.info("worker %s recycles (%s)", group.workers[event.pid].name, event.job_id)
-                group.mark_retiring(event.pid)
-            self.state.mark_dirty()
+            if group is not None:
+                self._handle_event(group, event)
+
+    def _handle_event(self, group: WorkerGroup, event: Event) -> None:
+        if event.kind == BUSY:
+            group.job_started(event.pid, event.job_id or "", event.at, event.timeout)
+        elif event.kind == IDLE:
+            group.job_ended(event.pid, event.at)
+        elif event.kind == READY:
+            group.worker_ready(event.pid)
+            self._boot_failures = 0
+            self._finish_reload_step(group, event.pid)
+        elif event.kind == RECYCLE:
+            # It exits after this job: its replacement starts now, not after it is gone.
+            log.info("worker %s recycles (%s)", group.workers[event.pid].name, event.job_id)
+            group.mark_retiring(event.pid)
+        else:
+            return  # ALIVE: nothing to publish
+        self.state.mark_dirty()
+
+    def _finish_reload_step(self, group: WorkerGroup, new_pid: int) -> None:
+        """A re-forked worker is up: its predecessor may leave (warm)."""
+        old = self._reload_pending.pop(new_pid, None)
+        if old is None:
+            return
+        group.target -= 1
+        if old in group.workers and not group.workers[old].retiring:
+            self._retire(group, group.workers[old])
 
     def _reap(self) -> None:
         while True:
@@ -335,6 +368,8 @@ class Pool:
     def _worker_exited(self, group: WorkerGroup, pid: int, code: int) -> None:
         record = group.worker_exited(pid, self.clock())
         self.state.mark_dirty()
+        if self._reload_pending.pop(pid, None) is not None:
+            group.target -= 1  # a re-fork that never came up: the old worker stays
         if record is None or self._stopping or record.retiring:
             log.debug("worker %s exited (%s)", record.name if record else pid, _describe_exit(code))
             return
@@ -348,9 +383,9 @@ class Pool:
             return
         log.warning("worker %s exited unexpectedly (%s)%s", record.name, _describe_exit(code),
                     f" while running job {record.job_id}" if record.job_id else "")
-        reason = f"worker {record.name} {_describe_exit(code)}"
-        settle_dead_worker(self.connection, record.name, group.queues, record.job_id, reason, self.config.worker_kwargs)
-        if not record.ready:
+        self._unsettled.append((record.name, group.queues, record.job_id, f"worker {record.name} {_describe_exit(code)}"))
+        self._settle_dead_workers()
+        if not record.ready and self._redis_reachable():
             self._boot_failures += 1
             if self._boot_failures >= self.config.max_boot_failures:
                 raise PoolError(
@@ -358,6 +393,58 @@ class Pool:
                     f"({_describe_exit(code)}); see the worker errors above"
                 )
         self._back_off()
+
+    def _settle_dead_workers(self) -> None:
+        """End the jobs of dead workers; what Redis refuses now is retried on the next pass."""
+        pending, self._unsettled = self._unsettled, []
+        for name, queues, job_id, reason in pending:
+            if not settle_dead_worker(self.connection, name, queues, job_id, reason, self.config.worker_kwargs):
+                self._unsettled.append((name, queues, job_id, reason))
+
+    def _recover_stranded(self, now: float) -> None:
+        if now < self._next_stranded_check:
+            return
+        self._next_stranded_check = now + STRANDED_CHECK_SECONDS
+        held = {w.job_id for g in self.groups for w in g.workers.values() if w.job_id}
+        try:
+            self._stranded.recover(self.connection, now, held, self.config.worker_kwargs)
+        except RedisError:
+            pass  # the outage is logged once by the scaling tick
+
+    def _kill_stuck(self, now: float) -> None:
+        """Kill a worker whose job ran past its timeout plus a margin: rq would have ended it by then."""
+        for group in self.groups:
+            for record in list(group.workers.values()):
+                timeout = record.job_timeout
+                if not record.busy or timeout is None or timeout < 0:
+                    continue
+                if now - record.job_started_at > timeout + self.config.stuck_margin:
+                    log.error("worker %s is stuck: job %s has run %.0f s, past its timeout of %.0f s; killing it",
+                              record.name, record.job_id, now - record.job_started_at, timeout)
+                    record.job_timeout = None  # once
+                    _kill(int(record.key), signal.SIGKILL)
+
+    def _begin_reload(self) -> None:
+        """SIGHUP: re-fork every worker, one at a time, the new one up before the old one leaves."""
+        self._reload_queue = [(g, int(w.key)) for g in self.groups for w in g.active]
+        log.info("SIGHUP: re-forking %d workers one at a time", len(self._reload_queue))
+
+    def _continue_reload(self) -> None:
+        if self._reload_pending or not self._reload_queue:
+            return
+        group, old = self._reload_queue.pop(0)
+        if old not in group.workers or group.workers[old].retiring:
+            return
+        group.target += 1
+        new = self._spawn(group)
+        self._reload_pending[new] = old
+
+    def _redis_reachable(self) -> bool:
+        try:
+            self.connection.ping()
+            return True
+        except RedisError:
+            return False
 
     def _back_off(self) -> None:
         """Replace crashed workers, but slow down when they keep crashing."""

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .events import BUSY, IDLE, READY, RECYCLE, EventWriter
+from .events import ALIVE, BUSY, IDLE, READY, RECYCLE, EventWriter
 
 PR_SET_PDEATHSIG = 1
 POLL_SECONDS = 1  # longest an idle worker waits before re-checking for a stop
@@ -53,13 +53,13 @@ class PoolWorkerMixin:
 
     # -- job accounting ---------------------------------------------------
     def execute_job(self, job: Any, queue: Any) -> Any:
-        self._pool_send(BUSY, job.id)
-        try:
-            return super().execute_job(job, queue)  # type: ignore[misc]
-        finally:
-            self._pool_send(IDLE, job.id)
-            self._pool_jobs_done += 1
-            self._pool_check_recycle()
+        # No `finally`: if execution raises, rq's loop quits and the master,
+        # still seeing the job held, settles it when the worker exits.
+        result = super().execute_job(job, queue)  # type: ignore[misc]
+        self._pool_send(IDLE, job.id)
+        self._pool_jobs_done += 1
+        self._pool_check_recycle()
+        return result
 
     def _pool_check_recycle(self) -> None:
         """Between jobs: exit (warm) once the job count or memory limit is reached."""
@@ -86,15 +86,23 @@ class PoolWorkerMixin:
 
     def dequeue_job_and_maintain_ttl(self, timeout: Any, max_idle_time: Any = None) -> Any:
         if timeout is None:  # burst mode: one non-blocking look, as rq does
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)  # type: ignore[misc]
+            return self._pool_took(super().dequeue_job_and_maintain_ttl(timeout, max_idle_time))  # type: ignore[misc]
         while not self._stop_requested and not self.pool_orphaned():  # type: ignore[attr-defined]
             # max_idle_time makes rq return None after one empty poll, so the
             # stop flag is checked between polls and never while a job is in hand.
             result = super().dequeue_job_and_maintain_ttl(POLL_SECONDS, POLL_SECONDS)  # type: ignore[misc]
             if result is not None:
-                return result
+                return self._pool_took(result)
+            self._pool_send(ALIVE)
         self._stop_requested = True
         return None
+
+    def _pool_took(self, result: Any) -> Any:
+        """Tell the master the moment a job is in hand, so it knows the job if this worker dies."""
+        if result is not None:
+            job = result[0]
+            self._pool_send(BUSY, job.id, job.timeout)
+        return result
 
     def pool_orphaned(self) -> bool:
         return bool(self.pool_master_pid) and os.getppid() != self.pool_master_pid
@@ -141,9 +149,9 @@ class PoolWorkerMixin:
     def unsubscribe(self) -> None:
         pass
 
-    def _pool_send(self, kind: str, job_id: str | None = None) -> None:
+    def _pool_send(self, kind: str, job_id: str | None = None, timeout: float | None = None) -> None:
         if self.pool_events is not None:
-            self.pool_events.send(kind, job_id)
+            self.pool_events.send(kind, job_id, timeout)
 
 
 _wrapped: dict[type, type] = {}

@@ -44,3 +44,20 @@ class BrokenWorker(Worker):
 
     def register_birth(self) -> None:
         raise RuntimeError("cannot register")
+
+
+def wedge(seconds: float = 60) -> None:
+    """A job rq cannot time out: it blocks the alarm signal rq's death penalty uses."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(seconds)
+
+
+class DiesAfterPop(Worker):
+    """Dies (once) between popping a job and starting it: the job must not be lost."""
+
+    def execute_job(self, job, queue):  # noqa: ANN001
+        if self.connection.set("test:died-after-pop", 1, nx=True):
+            os.kill(os.getpid(), 9)
+        return super().execute_job(job, queue)

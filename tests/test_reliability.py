@@ -1,0 +1,167 @@
+"""Fault injection on real processes and a real Redis: nothing lost, nothing orphaned, no hang."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq import Queue, Worker
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+
+from conftest import PoolProcess, run_counts, wait_until
+from rq_orchestrator.embedded_redis import RedisServer
+from test_pool import FAST, finished, pool_processes
+
+
+def settled(jobs) -> bool:
+    return all(j.get_status(refresh=True) in (JobStatus.FINISHED, JobStatus.FAILED) for j in jobs)
+
+
+def test_random_worker_kills_while_the_pool_churns(start_pool, redis):
+    """Every job ends finished exactly once, or failed with the reason; none left started."""
+    pool = start_pool("--min-workers", "1", "--max-workers", "5", "--scaling-period", "0.1",
+                      "--utilization-window", "0.3")
+    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
+    queue = Queue(connection=redis)
+    rng = random.Random(11)
+    jobs, kills, sizes = [], 0, []
+    for _ in range(10):
+        jobs += [queue.enqueue("jobs.sleep", rng.uniform(0.05, 0.5)) for _ in range(rng.randint(5, 20))]
+        time.sleep(rng.uniform(0.2, 0.6))
+        sizes.append(pool.active_workers())
+        # Kill workers in the middle of a job, as an OOM kill does (see the README on the
+        # microseconds between rq popping a job and the worker reporting it).
+        busy = [w["pid"] for w in pool.workers()
+                if w["state"] == "busy" and Job.fetch(w["job"], connection=redis).get_status() == JobStatus.STARTED]
+        if busy:
+            os.kill(rng.choice(busy), signal.SIGKILL)
+            kills += 1
+    pool.wait_until(lambda: settled(jobs), 60, "every job to settle")
+    counts = run_counts(redis)
+    for job in jobs:
+        job.refresh()
+        if job.get_status() == JobStatus.FINISHED:
+            assert counts[job.id] == 1
+        else:
+            assert "killed by SIGKILL" in job.meta["rq_orchestrator_failure"]
+            assert counts.get(job.id, 0) <= 1  # its body may have completed before the kill
+    assert StartedJobRegistry(queue=queue).count == 0 and len(queue) == 0
+    assert kills >= 5 and max(sizes) <= 5
+    assert sum(j.get_status() == JobStatus.FINISHED for j in jobs) >= len(jobs) - kills
+
+
+def test_a_restarted_pool_clears_what_its_killed_run_left(redis_url, redis, tmp_path):
+    queue = Queue(connection=redis)
+    first = PoolProcess(redis_url, ("--num-workers", "1", "--name", "again", *FAST), tmp_path / "first.log")
+    try:
+        job = queue.enqueue("jobs.sleep", 30)
+        first.wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 15, "the job to start")
+        os.killpg(first.pid, signal.SIGKILL)  # master and worker at once: nobody cleans up
+        first.proc.wait()
+        wait_until(lambda: not pool_processes("again"), 10, "the killed run's processes to go")
+        assert len(Worker.all(connection=redis)) == 1 and StartedJobRegistry(queue=queue).count == 1
+    finally:
+        first.cleanup()
+    second = PoolProcess(redis_url, ("--num-workers", "1", "--name", "again", *FAST), tmp_path / "second.log")
+    try:
+        second.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FAILED, 15, "the abandoned job to fail")
+        job.refresh()
+        assert "earlier run" in job.meta["rq_orchestrator_failure"]
+        second.wait_until(lambda: [w.name for w in Worker.all(connection=redis)] == [w["name"] for w in second.workers()]
+                          and len(second.workers()) == 1, 15, "only the new worker registered")
+    finally:
+        second.cleanup()
+
+
+def test_sighup_reforks_every_worker_without_dropping_below_size(start_pool):
+    pool = start_pool("--num-workers", "2", *FAST)
+    old = set(pool.wait_until(lambda: len(pool.ready_pids()) == 2 and pool.ready_pids(), 15, "two workers"))
+    pool.send(signal.SIGHUP)
+    seen = []
+
+    def all_new() -> bool:
+        ready = set(pool.ready_pids())
+        seen.append(len([w for w in pool.workers() if w["state"] in ("idle", "busy")]))
+        return len(ready) == 2 and not ready & old
+
+    pool.wait_until(all_new, 20, "two re-forked workers")
+    assert min(seen) >= 2
+
+
+def test_a_wedged_worker_is_killed_and_its_job_failed(start_pool, redis):
+    pool = start_pool("--num-workers", "1", "--worker-class", "rq.SimpleWorker", "--stuck-margin", "1", *FAST)
+    first = pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")[0]
+    job = Queue(connection=redis).enqueue("jobs.wedge", 60, job_timeout=1)
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FAILED, 20, "the wedged job to fail")
+    assert "is stuck" in pool.output()
+    pool.wait_until(lambda: pool.ready_pids() and pool.ready_pids()[0] != first, 15, "a replacement")
+
+
+def test_redis_outage_loses_no_queued_job(tmp_path):
+    with RedisServer(persistent=True) as server:
+        client = server.client()
+        queue = Queue(connection=client)
+        pool = PoolProcess(server.url, ("--num-workers", "2", *FAST), tmp_path / "pool.log")
+        try:
+            pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two workers")
+            jobs = [queue.enqueue("jobs.sleep", 0.05) for _ in range(60)]
+            time.sleep(0.3)
+            server.stop()
+            time.sleep(3)
+            assert pool.proc.poll() is None, "the master must outlive the outage"
+            server.start()
+            pool.wait_until(lambda: settled(jobs), 60, "every job to settle after the outage")
+            finished_jobs = [j for j in jobs if j.get_status() == JobStatus.FINISHED]
+            assert len(finished_jobs) >= len(jobs) - 2  # at most the jobs in flight when Redis went away fail
+            assert len(queue) == 0
+            assert pool.output().count("Redis unreachable") <= 1
+            assert pool.proc.poll() is None
+        finally:
+            pool.cleanup()
+            client.close()
+
+
+def test_twenty_starts_with_jobs_already_queued_never_hang(start_pool, redis):
+    queue = Queue(connection=redis)
+    for attempt in range(20):
+        jobs = [queue.enqueue("jobs.noop") for _ in range(8)]
+        pool = start_pool("--num-workers", "4", "--name", f"start{attempt}", *FAST)
+        pool.wait_until(lambda: finished(jobs), 20, f"start {attempt}: the queued jobs to run")
+        pool.send(signal.SIGTERM)
+        assert pool.wait(15) == 0, f"start {attempt} did not stop"
+    assert len(run_counts(redis)) == 160
+
+
+def test_acl_password_never_shown(redis, redis_server, start_pool):
+    redis.execute_command("ACL", "SETUSER", "pooluser", "on", ">s3cretpw", "~*", "&*", "+@all")
+    try:
+        url = f"redis://pooluser:s3cretpw@127.0.0.1:{redis_server.port}/0"
+        pool = PoolProcess(url, ("--num-workers", "1", *FAST), Path(os.environ.get("TMPDIR", "/tmp")) / f"acl-{os.getpid()}.log")
+        try:
+            job = Queue(connection=redis).enqueue("jobs.noop")
+            pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 15, "the job")
+            titles = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in [pool.pid, *pool.ready_pids()]]
+            assert all(b"s3cretpw" not in title for title in titles)
+            assert "s3cretpw" not in pool.output()
+            assert "s3cretpw" not in str(pool.state())
+        finally:
+            pool.cleanup()
+            pool.log_path.unlink(missing_ok=True)
+    finally:
+        redis.execute_command("ACL", "DELUSER", "pooluser")
+
+
+def test_a_job_popped_by_a_worker_that_dies_before_starting_it_is_requeued(start_pool, redis):
+    queue = Queue(connection=redis)
+    pool = start_pool("--num-workers", "1", "--worker-class", "jobs.DiesAfterPop", *FAST)
+    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
+    job = queue.enqueue("jobs.noop")
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "the job to run after all")
+    assert run_counts(redis) == {job.id: 1}
+    assert "back at the front" in pool.output()
