@@ -55,3 +55,10 @@ def worker_pool(queues: tuple[str, ...], url: str, **opts: Any) -> None:
     connection = connect(url)
     setup_logging(config.logging_level)
     sys.exit(Pool(config, connection).run())
+
+
+from .demo import demo  # noqa: E402
+
+main.add_command(demo)
+
+
