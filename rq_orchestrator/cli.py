@@ -62,3 +62,6 @@ from .demo import demo  # noqa: E402
 main.add_command(demo)
 
 
+from .simulate import simulate  # noqa: E402
+
+main.add_command(simulate)

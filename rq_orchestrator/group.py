@@ -9,6 +9,7 @@ retired, with a warm stop, and a retiring worker no longer counts as capacity.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
 
@@ -26,10 +27,74 @@ class WorkerRecord:
     jobs_done: int = 0
     retiring: bool = False
     ready: bool = False
+    job_started_at: float = 0.0
+    job_timeout: float | None = None
 
     @property
     def busy(self) -> bool:
         return self.job_id is not None
+
+
+class JobFlow:
+    """Arrival rate and mean job length over a sliding window, for the policy's step estimate.
+
+    Built from what the group already hears: each job's start and end, and
+    the queue length the pool reports with each tick. The jobs that arrived
+    since the oldest queue sample of the window are those that started since,
+    plus the growth of the queue::
+
+        arrival_rate = (starts since then + queued now - queued then) / (now - then)
+
+    The mean job length is time on test over failures, as for censored
+    lifetimes: the seconds run by the jobs that ended in the window and by
+    those still running, over the jobs that ended. Long jobs still running
+    count, and a job that just started does not shorten the mean.
+    """
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._starts: deque[float] = deque()
+        self._ended: deque[tuple[float, float]] = deque()  # (start, end) of finished jobs, by end
+        self._running: dict[Hashable, float] = {}  # worker -> start of its job
+        self._queued: deque[tuple[float, int]] = deque()  # (time, queue length) samples
+
+    def started(self, key: Hashable, at: float) -> None:
+        self._starts.append(at)
+        self._running[key] = at
+
+    def ended(self, key: Hashable, at: float) -> None:
+        start = self._running.pop(key, None)
+        if start is not None:
+            self._ended.append((start, at))
+
+    def forget(self, key: Hashable) -> None:
+        """The worker is gone mid-job: its job neither runs on nor finished."""
+        self._running.pop(key, None)
+
+    def sample_queue(self, at: float, queued_jobs: int) -> None:
+        samples = self._queued
+        samples.append((at, queued_jobs))
+        while len(samples) > 1 and samples[1][0] <= at - self.window:
+            samples.popleft()
+        while self._starts and self._starts[0] <= samples[0][0]:
+            self._starts.popleft()
+
+    def arrival_rate(self, now: float) -> float | None:
+        if len(self._queued) < 2:
+            return None
+        (since, queued_then), (_, queued_now) = self._queued[0], self._queued[-1]
+        if now <= since:
+            return None
+        return max(len(self._starts) + queued_now - queued_then, 0) / (now - since)
+
+    def mean_job_seconds(self, now: float) -> float | None:
+        ended = self._ended
+        while ended and ended[0][1] <= now - self.window:
+            ended.popleft()
+        if not ended:
+            return None
+        seconds = sum(end - start for start, end in ended) + sum(now - start for start in self._running.values())
+        return seconds / len(ended)
 
 
 @dataclass(frozen=True)
@@ -54,9 +119,11 @@ class WorkerGroup:
         self.queues = queues
         self.policy = policy
         self.ledger = BusyLedger(window, now)
+        self.flow = JobFlow(window)
         self.workers: dict[Hashable, WorkerRecord] = {}
         self.target = policy.settings.min_workers
         self.last_decision: Decision | None = None
+        self.last_observation: Observation | None = None  # the latest observe(), e.g. of the last tick
 
     # -- events -----------------------------------------------------------
     def worker_born(self, key: Hashable, slot: int, now: float, name: str = "") -> WorkerRecord:
@@ -68,12 +135,15 @@ class WorkerGroup:
         if key in self.workers:
             self.workers[key].ready = True
 
-    def job_started(self, key: Hashable, job_id: str, now: float) -> None:
+    def job_started(self, key: Hashable, job_id: str, now: float, timeout: float | None = None) -> None:
         record = self.workers.get(key)
         if record is None:
             return
         record.job_id = job_id
+        record.job_started_at = now
+        record.job_timeout = timeout
         self.ledger.job_started(key, now)
+        self.flow.started(key, now)
 
     def job_ended(self, key: Hashable, now: float) -> None:
         record = self.workers.get(key)
@@ -82,9 +152,11 @@ class WorkerGroup:
         record.job_id = None
         record.jobs_done += 1
         self.ledger.job_ended(key, now)
+        self.flow.ended(key, now)
 
     def worker_exited(self, key: Hashable, now: float) -> WorkerRecord | None:
         self.ledger.worker_exited(key, now)
+        self.flow.forget(key)
         return self.workers.pop(key, None)
 
     # -- views ------------------------------------------------------------
@@ -105,20 +177,67 @@ class WorkerGroup:
     def utilization(self, now: float) -> float:
         return self.ledger.utilization(now, len(self.active))
 
-    def observe(self, now: float, queued_jobs: int = 0) -> Observation:
+    def observe(
+        self,
+        now: float,
+        queued_jobs: int = 0,
+        *,
+        oldest_wait: float | None = None,
+        pool_memory: int | None = None,
+    ) -> Observation:
+        """The group as the policy sees it; arrival rate and mean job length come from the group's own events."""
         active = self.active
-        return Observation(
+        self.last_observation = Observation(
             now=now,
             workers=len(active),
             idle_workers=sum(1 for w in active if not w.busy),
             utilization=self.ledger.utilization(now, len(active)),
             queued_jobs=queued_jobs,
+            oldest_wait=oldest_wait,
+            arrival_rate=self.flow.arrival_rate(now),
+            mean_job_seconds=self.flow.mean_job_seconds(now),
+            pool_memory=pool_memory,
         )
+        return self.last_observation
 
     # -- decisions --------------------------------------------------------
-    def tick(self, now: float, queued_jobs: int = 0) -> Plan:
-        """One scaling period: ask the policy, then say whom to start or retire."""
-        decision = self.policy.decide(self.observe(now, queued_jobs))
+    def tick(
+        self,
+        now: float,
+        queued_jobs: int = 0,
+        *,
+        oldest_wait: float | None = None,
+        pool_memory: int | None = None,
+    ) -> Plan:
+        """One scaling period: ask the policy, then say whom to start or retire.
+
+        ``oldest_wait`` (seconds the oldest job in the group's queues has
+        waited) and ``pool_memory`` (bytes) feed --max-queue-wait and
+        --max-pool-memory; leave them None where not measured.
+        """
+        self.flow.sample_queue(now, queued_jobs)
+        obs = self.observe(now, queued_jobs, oldest_wait=oldest_wait, pool_memory=pool_memory)
+        return self._apply(self.policy.decide(obs))
+
+    def urgent_tick(
+        self,
+        now: float,
+        queued_jobs: int = 0,
+        *,
+        oldest_wait: float | None = None,
+        pool_memory: int | None = None,
+    ) -> Plan | None:
+        """The check between periods (call it about once a second): a plan to grow now, or None.
+
+        It grows a group with no worker and a waiting job, or one whose oldest
+        job waited longer than --max-queue-wait while no worker is idle.
+        """
+        self.flow.sample_queue(now, queued_jobs)
+        obs = self.observe(now, queued_jobs, oldest_wait=oldest_wait, pool_memory=pool_memory)
+        decision = self.policy.urgent(obs)
+        return None if decision is None else self._apply(decision)
+
+    def _apply(self, decision: Decision) -> Plan:
         self.last_decision = decision
         retire: tuple[Hashable, ...] = ()
         if decision.action is Action.DOWN:

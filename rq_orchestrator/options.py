@@ -83,7 +83,9 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    from .policy_options import policy_options  # imports this module: import here, not at the top
+
+    return policy_options(func)
 
 
 def resolve_bounds(min_workers: int | None, max_workers: int | None, num_workers: int | None) -> tuple[int, int]:
@@ -168,9 +170,16 @@ def check_numbers(opts: dict[str, Any]) -> tuple[int, int]:
     if opts["graceful_timeout"] is not None and not opts["graceful_timeout"] >= 0:
         raise BadInput(f"--graceful-timeout must be 0 or more seconds, got {opts['graceful_timeout']}")
     memory_limit(opts["max_memory_per_worker"])
+    policy_settings(opts)
     if not opts["stuck_margin"] > 0:
         raise BadInput(f"--stuck-margin must be greater than 0, got {opts['stuck_margin']}")
     return bounds
+
+
+def policy_settings(opts: dict[str, Any]) -> dict[str, Any]:
+    from .policy_options import policy_settings as settings
+
+    return settings(opts)
 
 
 def memory_limit(text: str | None) -> int | None:
@@ -227,6 +236,7 @@ def build_config(queues: Iterable[str], opts: dict[str, Any], default_worker_cla
         max_memory_per_worker=memory_limit(opts["max_memory_per_worker"]),
         graceful_timeout=opts["graceful_timeout"],
         stuck_margin=opts["stuck_margin"],
+        policy=policy_settings(opts),
     )
 
 

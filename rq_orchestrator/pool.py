@@ -28,8 +28,10 @@ from .config import PoolConfig, hostname
 from .connection import fresh_copy
 from .dead_workers import StrandedJobs, clear_previous_run, settle_dead_worker
 from .events import BUSY, IDLE, READY, RECYCLE, EventReader, Event
-from .group import WorkerGroup, WorkerRecord
+from .group import Plan, WorkerGroup, WorkerRecord
 from .master_scheduler import MasterScheduler
+from .memory import total_pss
+from .queue_watch import QueueStats, observe_queues
 from .scaling import ScalingPolicy, ScalingSettings
 from .state import StatePublisher
 from .worker_process import WorkerLaunch, run_worker, set_process_title
@@ -45,7 +47,7 @@ HANDLED_SIGNALS = (
     signal.SIGTTIN,
     signal.SIGTTOU,
 )
-LOOP_SECONDS = 1.0  # the longest the master sleeps: housekeeping runs at least this often
+OBSERVE_SECONDS = 1.0  # queues are observed (and the master wakes) at least this often
 CRASH_BACKOFF_MAX = 10.0
 STRANDED_CHECK_SECONDS = 2.0
 
@@ -70,7 +72,7 @@ class Pool:
                 name=spec.name,
                 queues=spec.queues,
                 policy=ScalingPolicy(
-                    ScalingSettings(spec.min_workers, spec.max_workers, config.utilization_threshold)
+                    ScalingSettings(spec.min_workers, spec.max_workers, config.utilization_threshold, **config.policy)
                 ),
                 window=config.utilization_window,
                 now=now,
@@ -84,6 +86,7 @@ class Pool:
         self._draining = False  # burst mode: a worker found the queues empty
         self._exit_status = 0
         self._next_tick = now + config.scaling_period
+        self._next_observation = now
         self._respawn_at = 0.0
         self._crashes = 0
         self._last_crash = 0.0
@@ -180,9 +183,7 @@ class Pool:
                 log.info("pool %s: burst done, all workers have exited", self.config.pool_name)
                 return
             now = self.clock()
-            if now >= self._next_tick:
-                self._next_tick = now + self.config.scaling_period
-                self._tick(now)
+            self._scale(now)
             self._kill_stuck(now)
             self._settle_dead_workers()
             self._recover_stranded(now)
@@ -193,7 +194,7 @@ class Pool:
             self.state.publish_if_due(now)
 
     def _sleep(self) -> None:
-        timeout = max(min(self._next_tick - self.clock(), LOOP_SECONDS), 0.0)
+        timeout = max(min(self._next_tick, self._next_observation) - self.clock(), 0.0)
         for key, _ in self._selector.select(timeout):
             if key.fd == self._wake_r:
                 _drain(self._wake_r)
@@ -455,30 +456,51 @@ class Pool:
         self._respawn_at = now + delay
 
     # -- scaling ----------------------------------------------------------
-    def _tick(self, now: float) -> None:
-        queued = self._queued_jobs()
-        if queued is None:
+    def _scale(self, now: float) -> None:
+        """Observe the queues once a second; the policy decides each period, and in between may grow urgently."""
+        due = now >= self._next_tick
+        if not due and now < self._next_observation:
             return
+        self._next_observation = now + OBSERVE_SECONDS
+        if due:
+            self._next_tick = now + self.config.scaling_period
+        stats = self._observe_queues()
+        if stats is None:
+            return  # no decision on missing data
+        memory = self._pool_memory() if due else None
         for group in self.groups:
-            workers = len(group.active)
-            plan = group.tick(now, queued.get(group.name, 0))
-            d = plan.decision
-            log.info(
-                "scale group=%s workers=%d utilization=%.2f decision=%s target=%d reason=%s",
-                group.name, workers, group.ledger.utilization(now, workers), d.action.value, d.target, d.reason,
-            )
-            for key in plan.retire:
-                _kill(int(key), signal.SIGTERM)
-        self.state.record_tick(now)
+            observed = stats[group.name]
+            kwargs = {"oldest_wait": observed.oldest_wait, "pool_memory": memory}
+            if due:
+                self._apply(group, group.tick(now, observed.queued, **kwargs), now)
+            else:
+                plan = group.urgent_tick(now, observed.queued, **kwargs)
+                if plan is not None:
+                    self._apply(group, plan, now)
+        if due:
+            self.state.record_tick(now)
 
-    def _queued_jobs(self) -> dict[str, int] | None:
-        """Jobs waiting in each group's queues, or None while Redis is unreachable."""
+    def _apply(self, group: WorkerGroup, plan: Plan, now: float) -> None:
+        d = plan.decision
+        workers = len(group.active) + len(plan.retire)
+        log.info(
+            "scale group=%s workers=%d utilization=%.2f decision=%s target=%d reason=%s",
+            group.name, workers, group.ledger.utilization(now, workers), d.action.value, d.target, d.reason,
+        )
+        for key in plan.retire:
+            _kill(int(key), signal.SIGTERM)
+        self.state.mark_dirty()
+
+    def _pool_memory(self) -> int | None:
+        """Total PSS of the master and its workers, measured only where a ceiling asks for it."""
+        if not any(g.policy.settings.max_pool_memory for g in self.groups):
+            return None
+        return total_pss([self.pid, *self._owner])
+
+    def _observe_queues(self) -> dict[str, QueueStats] | None:
+        """Jobs waiting in each group's queues and the oldest one's wait, or None while Redis is unreachable."""
         try:
-            with self.connection.pipeline(transaction=False) as pipe:
-                for group in self.groups:
-                    for queue in group.queues:
-                        pipe.llen(f"rq:queue:{queue}")
-                lengths = iter(pipe.execute())
+            stats = observe_queues(self.connection, {g.name: g.queues for g in self.groups})
         except RedisError as exc:
             if self._redis_down_since is None:
                 self._redis_down_since = self.clock()
@@ -487,7 +509,7 @@ class Pool:
         if self._redis_down_since is not None:
             log.info("Redis is back after %.0f s", self.clock() - self._redis_down_since)
             self._redis_down_since = None
-        return {g.name: sum(next(lengths) for _ in g.queues) for g in self.groups}
+        return stats
 
 
 def _jittered(max_jobs: int | None) -> int | None:

@@ -363,3 +363,89 @@ def test_resize_bounds_applies_to_next_decision():
     assert group.deficit == 2
     plan = group.tick(5.0)
     assert (plan.decision.action, plan.decision.target, plan.spawn) == (Action.UP, 4, 2)
+
+
+# -- observations for the policy options -------------------------------------------
+def test_tick_passes_the_new_measurements_to_the_policy():
+    group = make_group()
+    populate(group, 2)
+    plan = group.tick(5.0, 3, oldest_wait=1.5, pool_memory=123)
+    assert plan.decision.action is Action.HOLD
+    obs = group.last_observation
+    assert (obs.now, obs.queued_jobs, obs.oldest_wait, obs.pool_memory) == (5.0, 3, 1.5, 123)
+    group.tick(10.0)  # positional and default use still work
+    assert (group.last_observation.oldest_wait, group.last_observation.pool_memory) == (None, None)
+
+
+def test_urgent_tick_is_none_unless_the_policy_grows():
+    group = make_group()
+    populate(group, 2)
+    assert group.urgent_tick(1.0, 10, oldest_wait=30.0) is None  # the seed's rule: no urgent growth
+    assert group.target == 2
+
+
+def test_urgent_tick_grows_an_empty_group():
+    group = make_group(min_workers=0)
+    plan = group.urgent_tick(0.4, 1)
+    assert plan is not None
+    assert (plan.decision.action, plan.decision.target, plan.spawn, plan.retire) == (Action.UP, 1, 1, ())
+    assert group.target == 1 and group.last_decision == plan.decision
+
+
+def test_urgent_tick_on_a_long_wait():
+    policy = ScalingPolicy(ScalingSettings(1, 4, 0.5, max_queue_wait=2.0))
+    group = WorkerGroup("default", ("default",), policy, window=30.0, now=0.0)
+    populate(group, 1)
+    group.job_started("w1", "j1", 0.0)
+    assert group.urgent_tick(1.0, 1, oldest_wait=1.0) is None
+    plan = group.urgent_tick(2.0, 2, oldest_wait=2.5)
+    assert (plan.decision.action, plan.spawn) == (Action.UP, 1)
+    populate(group, 1, now=2.0)
+    assert group.urgent_tick(3.0, 2, oldest_wait=3.5) is None  # the new worker is idle: still starting
+
+
+def test_arrival_rate_counts_starts_and_queue_growth():
+    group = make_group()
+    populate(group, 2)
+    group.tick(0.0, 0)
+    assert group.observe(0.0).arrival_rate is None  # one sample: no rate yet
+    for t in (1.0, 2.0, 3.0, 4.0):
+        group.job_started("w1", f"j{t}", t)
+        group.job_ended("w1", t + 0.5)
+    group.tick(5.0, 6)  # 4 started, queue grew by 6 over 5 s
+    assert group.last_observation.arrival_rate == 10 / 5
+
+
+def test_arrival_rate_window_slides():
+    group = make_group(window=10.0)
+    populate(group, 1)
+    group.tick(0.0, 5)
+    group.job_started("w1", "j", 1.0)
+    group.tick(10.0, 5)
+    group.tick(15.0, 3)  # the sample at 0 left the window: from t=10, no start and 2 fewer queued
+    assert group.last_observation.arrival_rate == 0.0
+
+
+def test_mean_job_seconds_is_time_on_test_over_jobs_ended():
+    group = make_group()
+    populate(group, 3)
+    assert group.observe(1.0).mean_job_seconds is None
+    group.job_started("w1", "a", 0.0)
+    group.job_ended("w1", 2.0)
+    group.job_started("w2", "b", 1.0)  # 60 s job, still running
+    assert group.observe(3.0).mean_job_seconds == (2.0 + 2.0) / 1
+    group.job_started("w1", "c", 3.0)  # just started: adds nothing
+    assert group.observe(3.0).mean_job_seconds == 4.0
+    assert group.observe(31.0).mean_job_seconds == 2.0 + 30.0 + 28.0  # a, and b and c so far, over 1 ended
+    assert group.observe(32.5).mean_job_seconds is None  # the only ended job left the window
+
+
+def test_a_job_lost_with_its_worker_does_not_count_as_ended():
+    group = make_group()
+    populate(group, 2)
+    group.job_started("w1", "a", 0.0)
+    group.worker_exited("w1", 5.0)
+    assert group.observe(6.0).mean_job_seconds is None
+    group.job_started("w2", "b", 6.0)
+    group.job_ended("w2", 7.0)
+    assert group.observe(7.0).mean_job_seconds == 1.0

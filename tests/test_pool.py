@@ -253,3 +253,24 @@ def test_workers_failing_at_start_up_stop_the_pool(start_pool):
     pool = start_pool("--num-workers", "2", "--worker-class", "jobs.BrokenWorker", *FAST)
     assert pool.wait(20) == 1
     assert "workers fail at start-up" in pool.output()
+
+
+def test_scale_to_zero_wakes_within_a_second_of_a_job(start_pool, redis):
+    pool = start_pool("--min-workers", "0", "--max-workers", "2", "--scaling-period", "30", "--utilization-window", "30")
+    pool.wait_until(lambda: pool.state() is not None, 15, "the pool to publish")
+    time.sleep(1.5)
+    assert pool.workers() == []
+    enqueued = time.monotonic()
+    job = Queue(connection=redis).enqueue("jobs.noop")
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 10, "the job to run")
+    assert time.monotonic() - enqueued < 5  # far sooner than the 30 s period
+    assert "jobs waiting and no worker" in pool.output() or "waited" in pool.output()
+
+
+def test_queue_wait_grows_the_pool_between_periods(start_pool, redis):
+    pool = start_pool("--min-workers", "1", "--max-workers", "3", "--max-queue-wait", "0.5",
+                      "--scaling-period", "30", "--utilization-window", "30")
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "one worker")
+    jobs = [Queue(connection=redis).enqueue("jobs.sleep", 1) for _ in range(6)]
+    pool.wait_until(lambda: pool.active_workers() >= 2, 8, "a second worker long before the 30 s period")
+    pool.wait_until(lambda: finished(jobs), 20, "the jobs")

@@ -320,3 +320,203 @@ def test_seed_scenario_exact_decisions(seed_run):
     for t in range(150, 245, 5):
         assert d[float(t)] == (Action.HOLD, 2), t
     assert seed_run.group.utilization(240.0) == 0.0
+
+
+# -- the options on top of the seed's rule ---------------------------------------
+def observe(now=100.0, workers=2, idle=0, utilization=0.3, queued=0, **extra):
+    return Observation(now=now, workers=workers, idle_workers=idle, utilization=utilization, queued_jobs=queued,
+                       **extra)
+
+
+def policy(**settings):
+    return ScalingPolicy(ScalingSettings(**{"min_workers": 1, "max_workers": 8, **settings}))
+
+
+QUEUE_WAIT = dict(max_queue_wait=0.5, max_step=8, scale_on="queue-wait")
+
+
+def test_new_settings_default_to_the_seed():
+    s = ScalingSettings()
+    assert (s.max_step, s.max_queue_wait, s.scale_down_delay, s.max_pool_memory) == (1, None, 0.0, None)
+    assert (s.scale_on, s.scaling_period, s.reversal_window, s.queue_wait_only) == ("utilization", 5.0, 15.0, False)
+    obs = Observation(now=0.0, workers=1, idle_workers=1, utilization=0.0)
+    assert (obs.oldest_wait, obs.arrival_rate, obs.mean_job_seconds, obs.pool_memory) == (None, None, None, None)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_step": 0},
+        {"max_queue_wait": -1.0},
+        {"max_queue_wait": float("nan")},
+        {"scale_down_delay": -0.5},
+        {"max_pool_memory": 0},
+        {"scale_on": "vibes"},
+        {"scale_on": "queue-wait"},  # needs max_queue_wait
+        {"scaling_period": 0.0},
+    ],
+)
+def test_new_settings_validation(bad):
+    with pytest.raises(ValueError):
+        ScalingSettings(**bad)
+
+
+def test_urgent_does_nothing_by_default():
+    p = ScalingPolicy(ScalingSettings())
+    assert p.urgent(observe(workers=2, idle=0, utilization=1.0, queued=50, oldest_wait=60.0)) is None
+    assert p.urgent(observe(workers=0, idle=0, utilization=0.0, queued=0)) is None
+
+
+def test_urgent_starts_a_worker_when_none_is_alive():
+    p = ScalingPolicy(ScalingSettings(min_workers=0))
+    assert_decision(p.urgent(observe(workers=0, idle=0, utilization=0.0, queued=3)), Action.UP, 1)
+    assert p.last_up_at == 100.0
+
+
+@pytest.mark.parametrize(
+    "obs, grows",
+    [
+        (observe(oldest_wait=0.6), True),
+        (observe(oldest_wait=0.5), False),  # not longer than the limit
+        (observe(oldest_wait=None), False),
+        (observe(oldest_wait=0.6, idle=1), False),  # an idle worker is one still starting
+        (observe(oldest_wait=0.6, workers=8), False),  # at the maximum
+        (observe(oldest_wait=0.6, pool_memory=3 * 10**9), False),  # above the memory ceiling
+        (observe(oldest_wait=0.6, pool_memory=10**9), True),
+    ],
+)
+def test_urgent_grows_on_a_long_wait(obs, grows):
+    decision = policy(max_queue_wait=0.5, max_pool_memory=2 * 10**9).urgent(obs)
+    if grows:
+        assert_decision(decision, Action.UP, obs.workers + 1)
+        assert "waited 0.6 s > 0.5 s" in decision.reason
+    else:
+        assert decision is None
+
+
+def test_decide_grows_on_a_long_wait_below_the_threshold():
+    assert_decision(policy(max_queue_wait=2.0).decide(observe(utilization=0.3, oldest_wait=2.5)), Action.UP, 3)
+    # a long wait while a new worker starts: hold, do not shrink either
+    assert_decision(policy(max_queue_wait=2.0).decide(observe(utilization=0.1, idle=1, oldest_wait=2.5)),
+                    Action.HOLD, 2)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        # 2 jobs/s x 1 s at threshold 0.5 = 4 workers, + 10 queued x 1 s / 5 s period = 6
+        ({}, 6),
+        ({"max_step": 3}, 5),
+        ({"max_workers": 4}, 4),
+        ({"queued": 1}, 3),  # never more workers than jobs waiting
+        ({"mean_job_seconds": None}, 8),  # no job length yet: one worker per waiting job, up to the step
+        ({"arrival_rate": None}, 5),  # no rate: the busy average 1.2 / 0.5 = 2.4, + 2 -> 5
+    ],
+)
+def test_max_step_sizes_growth_to_the_work(extra, expected):
+    settings = {"max_step": 8, "max_queue_wait": 0.5}
+    for key in ("max_step", "max_workers"):
+        if key in extra:
+            settings[key] = extra.pop(key)
+    fields = {"utilization": 0.6, "queued": 10, "oldest_wait": 1.0, "arrival_rate": 2.0, "mean_job_seconds": 1.0}
+    fields.update(extra)
+    decision = policy(**settings).decide(observe(**fields))
+    assert decision.action is Action.UP
+    assert decision.target == expected
+
+
+def test_max_step_one_is_the_seed_step():
+    decision = policy(max_queue_wait=0.5).decide(
+        observe(utilization=0.9, queued=100, oldest_wait=9.0, arrival_rate=10.0, mean_job_seconds=5.0))
+    assert_decision(decision, Action.UP, 3)
+
+
+def test_wanted_workers_in_queue_wait_mode_targets_full_use():
+    p = policy(**QUEUE_WAIT)
+    obs = observe(queued=5, arrival_rate=2.0, mean_job_seconds=1.0)
+    assert p.wanted_workers(obs) == 3  # 2 busy workers' worth at utilization 1, + 5 x 1 s / 5 s
+    assert policy(max_step=8).wanted_workers(obs) == 5  # at the threshold 0.5: 4, + 1
+
+
+def test_scale_down_delay_after_up_and_after_down():
+    p = policy(scale_down_delay=30.0)
+    assert_decision(p.decide(observe(now=0.0, utilization=0.9)), Action.UP, 3)
+    held = p.decide(observe(now=10.0, workers=3, idle=3, utilization=0.0))
+    assert_decision(held, Action.HOLD, 3)
+    assert "10.0 s since the last change < 30 s" in held.reason
+    assert_decision(p.decide(observe(now=30.0, workers=3, idle=3, utilization=0.0)), Action.DOWN, 2)
+    assert_decision(p.decide(observe(now=55.0, workers=2, idle=2, utilization=0.0)), Action.HOLD, 2)
+    assert_decision(p.decide(observe(now=60.0, workers=2, idle=2, utilization=0.0)), Action.DOWN, 1)
+
+
+def test_memory_ceiling_blocks_growth_but_not_the_minimum():
+    p = policy(min_workers=2, max_pool_memory=2 * 10**9)
+    held = p.decide(observe(utilization=0.9, pool_memory=2 * 10**9 + 1))
+    assert_decision(held, Action.HOLD, 2)
+    assert "GiB" in held.reason
+    assert_decision(p.decide(observe(utilization=0.9, pool_memory=2 * 10**9)), Action.UP, 3)
+    assert_decision(p.decide(observe(utilization=0.9)), Action.UP, 3)  # not measured: no ceiling
+    assert_decision(p.decide(observe(workers=1, utilization=0.9, pool_memory=5 * 10**9)), Action.UP, 2)
+    zero = policy(min_workers=0, max_pool_memory=10**6)
+    assert_decision(zero.decide(observe(workers=0, utilization=0.0, queued=2, pool_memory=2 * 10**6)),
+                    Action.HOLD, 0)
+
+
+def test_reversals_are_counted_and_said():
+    p = policy()
+    p.decide(observe(now=5.0, utilization=0.9))  # up
+    down = p.decide(observe(now=20.0, workers=3, idle=3, utilization=0.0))  # 15 s later: within 3 periods
+    assert down.action is Action.DOWN
+    assert p.reversals == 1
+    assert "(reversal 1: down 15.0 s after up)" in down.reason
+    p.decide(observe(now=40.0, workers=2, idle=2, utilization=0.0))  # same direction
+    p.decide(observe(now=56.0, workers=1, idle=0, utilization=0.9))  # up 16 s after the down
+    assert p.reversals == 1
+
+
+def test_reversal_counting_leaves_the_seed_decisions_alone():
+    p = ScalingPolicy(ScalingSettings())
+    decisions = [p.decide(observe(now=t, workers=n, idle=n, utilization=u))
+                 for t, n, u in ((5.0, 2, 0.9), (10.0, 3, 0.0), (15.0, 2, 0.9), (20.0, 3, 0.0))]
+    assert [(d.action, d.target) for d in decisions] == [(Action.UP, 3), (Action.DOWN, 2), (Action.UP, 3),
+                                                          (Action.DOWN, 2)]
+    assert p.reversals == 3
+
+
+# -- queue-wait mode --------------------------------------------------------------
+def test_queue_wait_mode_ignores_utilization_for_growth():
+    p = policy(**QUEUE_WAIT)
+    assert_decision(p.decide(observe(utilization=1.0, idle=0)), Action.HOLD, 2)
+    assert_decision(p.decide(observe(now=101.0, utilization=0.1, oldest_wait=0.7, queued=1)), Action.UP, 3)
+
+
+def test_queue_wait_mode_shrinks_after_three_calm_periods_with_a_worker_to_spare():
+    p = policy(**QUEUE_WAIT)
+    p.urgent(observe(now=0.0, workers=3, idle=0, oldest_wait=2.0, queued=4))  # long wait at t=0 -> up to 4
+    for t in range(1, 16):
+        p.urgent(observe(now=float(t), workers=4, idle=2))  # 2 busy
+    assert_decision(p.decide(observe(now=15.0, workers=4, idle=2)), Action.HOLD, 4)  # 15 s is not > 15 s
+    assert_decision(p.decide(observe(now=16.0, workers=4, idle=2)), Action.DOWN, 3)
+    assert_decision(p.decide(observe(now=21.0, workers=3, idle=1)), Action.DOWN, 2)  # at most 2 were busy
+    assert_decision(p.decide(observe(now=26.0, workers=2, idle=0)), Action.HOLD, 2)
+
+
+def test_queue_wait_mode_keeps_a_worker_the_peak_needed():
+    p = policy(**QUEUE_WAIT)
+    for t in range(0, 20):
+        p.urgent(observe(now=float(t), workers=4, idle=0 if t == 10 else 3))  # all busy once, at t=10
+    assert_decision(p.decide(observe(now=20.0, workers=4, idle=3)), Action.HOLD, 4)
+    for t in range(20, 26):
+        p.urgent(observe(now=float(t), workers=4, idle=3))
+    assert_decision(p.decide(observe(now=26.0, workers=4, idle=3)), Action.DOWN, 3)
+
+
+def test_reversals_lengthen_the_calm_needed():
+    p = policy(**QUEUE_WAIT)
+    assert p.calm_needed(0.0) == 15.0
+    p.decide(observe(now=20.0, workers=3, idle=3))  # down
+    p.urgent(observe(now=25.0, workers=2, idle=0, oldest_wait=1.0, queued=1))  # up 5 s later: a reversal
+    assert p.reversals == 1
+    assert p.calm_needed(26.0) == 30.0
+    assert p.calm_needed(25.0 + 150.0) == 30.0
+    assert p.calm_needed(25.0 + 150.1) == 15.0  # forgotten after ten reversal windows

@@ -1,0 +1,287 @@
+"""The simulator: the pool's own group and policy replayed on a virtual clock, and its command.
+
+Pure tests: no Redis, no processes. Small synthetic traces give exact numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rq_orchestrator.options import BadInput
+from rq_orchestrator.scaling import Action, ScalingSettings
+from rq_orchestrator.simulate import Result, Simulation, TraceJob, read_trace, run_simulation, simulate, write_trace
+
+TRACES = Path(__file__).resolve().parent.parent / "benchmarks" / "traces"
+UP, DOWN = Action.UP, Action.DOWN
+RESPONSIVE = dict(max_queue_wait=0.5, max_step=8, scale_on="queue-wait")
+
+
+def run(jobs: list[TraceJob], spawn_delay: float = 0.0, until: float | None = None, **settings) -> Result:
+    return run_simulation(jobs, ScalingSettings(**settings), 30.0, spawn_delay, until)
+
+
+def seed_jobs() -> list[TraceJob]:
+    return [TraceJob(i * 0.5, 1.0) for i in range(240)]
+
+
+def at_once(count: int, duration: float = 1.0) -> list[TraceJob]:
+    return [TraceJob(0.0, duration) for _ in range(count)]
+
+
+def waits(result: Result) -> tuple[float, float, float]:
+    return result.wait_p50_s, result.wait_p95_s, result.wait_max_s
+
+
+# -- the seed's rule ------------------------------------------------------------
+def test_default_policy_replays_the_seed_trajectory():
+    """The trajectory tests/test_scaling.py derives by hand, through the simulator."""
+    result = run(seed_jobs())
+    assert result.moves == [(5.0, UP, 3), (10.0, UP, 4), (140.0, DOWN, 3), (145.0, DOWN, 2)]
+    assert waits(result) == (0.0, 0.0, 0.0)
+    # 2 workers for 5 s, 3 for 5 s, 4 for 130 s, 3 for 5 s, 2 until 120 s after the last job ends
+    assert result.worker_seconds == 2 * 5 + 3 * 5 + 4 * 130 + 3 * 5 + 2 * 95.5
+    assert (result.max_workers, result.min_workers_seen, result.reversals) == (4, 2, 0)
+    assert (result.scale_ups, result.scale_downs) == (2, 2)
+    assert (result.time_to_max_s, result.makespan_s, result.duration_s) == (10.0, 120.5, 240.5)
+    assert result.back_to_min_s == 145.0 - 119.5
+
+
+def test_fixed_pool_serves_in_arrival_order():
+    result = run(at_once(3), min_workers=1, max_workers=1)
+    assert waits(result) == (1.0, 2.0, 2.0)
+    assert result.makespan_s == 3.0
+    assert result.worker_seconds == 1 * (3.0 + 120.0)
+    assert result.moves == []
+    assert result.back_to_min_s == 0.0
+
+
+def test_until_extends_the_run_but_never_cuts_a_job():
+    assert run(at_once(3), until=500.0, min_workers=1, max_workers=1).duration_s == 500.0
+    assert run(at_once(3), until=1.0, min_workers=1, max_workers=1).duration_s == 3.0
+
+
+def test_spawn_delay_holds_new_workers_back():
+    # the minimum is ready at t=0 (the pool was up before the load); growth pays the delay
+    result = run(at_once(3), spawn_delay=0.25, min_workers=1, max_workers=2, max_queue_wait=0.5)
+    assert result.moves == [(1.0, UP, 2), (10.0, DOWN, 1)]
+    assert waits(result) == (1.0, 1.25, 1.25)  # the third job starts when the new worker is ready
+    assert result.worker_seconds == 1 * 1 + 2 * 9 + 1 * (2.25 + 120 - 10)
+
+
+def test_only_idle_workers_are_retired():
+    sim = Simulation([TraceJob(i * 0.7, 60.0 if i % 20 == 0 else 0.2) for i in range(600)],
+                     ScalingSettings(1, 8, **RESPONSIVE), 30.0, 0.5)
+    exited = sim.group.worker_exited
+
+    def checked_exit(key, now):
+        assert not sim.group.workers[key].busy
+        return exited(key, now)
+
+    sim.group.worker_exited = checked_exit
+    result = sim.run()
+    assert result.scale_downs > 0
+
+
+# -- each option on a small trace -------------------------------------------------
+def test_max_queue_wait_grows_between_periods():
+    seed_rule = run(at_once(3), min_workers=1, max_workers=4)
+    assert seed_rule.moves == [(5.0, UP, 2), (10.0, DOWN, 1)]
+    assert waits(seed_rule) == (1.0, 2.0, 2.0)
+    waited = run(at_once(3), min_workers=1, max_workers=4, max_queue_wait=0.5)
+    assert waited.moves == [(1.0, UP, 2), (10.0, DOWN, 1)]  # the check at t=1 sees a job 1 s old
+    assert waits(waited) == (1.0, 1.0, 1.0)
+
+
+def test_a_wait_at_the_limit_is_not_too_long():
+    assert run(at_once(4), min_workers=1, max_workers=4, max_queue_wait=0.999).moves[0] == (1.0, UP, 2)
+    assert run(at_once(4), min_workers=1, max_workers=4, max_queue_wait=1.0).moves[0] == (2.0, UP, 2)
+
+
+@pytest.mark.parametrize(
+    "step, max_workers, expected",
+    [(1, 8, 2), (3, 8, 4), (8, 8, 6), (8, 5, 5)],
+)
+def test_max_step_sizes_the_first_growth(step, max_workers, expected):
+    # At t=1: one job done (1 s), 18 waiting; utilization 1.0 at threshold 0.5 -> 2 workers' worth,
+    # plus 18 jobs x 1 s drained within a 5 s period -> 3.6: 6 wanted.
+    result = run(at_once(20), min_workers=1, max_workers=max_workers, max_queue_wait=0.5, max_step=step)
+    assert result.moves[0] == (1.0, UP, expected)
+
+
+def test_max_step_never_adds_more_workers_than_jobs_wait():
+    result = run(at_once(3), min_workers=1, max_workers=8, max_queue_wait=0.5, max_step=8)
+    assert result.moves[0] == (1.0, UP, 2)
+
+
+def test_scale_down_delay_spaces_the_scale_downs():
+    result = run(seed_jobs(), scale_down_delay=30.0)
+    assert result.moves == [(5.0, UP, 3), (10.0, UP, 4), (140.0, DOWN, 3), (170.0, DOWN, 2)]
+    late = run(seed_jobs(), scale_down_delay=200.0)
+    assert late.moves == [(5.0, UP, 3), (10.0, UP, 4), (210.0, DOWN, 3)]
+
+
+def test_scale_to_zero_and_back_within_a_second():
+    result = run([TraceJob(0.3, 1.0), TraceJob(100.0, 2.0)], min_workers=0, max_workers=2)
+    assert result.moves == [(1.0, UP, 1), (5.0, DOWN, 0), (100.0, UP, 1), (105.0, DOWN, 0)]
+    assert sorted([result.wait_p50_s, result.wait_max_s]) == [0.0, pytest.approx(0.7)]
+    assert result.min_workers_seen == 0
+    assert result.worker_seconds == pytest.approx(4.0 + 5.0)
+    assert result.back_to_min_s == 5.0
+
+
+def test_from_zero_every_job_gets_a_worker_within_a_second():
+    arrivals = [0.1, 30.9, 77.5, 140.999, 200.0]
+    result = run([TraceJob(t, 0.5) for t in arrivals], min_workers=0, max_workers=3)
+    assert result.wait_max_s <= 1.0
+    assert result.scale_ups == len(arrivals)
+
+
+def test_queue_wait_mode_on_the_seed_trace():
+    result = run(seed_jobs(), spawn_delay=0.5, min_workers=1, max_workers=8, **RESPONSIVE)
+    # t=3: the oldest job waited 1 s; 2 jobs/s of 1 s, 3 queued -> +2. Calm from t=6 (the last long
+    # wait) plus 15 s, with at most 2 busy: down at 25. After the load, down when no one was busy.
+    assert result.moves == [(3.0, UP, 3), (25.0, DOWN, 2), (135.0, DOWN, 1)]
+    assert result.reversals == 0
+    assert (result.wait_p95_s, result.wait_max_s) == (0.0, 1.5)
+    assert result.worker_seconds == 1 * 3 + 3 * 22 + 2 * 110 + 1 * 105.5
+
+
+def test_reversals_count_changes_of_direction_within_three_periods():
+    assert run(at_once(3), min_workers=1, max_workers=4).reversals == 1  # up at 5, down at 10
+    slow = run(at_once(3), min_workers=1, max_workers=4, scaling_period=1.5)
+    assert slow.moves == [(1.5, UP, 2), (7.5, DOWN, 1)]
+    assert slow.reversals == 0  # 6 s apart, more than 3 x 1.5 s
+
+
+# -- traces -----------------------------------------------------------------------
+def test_trace_rows_in_any_order(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("arrival_s,duration_s\n5,1\n0.5,2\n\n2,0\n")
+    assert read_trace(path) == [TraceJob(0.5, 2.0), TraceJob(2.0, 0.0), TraceJob(5.0, 1.0)]
+
+
+def test_write_trace_round_trips(tmp_path):
+    jobs = [TraceJob(0.0, 1.5), TraceJob(2.25, 0.2)]
+    write_trace(tmp_path / "t.csv", jobs)
+    assert read_trace(tmp_path / "t.csv") == jobs
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "first line"),
+        ("arrival,duration\n1,1\n", "first line"),
+        ("arrival_s,duration_s\n", "no jobs"),
+        ("arrival_s,duration_s\n1,1\n2\n", "line 3"),
+        ("arrival_s,duration_s\n1,x\n", "line 2"),
+        ("arrival_s,duration_s\n-1,1\n", "line 2"),
+        ("arrival_s,duration_s\n1,-1\n", "line 2"),
+        ("arrival_s,duration_s\n1,inf\n", "line 2"),
+        ("arrival_s,duration_s\n1,1,1\n", "line 2"),
+    ],
+)
+def test_bad_traces_are_rejected(tmp_path, text, message):
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises(BadInput, match=message):
+        read_trace(path)
+
+
+def test_shipped_traces():
+    seed = read_trace(TRACES / "seed.csv")
+    assert seed == seed_jobs()
+    assert read_trace(TRACES / "burst.csv") == at_once(300)
+    ramp = read_trace(TRACES / "ramp.csv")
+    assert 3500 < ramp[-1].arrival < 3600
+    rates = [sum(1 for j in ramp if k * 600 <= j.arrival < (k + 1) * 600) for k in range(6)]
+    assert rates[0] < rates[2] and rates[3] > rates[5]  # rising, then falling
+    mixed = read_trace(TRACES / "mixed.csv")
+    assert {j.duration for j in mixed} == {60.0, 0.2}
+    assert 0.03 < sum(j.duration == 60.0 for j in mixed) / len(mixed) < 0.07
+
+
+def test_an_hour_of_trace_in_well_under_a_second():
+    jobs = read_trace(TRACES / "ramp.csv")
+    started = time.process_time()
+    result = run(jobs, spawn_delay=0.5, min_workers=1, max_workers=8, **RESPONSIVE)
+    assert time.process_time() - started < 1.0
+    assert result.duration_s > 3600 and result.jobs == len(jobs)
+
+
+# -- the command ------------------------------------------------------------------
+def invoke(*args: str):
+    return CliRunner().invoke(simulate, list(args))
+
+
+def test_json_is_one_object_with_every_metric():
+    result = invoke("--trace", str(TRACES / "seed.csv"), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert list(data) == ["jobs", "wait_p50_s", "wait_p95_s", "wait_max_s", "worker_seconds", "max_workers",
+                          "min_workers_seen", "reversals", "scale_ups", "scale_downs", "time_to_max_s",
+                          "makespan_s", "back_to_min_s", "duration_s"]
+    assert (data["jobs"], data["max_workers"], data["worker_seconds"]) == (240, 4, 751.0)
+
+
+def test_table_and_profile_with_bounds():
+    result = invoke("--trace", str(TRACES / "seed.csv"), "--profile", "responsive", "--min-workers", "1",
+                    "--spawn-delay", "0.5")
+    assert result.exit_code == 0, result.output
+    rows = dict(line.split(None, 1) for line in result.output.splitlines())
+    assert rows["reversals"] == "0"
+    assert rows["max_workers"] == "3"
+
+
+def test_plot_is_drawn(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "sim.png"
+    result = invoke("--trace", str(TRACES / "burst.csv"), "--json", "--plot", str(path))
+    assert result.exit_code == 0, result.output
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "args, name",
+    [
+        (["--max-step", "0"], "--max-step"),
+        (["--scale-down-delay", "-1"], "--scale-down-delay"),
+        (["--max-queue-wait", "-0.5"], "--max-queue-wait"),
+        (["--max-pool-memory", "2XB"], "--max-pool-memory"),
+        (["--max-pool-memory", "0"], "--max-pool-memory"),
+        (["--scale-on", "queue-wait"], "--max-queue-wait"),
+        (["--profile", "fast"], "--profile"),
+        (["--spawn-delay", "-1"], "--spawn-delay"),
+        (["--until", "-1"], "--until"),
+        (["--min-workers", "3", "--max-workers", "2"], "--min-workers"),
+        (["--num-workers", "2", "--max-workers", "4"], "--num-workers"),
+        (["--utilization-threshold", "0"], "--utilization-threshold"),
+        (["--scaling-period", "10", "--utilization-window", "5"], "--utilization-window"),
+        (["--trace", "/nonexistent/trace.csv"], "--trace"),
+    ],
+)
+def test_bad_input_is_one_line_with_status_2(args, name):
+    trace = [] if "--trace" in args else ["--trace", str(TRACES / "seed.csv")]
+    result = invoke(*trace, *args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0], result.output
+
+
+def test_missing_trace_is_bad_input():
+    result = invoke()
+    assert result.exit_code == 2
+    assert "--trace" in result.output
+
+
+def test_registered_in_the_main_command():
+    from rq_orchestrator.cli import main
+
+    result = CliRunner().invoke(main, ["simulate", "--help"])
+    assert result.exit_code == 0
+    for option in ("--trace", "--min-workers", "--scaling-period", "--profile", "--max-step", "--spawn-delay"):
+        assert option in result.output
