@@ -29,6 +29,7 @@ class GroupSpec:
 @dataclass(frozen=True)
 class PoolConfig:
     groups: tuple[GroupSpec, ...]
+    max_workers_total: int | None = None  # cap on all groups together
     utilization_threshold: float = DEFAULT_THRESHOLD
     scaling_period: float = DEFAULT_SCALING_PERIOD
     utilization_window: float = DEFAULT_WINDOW
@@ -47,7 +48,9 @@ class PoolConfig:
 
     @property
     def pool_name(self) -> str:
-        return self.name or "+".join(g.name for g in self.groups)
+        if self.name:
+            return self.name
+        return self.groups[0].name if len(self.groups) == 1 else "pool"  # worker names carry the group
 
     @property
     def all_queues(self) -> tuple[str, ...]:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .group_specs import GroupRequest
 from .options import BadInput
 
 # The modules Frappe's own `start_worker_pool` imports before forking (v15 and
@@ -37,12 +39,11 @@ NOFORK_SWITCH = "FRAPPE_BACKGROUND_WORKERS_NOFORK"
 @dataclass(frozen=True)
 class BenchInputs:
     connection: Any
-    queues: tuple[str, ...]
+    groups: list[GroupRequest]
     worker_class: type
-    queue_timeouts: dict[str, int]
 
 
-def prepare_bench(queue: str | None, rq_username: str | None, rq_password: str | None) -> BenchInputs:
+def prepare_bench(requests: Sequence[GroupRequest], rq_username: str | None, rq_password: str | None) -> BenchInputs:
     """Everything the pool needs from the bench in the current directory (`sites/`)."""
     try:
         import frappe
@@ -54,13 +55,12 @@ def prepare_bench(queue: str | None, rq_username: str | None, rq_password: str |
     _preload()
     with frappe.init_site():
         connection = _connect(background_jobs, rq_username, rq_password)
-        queues = _queue_names(background_jobs, queue)
-        timeouts = dict(background_jobs.get_queues_timeout())
+        groups = _bench_groups(background_jobs, requests)
         # Inside the site context: outside it, get_conf() would init Frappe
         # again and, on newer lines, start another cache thread.
         _call_if_present(background_jobs, "set_niceness")
     _stop_master_threads(frappe)
-    return BenchInputs(connection, tuple(queues), worker_class(background_jobs), timeouts)
+    return BenchInputs(connection, groups, worker_class(background_jobs))
 
 
 def longest_queue_timeout() -> int:
@@ -109,15 +109,18 @@ def _connect(background_jobs: Any, username: str | None, password: str | None) -
         raise BadInput(f"cannot connect to the bench's Redis queue: {type(exc).__name__}: {exc}") from None
 
 
-def _queue_names(background_jobs: Any, queue: str | None) -> list[str]:
-    names = [q.strip() for q in queue.split(",")] if queue else None
-    if names is not None and not all(names):
-        raise BadInput(f"--queue: empty queue name in {queue!r}")
+def _bench_groups(background_jobs: Any, requests: Sequence[GroupRequest]) -> list[GroupRequest]:
+    """Plain queue names (``short``) to the bench's (``<bench_id>:short``), in Frappe's priority order by default."""
+    if not requests:
+        return [GroupRequest(tuple(background_jobs.get_queue_list(None, build_queue_name=True)))]
     known = list(background_jobs.get_queues_timeout())
-    unknown = [q for q in names or () if q not in known]
+    unknown = [q for g in requests for q in g.queues if q not in known]
     if unknown:
         raise BadInput(f"--queue: unknown queue {', '.join(unknown)} (this bench has {', '.join(known)})")
-    return background_jobs.get_queue_list(names, build_queue_name=True)
+    return [
+        GroupRequest(tuple(background_jobs.get_queue_list(list(g.queues), build_queue_name=True)), g.bounds)
+        for g in requests
+    ]
 
 
 def _stop_master_threads(frappe: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import click
@@ -53,6 +53,9 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Most workers the pool runs."),
         click.option("--num-workers", "-n", type=int, default=None,
                      help="A fixed pool of N workers (min = max = N); not with --min/--max-workers."),
+        click.option("--max-workers-total", type=int, default=None, metavar="N",
+                     help="With several --queue groups: the most workers of all groups together; a group "
+                          "that needs one takes it from an idle group below its threshold."),
         click.option("--scaling-period", type=float, default=DEFAULT_SCALING_PERIOD, show_default=True,
                      help="Seconds between scaling decisions (fractions allowed)."),
         click.option("--utilization-threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
@@ -191,19 +194,24 @@ def memory_limit(text: str | None) -> int | None:
         raise BadInput(f"--max-memory-per-worker: {exc}") from None
 
 
-def build_config(queues: Iterable[str], opts: dict[str, Any], default_worker_class: type | None = None) -> PoolConfig:
+def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_class: type | None = None) -> PoolConfig:
     """Validate the pool options, import what they name, and return the pool's config.
 
-    Preloaded modules are imported here, in the master, before any fork.
+    ``groups`` are GroupRequests (see group_specs); a group without bounds of
+    its own gets the pool-wide ones. Preloaded modules are imported here, in
+    the master, before any fork.
     """
     from rq.job import Job
     from rq.queue import Queue
     from rq.serializers import resolve_serializer
     from rq.worker import BaseWorker, Worker
 
+    from .group_specs import check_total
+
     low, high = check_numbers(opts)
     level = logging_level(opts["logging_level"], opts["quiet"])
-    names = check_queues(queues)
+    specs = tuple(GroupSpec(g.queues, *(g.bounds or (low, high))) for g in groups)
+    check_total([(s.min_workers, s.max_workers) for s in specs], opts["max_workers_total"])
     preload(opts["preload"])
     worker_kwargs: dict[str, Any] = {}
     if opts["worker_class"]:
@@ -222,7 +230,8 @@ def build_config(queues: Iterable[str], opts: dict[str, Any], default_worker_cla
             raise BadInput(f"--serializer: {opts['serializer']} is not a serializer: {exc}") from None
         worker_kwargs["serializer"] = opts["serializer"]
     return PoolConfig(
-        groups=(GroupSpec(names, low, high),),
+        groups=specs,
+        max_workers_total=opts["max_workers_total"],
         utilization_threshold=opts["utilization_threshold"],
         scaling_period=opts["scaling_period"],
         utilization_window=opts["utilization_window"],

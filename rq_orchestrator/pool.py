@@ -258,7 +258,36 @@ class Pool:
             return
         for group in self.groups:
             for _ in range(group.deficit):
+                if not self._room_for_one_more(group):
+                    break
                 self._spawn(group)
+
+    def _room_for_one_more(self, needy: WorkerGroup) -> bool:
+        """Under --max-workers-total, a worker for ``needy`` if the cap allows; else make room for it."""
+        cap = self.config.max_workers_total
+        if cap is None or len(self._owner) < cap:
+            return True
+        self._move_capacity_to(needy)
+        return False
+
+    def _move_capacity_to(self, needy: WorkerGroup) -> None:
+        """Retire an idle worker of a quiet group (below its threshold, above its minimum) for one that waits."""
+        if any(w.retiring for g in self.groups for w in g.workers.values()):
+            return  # a worker is already on its way out: its slot comes free soon
+        now = self.clock()
+        donors = [
+            g for g in self.groups
+            if g is not needy and g.idle and len(g.active) > g.policy.settings.min_workers
+            and g.utilization(now) < g.policy.settings.utilization_threshold
+        ]
+        if not donors:
+            return
+        donor = min(donors, key=lambda g: g.utilization(now))
+        worker = max(donor.idle, key=lambda w: w.slot)
+        log.info("capacity moves: group %s gives worker %s to group %s (--max-workers-total %d)",
+                 donor.name, worker.name, needy.name, self.config.max_workers_total)
+        donor.target = max(len(donor.active) - 1, donor.policy.settings.min_workers)
+        self._retire(donor, worker)
 
     def _spawn(self, group: WorkerGroup) -> int:
         threads = [t.name for t in threading.enumerate() if t is not threading.current_thread()]

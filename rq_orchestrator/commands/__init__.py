@@ -14,12 +14,14 @@ from ..options import OneLineErrors, build_config, check_numbers, pool_options, 
 
 
 @click.command("worker-pool", cls=OneLineErrors)
-@click.option("--queue", type=str, default=None,
-              help="Queues to consume, comma-separated, in priority order (default: all of the bench's queues).")
+@click.option("--queue", "queue_groups", multiple=True, metavar="QUEUES[:N|:MIN-MAX]",
+              help="Queues to consume, comma-separated, in priority order (default: all of the bench's queues). "
+                   "Repeat it for groups of workers with bounds of their own: --queue short,default:2 "
+                   "--queue long,default,short:1-3.")
 @click.option("-u", "--rq-username", default=None, help="Redis ACL user (used when use_rq_auth is set).")
 @click.option("-p", "--rq-password", default=None, help="Redis ACL user password.")
 @pool_options
-def worker_pool(queue: str | None, rq_username: str | None, rq_password: str | None, **opts: Any) -> None:
+def worker_pool(queue_groups: tuple[str, ...], rq_username: str | None, rq_password: str | None, **opts: Any) -> None:
     """Start an autoscaling pool of background workers (replaces Frappe's fixed-size pool).
 
     Accepts everything Frappe's built-in `worker-pool` does (--queue,
@@ -27,11 +29,12 @@ def worker_pool(queue: str | None, rq_username: str | None, rq_password: str | N
     --num-workers the pool scales between --min-workers and --max-workers.
     """
     from ..frappe_adapter import prepare_bench
+    from ..group_specs import parse_groups
     from ..pool import Pool
 
     check_numbers(opts)
-    bench = prepare_bench(queue, rq_username, rq_password)
-    config = build_config(bench.queues, opts, default_worker_class=bench.worker_class)
+    bench = prepare_bench(parse_groups(queue_groups), rq_username, rq_password)
+    config = build_config(bench.groups, opts, default_worker_class=bench.worker_class)
     setup_logging(config.logging_level)
     sys.exit(Pool(config, bench.connection).run())
 

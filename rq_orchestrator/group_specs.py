@@ -1,0 +1,58 @@
+"""`--queue QUEUES[:N|:MIN-MAX]`: each occurrence is a group of workers with its own queues and bounds.
+
+``short,default:5`` is a fixed group of 5, ``long,default,short:1-3`` an
+autoscaled one, and a spec without a suffix uses the pool-wide bounds
+(--min-workers/--max-workers/--num-workers), as a single `--queue` always has.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .options import BadInput, check_queues
+
+SUFFIX = re.compile(r"^(?P<low>\d+)(?:-(?P<high>\d+))?$")
+
+
+@dataclass(frozen=True)
+class GroupRequest:
+    queues: tuple[str, ...]
+    bounds: tuple[int, int] | None = None  # None: the pool-wide bounds
+
+
+def parse_group(spec: str, option: str = "--queue") -> GroupRequest:
+    names, bounds = spec, None
+    head, sep, tail = spec.rpartition(":")
+    if sep and (tail[:1].isdigit() or tail.startswith("-")):
+        match = SUFFIX.match(tail)
+        if not match:
+            raise BadInput(f"{option} {spec}: {tail!r} is not N or MIN-MAX")
+        low = int(match["low"])
+        high = int(match["high"]) if match["high"] is not None else low
+        if low > high:
+            raise BadInput(f"{option} {spec}: minimum {low} is greater than maximum {high}")
+        if high < 1:
+            raise BadInput(f"{option} {spec}: a group needs a maximum of at least 1")
+        names, bounds = head, (low, high)
+    return GroupRequest(check_queues(names.split(","), f"{option} {spec}"), bounds)
+
+
+def parse_groups(specs: Iterable[str], option: str = "--queue") -> list[GroupRequest]:
+    groups = [parse_group(spec, option) for spec in specs]
+    seen = [g.queues for g in groups]
+    if len(set(seen)) != len(seen):
+        raise BadInput(f"{option}: the same group of queues is given twice")
+    return groups
+
+
+def check_total(groups: Sequence[tuple[int, int]], total: int | None) -> None:
+    """--max-workers-total must leave room for every group's minimum."""
+    if total is None:
+        return
+    if total < 1:
+        raise BadInput(f"--max-workers-total must be at least 1, got {total}")
+    minimums = sum(low for low, _ in groups)
+    if total < minimums:
+        raise BadInput(f"--max-workers-total ({total}) is below the sum of the groups' minimums ({minimums})")

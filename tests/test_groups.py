@@ -1,0 +1,102 @@
+"""Queue groups: one master, several groups of workers with their own queues and bounds."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from rq import Queue
+
+from rq_orchestrator.group_specs import GroupRequest, parse_group
+from rq_orchestrator.options import BadInput
+from test_cli import run_cli
+from test_pool import FAST, finished
+
+
+def group_sizes(pool) -> dict[str, int]:
+    state = pool.state()
+    return {g["name"]: g["workers"] for g in state["groups"]} if state else {}
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("short,default", GroupRequest(("short", "default"))),
+        ("short,default:5", GroupRequest(("short", "default"), (5, 5))),
+        ("long,default,short:1-3", GroupRequest(("long", "default", "short"), (1, 3))),
+        ("batch:0-3", GroupRequest(("batch",), (0, 3))),
+        # Only a suffix that starts like a number is read as bounds: rq queue names may hold ':'.
+        ("app:high-priority", GroupRequest(("app:high-priority",))),
+    ],
+)
+def test_group_specs_parse(spec, expected):
+    assert parse_group(spec) == expected
+
+
+@pytest.mark.parametrize("spec", [":3", "a,,b:2", "a:5-2", "a:3x", "a:2-", "a:-1", "a,a:2", "a:0"])
+def test_bad_group_specs_are_rejected(spec):
+    with pytest.raises(BadInput):
+        parse_group(spec)
+
+
+@pytest.mark.parametrize(
+    "args,names",
+    [
+        (["--queue", "a:5-2"], "--queue"),
+        (["--queue", ",:2"], "--queue"),
+        (["--queue", "a,a:2"], "--queue"),
+        (["--queue", "a:1", "--queue", "a:2"], "--queue"),
+        (["--queue", "a:2", "--queue", "b:2", "--max-workers-total", "3"], "--max-workers-total"),
+        (["default", "--queue", "a:1"], "either as arguments or with --queue"),
+    ],
+)
+def test_bad_group_command_lines_exit_2(redis_url, args, names):
+    result = run_cli("worker-pool", "--url", redis_url, *args)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and names in result.stderr
+
+
+def test_load_on_one_group_scales_that_group_only(start_pool, redis):
+    pool = start_pool("--queue", "fast:1-4", "--queue", "slow:1-4", *FAST)
+    pool.wait_until(lambda: group_sizes(pool) == {"fast": 1, "slow": 1}, 15, "one worker per group")
+    jobs = [Queue("fast", connection=redis).enqueue("jobs.sleep", 0.2) for _ in range(40)]
+    seen = []
+
+    def fast_grew() -> bool:
+        seen.append(group_sizes(pool))
+        return seen[-1].get("fast", 0) >= 3
+
+    pool.wait_until(fast_grew, 20, "the fast group to grow")
+    pool.wait_until(lambda: finished(jobs), 30, "the jobs")
+    assert all(sizes.get("slow", 1) == 1 for sizes in seen)
+    names = [w["name"] for w in pool.workers()]
+    assert any(".fast.w" in n for n in names) and any(".slow.w" in n for n in names)
+    assert "group=fast" in pool.output()
+
+
+def test_total_cap_holds_and_capacity_moves_to_where_jobs_wait(start_pool, redis):
+    pool = start_pool("--queue", "a:0-3", "--queue", "b:0-3", "--max-workers-total", "3", *FAST)
+    a_jobs = [Queue("a", connection=redis).enqueue("jobs.sleep", 0.3) for _ in range(30)]
+    totals = []
+
+    def watch(predicate):
+        def check() -> bool:
+            totals.append(len(pool.workers()))
+            return predicate()
+        return check
+
+    pool.wait_until(watch(lambda: group_sizes(pool).get("a") == 3), 20, "group a to take the whole cap")
+    pool.wait_until(watch(lambda: finished(a_jobs)), 30, "a's jobs")
+    b_jobs = [Queue("b", connection=redis).enqueue("jobs.sleep", 0.3) for _ in range(30)]
+    pool.wait_until(watch(lambda: group_sizes(pool).get("b", 0) >= 2), 20, "capacity to move to group b")
+    pool.wait_until(watch(lambda: finished(b_jobs)), 30, "b's jobs")
+    assert max(totals) <= 3
+
+
+def test_a_group_scaled_to_zero_wakes_when_a_job_arrives(start_pool, redis):
+    pool = start_pool("--queue", "main:1", "--queue", "rare:0-3", *FAST)
+    pool.wait_until(lambda: group_sizes(pool) == {"main": 1, "rare": 0}, 15, "no worker for the idle group")
+    time.sleep(1)
+    assert group_sizes(pool)["rare"] == 0
+    job = Queue("rare", connection=redis).enqueue("jobs.noop")
+    pool.wait_until(lambda: finished([job]), 10, "the rare group to wake and run the job")
