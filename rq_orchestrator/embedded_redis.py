@@ -39,10 +39,14 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, binary: str | None = None, persistent: bool = False) -> None:
-        """``persistent``: keep data across stop()/start() (append-only file), for outage tests."""
+    def __init__(
+        self, port: int | None = None, binary: str | None = None, persistent: bool = False, extra_args: tuple[str, ...] = ()
+    ) -> None:
+        """``persistent``: keep data across stop()/start() (append-only file), for outage tests;
+        ``extra_args``: more redis-server options (e.g. a TLS port)."""
         self.binary = binary or find_redis_server()
         self.persistent = persistent
+        self.extra_args = extra_args
         self.port = port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="rq-orchestrator-redis-")
         self._process: subprocess.Popen[bytes] | None = None
@@ -57,7 +61,7 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
-                "--dir", self._dir.name, "--logfile", str(Path(self._dir.name) / "redis.log")]
+                "--dir", self._dir.name, "--logfile", str(Path(self._dir.name) / "redis.log"), *self.extra_args]
         self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         client = self.client(socket_connect_timeout=0.5)

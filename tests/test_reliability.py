@@ -165,3 +165,44 @@ def test_a_job_popped_by_a_worker_that_dies_before_starting_it_is_requeued(start
     pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "the job to run after all")
     assert run_counts(redis) == {job.id: 1}
     assert "back at the front" in pool.output()
+
+
+def make_tls_files(folder: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+    import subprocess
+
+    files = {name: folder / f"{name}.pem" for name in ("ca", "ca-key", "server", "server-key")}
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+        "-keyout", str(files["ca-key"]), "-out", str(files["ca"]))
+    csr = folder / "server.csr"
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", str(files["server-key"]), "-out", str(csr))
+    ext = folder / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(files["ca"]), "-CAkey", str(files["ca-key"]),
+        "-CAcreateserial", "-days", "1", "-extfile", str(ext), "-out", str(files["server"]))
+    return files
+
+
+@pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="needs openssl to make certificates")
+def test_the_pool_works_over_tls(tmp_path):
+    from rq_orchestrator.embedded_redis import free_port
+
+    files = make_tls_files(tmp_path)
+    tls_port = free_port()
+    extra = ("--tls-port", str(tls_port), "--tls-cert-file", str(files["server"]),
+             "--tls-key-file", str(files["server-key"]), "--tls-ca-cert-file", str(files["ca"]),
+             "--tls-auth-clients", "no")
+    with RedisServer(extra_args=extra) as server:
+        url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={files['ca']}"
+        tls_client = Redis.from_url(url)
+        assert tls_client.ping()
+        pool = PoolProcess(url, ("--num-workers", "1", *FAST), tmp_path / "pool.log")
+        try:
+            job = Queue(connection=tls_client).enqueue("jobs.noop")
+            pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "the job over TLS")
+            assert server.client().hget("test:runs", job.id) == b"1"
+        finally:
+            pool.cleanup()
+            tls_client.close()
