@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 from rq import Queue, Retry
-from rq.job import Job, JobStatus
+from rq.job import Job
 
 from rq_orchestrator.embedded_redis import RedisServer
 from rq_orchestrator.state import read_pools

@@ -11,7 +11,6 @@ where its `Retry` allows, with the failure callback run as rq would.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from typing import Any
 
