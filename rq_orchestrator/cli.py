@@ -79,6 +79,9 @@ from .demo import demo  # noqa: E402
 
 main.add_command(demo)
 
+from .status import status  # noqa: E402
+
+main.add_command(status)
 
 from .simulate import simulate  # noqa: E402
 

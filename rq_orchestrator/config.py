@@ -45,6 +45,11 @@ class PoolConfig:
     graceful_timeout: float | None = None  # seconds before a warm stop turns cold
     policy: dict[str, Any] = field(default_factory=dict)  # more ScalingSettings (see policy_options)
     stuck_margin: float = 90.0  # a job running this long past its timeout means its worker is wedged
+    metrics_port: int | None = None  # serve Prometheus metrics on this port (0: any free one)
+    metrics_host: str = "127.0.0.1"
+    cluster: str = ""  # pools of one cluster share cluster_max_workers
+    cluster_max_workers: int | None = None
+    cluster_lease_ttl: float = 15.0  # seconds: a dead pool's worker slots return after this long
 
     @property
     def pool_name(self) -> str:

@@ -54,6 +54,8 @@ def settle_job(connection: Redis, job_id: str, reason: str, job_class: Any = Non
     job.save_meta()
     connection.zadd(registry.key, {m: 1 for m in members}, xx=True)
     registry.cleanup()
+    # Registered but never marked started (it died in between): rq's cleanup leaves it QUEUED yet in no queue.
+    _requeue_if_never_started(connection, job)
     status = job.get_status(refresh=True)
     log.warning("job %s of a dead worker ended as %s: %s", job_id, getattr(status, "value", status), reason)
     return getattr(status, "value", status)
@@ -67,7 +69,7 @@ def _requeue_if_never_started(connection: Redis, job: Any) -> str | None:
     if job.get_status(refresh=True) != JobStatus.QUEUED:
         return None
     queue = Queue(job.origin, connection=connection, job_class=type(job), serializer=job.serializer)
-    if job.id in queue.get_job_ids():
+    if connection.lpos(queue.key, job.id) is not None:
         return None
     with connection.pipeline() as pipe:
         pipe.lrem(intermediate_key(queue.name), 0, job.id)

@@ -23,6 +23,7 @@ from .config import (
     GroupSpec,
     PoolConfig,
 )
+from .cluster import default_cluster_name
 from .sizes import parse_size
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -78,6 +79,16 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="On TERM/INT, wait this long for running jobs, then stop cold (default: wait for them)."),
         click.option("--stuck-margin", type=float, default=90.0, show_default=True, metavar="SECONDS",
                      help="Kill (and replace) a worker whose job runs this long past its timeout."),
+        click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+                     help="Serve Prometheus metrics on PORT (0: any free port); needs prometheus-client."),
+        click.option("--metrics-host", default="127.0.0.1", show_default=True,
+                     help="Address the metrics endpoint listens on."),
+        click.option("--cluster", default=None, metavar="NAME",
+                     help="Pools of one cluster share --cluster-max-workers (default: named after the queues)."),
+        click.option("--cluster-max-workers", type=int, default=None, metavar="N",
+                     help="Most workers all pools of the cluster run together, on any host (a lease in Redis each)."),
+        click.option("--cluster-lease-ttl", type=float, default=15.0, show_default=True, metavar="SECONDS",
+                     help="A dead pool's worker slots return to the cluster after this long."),
         click.option("--with-scheduler/--without-scheduler", default=True, show_default=True,
                      help="Run RQ's scheduler (enqueue_at/enqueue_in, retry intervals) once, in the master."),
         click.option("--name", default="", help="Pool name in worker names and status (default: from the queues)."),
@@ -176,13 +187,33 @@ def check_numbers(opts: dict[str, Any]) -> tuple[int, int]:
     policy_settings(opts)
     if not opts["stuck_margin"] > 0:
         raise BadInput(f"--stuck-margin must be greater than 0, got {opts['stuck_margin']}")
+    check_cluster(opts["cluster"], opts["cluster_max_workers"], opts["cluster_lease_ttl"])
+    if opts["metrics_port"] is not None:
+        require_client()
     return bounds
+
+
+def require_client() -> None:
+    from .metrics import require_client as require  # metrics imports this module
+
+    require()
 
 
 def policy_settings(opts: dict[str, Any]) -> dict[str, Any]:
     from .policy_options import policy_settings as settings
 
     return settings(opts)
+
+
+def check_cluster(name: str | None, max_workers: int | None, lease_ttl: float) -> None:
+    if name is not None and max_workers is None:
+        raise BadInput("--cluster needs --cluster-max-workers")
+    if name is not None and not name.strip():
+        raise BadInput("--cluster: empty cluster name")
+    if max_workers is not None and max_workers < 1:
+        raise BadInput(f"--cluster-max-workers must be at least 1, got {max_workers}")
+    if not lease_ttl >= 2:
+        raise BadInput(f"--cluster-lease-ttl must be at least 2 seconds, got {lease_ttl}")
 
 
 def memory_limit(text: str | None) -> int | None:
@@ -245,6 +276,11 @@ def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_cla
         max_memory_per_worker=memory_limit(opts["max_memory_per_worker"]),
         graceful_timeout=opts["graceful_timeout"],
         stuck_margin=opts["stuck_margin"],
+        metrics_port=opts["metrics_port"],
+        metrics_host=opts["metrics_host"],
+        cluster=opts["cluster"] or default_cluster_name(q for spec in specs for q in spec.queues),
+        cluster_max_workers=opts["cluster_max_workers"],
+        cluster_lease_ttl=opts["cluster_lease_ttl"],
         policy=policy_settings(opts),
     )
 

@@ -27,10 +27,12 @@ from redis.exceptions import RedisError
 from .config import PoolConfig, hostname
 from .connection import fresh_copy
 from .dead_workers import StrandedJobs, clear_previous_run, settle_dead_worker
-from .events import BUSY, IDLE, READY, RECYCLE, EventReader, Event
+from .cluster import ClusterLeases
+from .events import BUSY, FAILED, IDLE, READY, RECYCLE, EventReader, Event
 from .group import Plan, WorkerGroup, WorkerRecord
 from .master_scheduler import MasterScheduler
 from .memory import total_pss
+from .metrics import MetricsServer, render_metrics
 from .queue_watch import QueueStats, observe_queues
 from .scaling import ScalingPolicy, ScalingSettings
 from .state import StatePublisher
@@ -102,6 +104,18 @@ class Pool:
         self._wake_r = self._wake_w = self._events_r = self._events_w = -1
         self._events: EventReader | None = None
         self.state = StatePublisher(self, connection)
+        self._failed: set[int] = set()  # workers whose current job ended failed (FAILED came, IDLE not yet)
+        self.leases: ClusterLeases | None = None
+        self._lease_of: dict[int, str] = {}  # worker pid -> its cluster lease
+        if config.cluster_max_workers is not None:
+            self.leases = ClusterLeases(connection, config.cluster, config.cluster_max_workers,
+                                        config.cluster_lease_ttl, holder=f"{self.host}:{self.pid}")
+            self.state.cluster = self.leases
+        self.metrics: MetricsServer | None = None
+        if config.metrics_port is not None:  # here, before anything starts: a busy port is bad input
+            self.metrics = MetricsServer(config.metrics_host, config.metrics_port,
+                                         lambda: render_metrics(self.state.snapshot(self.clock())))
+            self.state.metrics_address = "%s:%d" % self.metrics.address
         self.scheduler = (
             MasterScheduler(config.all_queues, connection, config.worker_kwargs.get("serializer"))
             if config.with_scheduler
@@ -130,6 +144,8 @@ class Pool:
         self._events = EventReader(self._events_r)
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._selector.register(self._events_r, selectors.EVENT_READ)
+        if self.metrics is not None:
+            self.metrics.attach(self._selector)
         signal.set_wakeup_fd(self._wake_w)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, self._queue_signal)
@@ -159,6 +175,8 @@ class Pool:
         self.state.remove()
         if self.scheduler is not None:
             self.scheduler.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         for fd in (self._wake_r, self._wake_w, self._events_r, self._events_w):
             if fd >= 0:
                 os.close(fd)
@@ -168,9 +186,12 @@ class Pool:
         self._spawn_missing()
         while True:
             self._sleep()
+            if self.metrics is not None:
+                self.metrics.handle_ready()
             self._handle_signals()
             self._read_events()
             self._reap()
+            self._renew_leases()
             if self._stopping:
                 if not self._owner:
                     log.info("pool %s stopped: all workers have exited", self.config.pool_name)
@@ -260,7 +281,8 @@ class Pool:
             for _ in range(group.deficit):
                 if not self._room_for_one_more(group):
                     break
-                self._spawn(group)
+                if self._spawn(group) is None:
+                    return  # the cluster is full: try again next loop
 
     def _room_for_one_more(self, needy: WorkerGroup) -> bool:
         """Under --max-workers-total, a worker for ``needy`` if the cap allows; else make room for it."""
@@ -289,16 +311,22 @@ class Pool:
         donor.target = max(len(donor.active) - 1, donor.policy.settings.min_workers)
         self._retire(donor, worker)
 
-    def _spawn(self, group: WorkerGroup) -> int:
+    def _spawn(self, group: WorkerGroup) -> int | None:
+        """Fork a worker; None when the cluster has no free slot (nothing forked)."""
         threads = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
         if threads:
             raise PoolError(f"refusing to fork while threads run in the master: {', '.join(threads)}")
+        lease = self.leases.acquire() if self.leases is not None else None
+        if self.leases is not None and lease is None:
+            return None
         slot = group.free_slot()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
             self._become_worker(group, slot)
+        if lease is not None:
+            self._lease_of[pid] = lease
         group.worker_born(pid, slot, self.clock(), self.worker_name(group, slot, pid))
         self._owner[pid] = group
         self.state.mark_dirty()
@@ -342,6 +370,8 @@ class Pool:
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         self._selector.close()
+        if self.metrics is not None:
+            self.metrics.close_inherited()
         for fd in (self._wake_r, self._wake_w, self._events_r):
             os.close(fd)
 
@@ -360,8 +390,13 @@ class Pool:
     def _handle_event(self, group: WorkerGroup, event: Event) -> None:
         if event.kind == BUSY:
             group.job_started(event.pid, event.job_id or "", event.at, event.timeout)
+        elif event.kind == FAILED:
+            self._failed.add(event.pid)
+            return
         elif event.kind == IDLE:
             group.job_ended(event.pid, event.at)
+            self.state.counters.jobs["failed" if event.pid in self._failed else "finished"] += 1
+            self._failed.discard(event.pid)
         elif event.kind == READY:
             group.worker_ready(event.pid)
             self._boot_failures = 0
@@ -370,6 +405,7 @@ class Pool:
             # It exits after this job: its replacement starts now, not after it is gone.
             log.info("worker %s recycles (%s)", group.workers[event.pid].name, event.job_id)
             group.mark_retiring(event.pid)
+            self.state.counters.restarts["max_jobs" if "jobs done" in (event.job_id or "") else "max_memory"] += 1
         else:
             return  # ALIVE: nothing to publish
         self.state.mark_dirty()
@@ -398,6 +434,8 @@ class Pool:
     def _worker_exited(self, group: WorkerGroup, pid: int, code: int) -> None:
         record = group.worker_exited(pid, self.clock())
         self.state.mark_dirty()
+        self._release_lease(pid)
+        self._failed.discard(pid)
         if self._reload_pending.pop(pid, None) is not None:
             group.target -= 1  # a re-fork that never came up: the old worker stays
         if record is None or self._stopping or record.retiring:
@@ -410,7 +448,11 @@ class Pool:
             return
         if code == 0:  # a worker class that stops by itself (e.g. after max jobs): replace it
             log.info("worker %s exited by itself (exit status 0); replacing it", record.name)
+            self.state.counters.restarts["exited"] += 1
             return
+        self.state.counters.restarts["killed" if code < 0 else "crashed"] += 1
+        if record.job_id:
+            self.state.counters.jobs["failed"] += 1  # settled below: failed, or requeued by its Retry
         log.warning("worker %s exited unexpectedly (%s)%s", record.name, _describe_exit(code),
                     f" while running job {record.job_id}" if record.job_id else "")
         self._unsettled.append((record.name, group.queues, record.job_id, f"worker {record.name} {_describe_exit(code)}"))
@@ -441,6 +483,23 @@ class Pool:
         except RedisError:
             pass  # the outage is logged once by the scaling tick
 
+    def _release_lease(self, pid: int) -> None:
+        lease = self._lease_of.pop(pid, None)
+        if lease is not None and self.leases is not None:
+            self.leases.release(lease)
+
+    def _renew_leases(self) -> None:
+        """Keep this pool's cluster slots; a worker whose slot was lost (not renewed in time) leaves warm."""
+        if self.leases is None:
+            return
+        lost = set(self.leases.renew_if_due())
+        for pid, lease in list(self._lease_of.items()):
+            if lease in lost:
+                del self._lease_of[pid]
+                group = self._owner.get(pid)
+                if group is not None and pid in group.workers and not group.workers[pid].retiring:
+                    self._retire(group, group.workers[pid])
+
     def _kill_stuck(self, now: float) -> None:
         """Kill a worker whose job ran past its timeout plus a margin: rq would have ended it by then."""
         for group in self.groups:
@@ -467,6 +526,10 @@ class Pool:
             return
         group.target += 1
         new = self._spawn(group)
+        if new is None:  # no cluster slot for the re-fork yet: try again later
+            group.target -= 1
+            self._reload_queue.insert(0, (group, old))
+            return
         self._reload_pending[new] = old
 
     def _redis_reachable(self) -> bool:
@@ -507,7 +570,7 @@ class Pool:
                 if plan is not None:
                     self._apply(group, plan, now)
         if due:
-            self.state.record_tick(now)
+            self.state.record_tick(now, stats)
 
     def _apply(self, group: WorkerGroup, plan: Plan, now: float) -> None:
         d = plan.decision
@@ -518,7 +581,7 @@ class Pool:
         )
         for key in plan.retire:
             _kill(int(key), signal.SIGTERM)
-        self.state.mark_dirty()
+        self.state.record_decision(group, d, now)
 
     def _pool_memory(self) -> int | None:
         """Total PSS of the master and its workers, measured only where a ceiling asks for it."""

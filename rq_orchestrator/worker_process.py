@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .events import ALIVE, BUSY, IDLE, READY, RECYCLE, EventWriter
+from .events import ALIVE, BUSY, FAILED, IDLE, READY, RECYCLE, EventWriter
 
 PR_SET_PDEATHSIG = 1
 POLL_SECONDS = 1  # longest an idle worker waits before re-checking for a stop
@@ -56,6 +56,8 @@ class PoolWorkerMixin:
         # No `finally`: if execution raises, rq's loop quits and the master,
         # still seeing the job held, settles it when the worker exits.
         result = super().execute_job(job, queue)  # type: ignore[misc]
+        if not _finished(job):
+            self._pool_send(FAILED, job.id)
         self._pool_send(IDLE, job.id)
         self._pool_jobs_done += 1
         self._pool_check_recycle()
@@ -194,6 +196,19 @@ def run_worker(launch: WorkerLaunch, connection: Any) -> int:
     worker.pool_max_memory = launch.max_memory
     worker.work(burst=launch.burst, logging_level=launch.logging_level, with_scheduler=False)
     return 0
+
+
+def _finished(job: Any) -> bool:
+    """Whether the job that just ended finished; one HGET, in the worker, between jobs.
+
+    A job deleted at once (result_ttl=0) finished; rq 1.x says None, rq 3 raises.
+    """
+    from rq.job import JobStatus
+
+    try:
+        return job.get_status(refresh=True) in (JobStatus.FINISHED, None)
+    except Exception:  # noqa: BLE001 - InvalidJobOperation (deleted) or Redis gone: not a failure we saw
+        return True
 
 
 def resident_memory() -> int | None:

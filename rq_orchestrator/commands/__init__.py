@@ -72,4 +72,6 @@ def worker_pool_supervisor(name: str | None, user: str | None, pool_args: tuple[
     )
 
 
-commands = [worker_pool, worker_pool_supervisor]
+from .status import worker_pool_status  # noqa: E402
+
+commands = [worker_pool, worker_pool_supervisor, worker_pool_status]

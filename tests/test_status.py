@@ -1,0 +1,182 @@
+"""`rq-orchestrator status` against real pools, the published state and its history."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from rq import Queue
+
+from conftest import child_env, wait_until
+from rq_orchestrator import status as status_module
+from rq_orchestrator.commands.status import worker_pool_status
+from rq_orchestrator.state import INDEX_KEY, KEY_PREFIX, history_length, read_history, read_pools
+from test_pool import FAST
+
+
+def run_status(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rq_orchestrator", "status", "--url", url, *args],
+                          capture_output=True, text=True, timeout=30, env=child_env())
+
+
+def status_json(url: str) -> tuple[int, dict]:
+    result = run_status(url, "--json")
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_table_and_json_show_every_running_pool(start_pool, redis, redis_url):
+    busy = start_pool("high", "low", "--num-workers", "1", "--name", "busy", *FAST)
+    quiet = start_pool("other", "--min-workers", "1", "--max-workers", "3", "--name", "quiet", *FAST)
+    for pool in (busy, quiet):
+        pool.wait_until(lambda p=pool: p.ready_pids(), 20, "a ready worker")
+    Queue("high", connection=redis).enqueue("jobs.sleep", 30)
+    waiting = Queue("low", connection=redis).enqueue("jobs.sleep", 0)
+    busy.wait_until(lambda: busy.state()["groups"][0]["oldest_wait_s"], 10, "the waiting job to be measured")
+
+    table = run_status(redis_url)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("2 pools on redis://") and "stale" not in lines[0]
+    header, rows = lines[2], {line.split()[0]: line for line in lines[3:]}
+    assert header.split()[:4] == ["POOL", "HOST", "PID", "QUEUES"]
+    assert f" {busy.pid} " in rows["busy"] and "high,low" in rows["busy"] and " 1/1/1 " in rows["busy"]
+    assert " 1/1/3 " in rows["quiet"] and rows["quiet"].endswith("ok")
+    assert "ago: " in rows["quiet"]  # the last decision, its age and reason
+
+    code, document = status_json(redis_url)
+    assert code == 0 and document["status"] == 0
+    pools = {p["name"]: p for p in document["pools"]}
+    group = pools["busy"]["groups"][0]
+    assert group["queued"] == 1 and group["busy"] == 1 and group["oldest_wait_s"] > 0
+    assert group["last_decision"]["action"] == "hold" and group["last_decision"]["at"] <= time.time()
+    worker = pools["busy"]["workers"][0]
+    assert worker["state"] == "busy" and worker["job"] and worker["memory_bytes"] > 1e6 and worker["pid"]
+    assert pools["busy"]["memory_bytes"] > 1e6  # the master's and the worker's (PSS)
+    assert not pools["quiet"]["stale"] and pools["quiet"]["age_s"] < 3
+    assert waiting.get_status(refresh=True) == "queued"
+
+
+def test_a_killed_pool_is_stale_then_expired_then_forgotten(start_pool, redis, redis_url):
+    pool = start_pool("--num-workers", "1", *FAST)
+    pool.wait_until(lambda: pool.ready_pids(), 20, "a ready worker")
+    assert run_status(redis_url).returncode == 0
+    os.killpg(pool.pid, signal.SIGKILL)  # nobody removes its state
+    pool.proc.wait()
+
+    def stale_with(reason: str) -> bool:
+        code, document = status_json(redis_url)
+        return code == 1 and reason in document["pools"][0].get("stale_reason", "")
+
+    wait_until(lambda: stale_with("no update for"), 10, "the pool to be stale (no update)")
+    wait_until(lambda: stale_with("its state expired"), 15, "the pool's state to expire")
+    table = run_status(redis_url, "--forget-stale")
+    assert table.returncode == 1 and f" {pool.pid} " in table.stdout and "stale: its state expired" in table.stdout
+    result = run_status(redis_url)
+    assert result.returncode == 3 and result.stdout.startswith("no pool has published on redis://")
+
+
+def test_read_pools_judges_staleness_by_redis_s_clock(redis):
+    state = {"name": "p", "host": "h", "pid": 1, "ttl": 100, "stale_after": 3.0, "groups": [], "workers": []}
+    redis.set(f"{KEY_PREFIX}h:1", json.dumps(state), ex=100)  # just published
+    redis.set(f"{KEY_PREFIX}h:2", json.dumps({**state, "pid": 2}), ex=90)  # published 10 s ago
+    redis.zadd(INDEX_KEY, {f"{KEY_PREFIX}h:1": 1, f"{KEY_PREFIX}h:2": 2, f"{KEY_PREFIX}h:3": 3})  # h:3 expired
+    fresh, late, gone = read_pools(redis)
+    assert not fresh["stale"] and fresh["age_s"] < 1
+    assert late["stale"] and 9 < late["age_s"] < 11 and late["stale_reason"].startswith("no update for 10")
+    assert gone == {"key": f"{KEY_PREFIX}h:3", "stale": True, "stale_reason": "its state expired", "last_seen": 3}
+    assert status_module.health([fresh]) == 0 and status_module.health([fresh, late]) == 1
+    assert status_module.health([]) == 3
+
+
+def test_the_history_keeps_a_sample_per_tick_and_every_scaling(start_pool, redis):
+    pool = start_pool("--min-workers", "1", "--max-workers", "2", *FAST)
+    pool.wait_until(lambda: pool.ready_pids(), 20, "a ready worker")
+    key = pool.state()["key"]
+    jobs = [Queue(connection=redis).enqueue("jobs.sleep", 0.2) for _ in range(15)]
+
+    def scaled_up_and_down() -> list[dict]:
+        history = read_history(redis, key)
+        actions = [s["action"] for s in history if s["kind"] == "decision"]
+        return "up" in actions and "down" in actions and history
+
+    history = pool.wait_until(scaled_up_and_down, 30, "a scale-up and a scale-down in the history")
+    assert all(j.get_status(refresh=True) == "finished" for j in jobs)
+    assert [s["t"] for s in history] == sorted(s["t"] for s in history)
+    ticks = [s for s in history if s["kind"] == "tick"]
+    assert len(ticks) >= 5 and {"t", "group", "workers", "target", "busy", "utilization", "queued",
+                                "oldest_wait_s", "action", "reason"} <= set(ticks[-1])
+    assert all(s["action"] in ("up", "down", "hold") and s["reason"] for s in ticks)
+    group = pool.state()["groups"][0]
+    decisions = [s["action"] for s in history if s["kind"] == "decision"]
+    assert (group["scale_ups"], group["scale_downs"]) == (decisions.count("up"), decisions.count("down"))
+    assert group["last_change"]["action"] == "down"
+    recent = read_history(redis, key, limit=2)
+    assert len(recent) == 2 and recent[0]["t"] <= recent[1]["t"]
+    assert 0 < redis.ttl(f"{key}:history") <= pool.state()["ttl"]
+    assert history_length(5, 1) == 720 and history_length(0.2, 1) == 3600 and history_length(5, 2) == 1440
+    pool.send(signal.SIGTERM)
+    assert pool.wait(20) == 0
+    assert not redis.exists(key, f"{key}:history") and redis.zcard(INDEX_KEY) == 0
+
+
+def test_watch_refreshes_in_place_on_a_terminal(redis, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    sleeps = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(status_module.time, "sleep", sleep)
+    out = Terminal()
+    code = status_module.show_status(redis, as_json=False, watch=True, interval=0.5, forget_stale=False, out=out)
+    assert code == 3 and sleeps == [0.5, 0.5, 0.5]
+    assert out.getvalue().count(status_module.CLEAR_SCREEN + "no pool has published") == 3
+
+
+def test_watch_prints_one_json_document_per_refresh(start_pool, redis_url):
+    pool = start_pool("--num-workers", "1", *FAST)
+    pool.wait_until(lambda: pool.ready_pids(), 20, "a ready worker")
+    watcher = subprocess.Popen([sys.executable, "-m", "rq_orchestrator", "status", "--url", redis_url, "--json",
+                                "--watch", "--interval", "0.2"], stdout=subprocess.PIPE, text=True, env=child_env())
+    time.sleep(2)
+    watcher.send_signal(signal.SIGINT)
+    out, _ = watcher.communicate(timeout=10)
+    documents = [json.loads(line) for line in out.splitlines()]
+    assert watcher.returncode == 0 and len(documents) >= 3
+    assert all(d["pools"][0]["pid"] == pool.pid for d in documents)
+
+
+def test_the_bench_command_shares_the_options_and_needs_a_bench():
+    result = CliRunner().invoke(worker_pool_status, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--json", "--watch", "--interval", "--forget-stale"):
+        assert option in result.output
+    try:
+        import frappe  # noqa: F401
+    except ImportError:
+        result = CliRunner().invoke(worker_pool_status, [])
+        assert result.exit_code == 2 and "inside a Frappe bench" in result.output
+    else:
+        pytest.skip("frappe is installed here")
+
+
+def test_importing_the_bench_command_does_not_import_frappe():
+    code = "import sys, rq_orchestrator.commands.status; assert 'frappe' not in sys.modules; print('ok')"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
+
+
+def test_an_unreachable_redis_is_one_line_with_status_2():
+    result = run_status("redis://127.0.0.1:1/0")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "--url" in result.stderr
