@@ -18,10 +18,14 @@ log = logging.getLogger("rq_orchestrator")
 
 
 class MasterScheduler:
-    def __init__(self, queues: Iterable[str], connection: Any, serializer: Any = None, interval: float = 1.0) -> None:
+    def __init__(
+        self, queues: Iterable[str], connection: Any, serializer: Any = None, logging_level: str = "INFO",
+        interval: float = 1.0,
+    ) -> None:
         from rq.scheduler import RQScheduler
 
-        self._scheduler = RQScheduler(list(queues), connection=connection, serializer=serializer)
+        self._scheduler = RQScheduler(list(queues), connection=connection, serializer=serializer,
+                                      logging_level=logging_level)
         self._interval = interval
         self._next = 0.0
 

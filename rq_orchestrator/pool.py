@@ -117,7 +117,7 @@ class Pool:
                                          lambda: render_metrics(self.state.snapshot(self.clock())))
             self.state.metrics_address = "%s:%d" % self.metrics.address
         self.scheduler = (
-            MasterScheduler(config.all_queues, connection, config.worker_kwargs.get("serializer"))
+            MasterScheduler(config.all_queues, connection, config.worker_kwargs.get("serializer"), config.logging_level)
             if config.with_scheduler
             else None
         )
