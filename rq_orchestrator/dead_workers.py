@@ -181,3 +181,47 @@ def _lookup_kwargs(worker_kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _members(connection: Redis, key: str) -> list[str]:
     return [m.decode() if isinstance(m, bytes) else m for m in connection.zrange(key, 0, -1)]
+
+
+class Aftercare:
+    """What the master owes the jobs of workers that are gone.
+
+    Settles each dead worker's job and registration (and retries, while Redis
+    is away, until it can), returns stranded pops every few seconds, and on
+    start settles what a killed earlier run of the same pool left behind.
+    """
+
+    def __init__(self, connection: Redis, queues: Iterable[str], worker_kwargs: dict[str, Any],
+                 check_every: float = 2.0) -> None:
+        self.connection = connection
+        self.worker_kwargs = worker_kwargs
+        self._pending: list[tuple[str, tuple[str, ...], str | None, str]] = []
+        self._stranded = StrandedJobs(queues)
+        self._check_every = check_every
+        self._next_check = 0.0
+
+    def worker_died(self, name: str, queues: tuple[str, ...], job_id: str | None, reason: str) -> None:
+        self._pending.append((name, queues, job_id, reason))
+        self.settle_pending()
+
+    def settle_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for name, queues, job_id, reason in pending:
+            if not settle_dead_worker(self.connection, name, queues, job_id, reason, self.worker_kwargs):
+                self._pending.append((name, queues, job_id, reason))
+
+    def recover_stranded(self, now: float, held: set[str]) -> None:
+        """``held``: the jobs live workers of this pool have reported."""
+        if now < self._next_check:
+            return
+        self._next_check = now + self._check_every
+        try:
+            self._stranded.recover(self.connection, now, held, self.worker_kwargs)
+        except RedisError:
+            pass  # the master logs the outage once
+
+    def clear_previous_run(self, name_prefix: str) -> None:
+        try:
+            clear_previous_run(self.connection, name_prefix, self.worker_kwargs)
+        except RedisError as exc:
+            log.warning("could not look for an earlier run's leftovers: %s", exc)

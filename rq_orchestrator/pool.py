@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from .config import PoolConfig, hostname
 from .connection import fresh_copy
-from .dead_workers import StrandedJobs, clear_previous_run, settle_dead_worker
+from .dead_workers import Aftercare
 from .cluster import ClusterLeases
 from .events import BUSY, FAILED, IDLE, READY, RECYCLE, EventReader, Event
 from .group import Plan, WorkerGroup, WorkerRecord
@@ -51,7 +51,6 @@ HANDLED_SIGNALS = (
 )
 OBSERVE_SECONDS = 1.0  # queues are observed (and the master wakes) at least this often
 CRASH_BACKOFF_MAX = 10.0
-STRANDED_CHECK_SECONDS = 2.0
 
 
 class PoolError(RuntimeError):
@@ -95,10 +94,7 @@ class Pool:
         self._boot_failures = 0
         self._reload_queue: list[tuple[WorkerGroup, int]] = []  # (group, old worker) still to re-fork
         self._reload_pending: dict[int, int] = {}  # new worker pid -> old worker it replaces
-        # Dead workers whose job and registration still need settling (Redis was unreachable).
-        self._unsettled: list[tuple[str, tuple[str, ...], str | None, str]] = []
-        self._stranded = StrandedJobs(config.all_queues)
-        self._next_stranded_check = now
+        self.aftercare = Aftercare(connection, config.all_queues, config.worker_kwargs)
         self._redis_down_since: float | None = None
         self._selector = selectors.DefaultSelector()
         self._wake_r = self._wake_w = self._events_r = self._events_w = -1
@@ -153,7 +149,7 @@ class Pool:
         # freezing keeps the collector from touching (and so copying) those pages.
         gc.collect()
         gc.freeze()
-        self._clear_previous_run()
+        self.aftercare.clear_previous_run(f"{self.host}.{self.config.pool_name}.")
         log.info(
             "pool %s started: pid %d, queues %s, %s",
             self.config.pool_name,
@@ -161,12 +157,6 @@ class Pool:
             ",".join(self.config.all_queues),
             ", ".join(f"{g.name} {g.policy.settings.min_workers}-{g.policy.settings.max_workers}" for g in self.groups),
         )
-
-    def _clear_previous_run(self) -> None:
-        try:
-            clear_previous_run(self.connection, f"{self.host}.{self.config.pool_name}.", self.config.worker_kwargs)
-        except RedisError as exc:
-            log.warning("could not look for an earlier run's leftovers: %s", exc)
 
     def _teardown(self) -> None:
         signal.set_wakeup_fd(-1)
@@ -206,8 +196,8 @@ class Pool:
             now = self.clock()
             self._scale(now)
             self._kill_stuck(now)
-            self._settle_dead_workers()
-            self._recover_stranded(now)
+            self.aftercare.settle_pending()
+            self.aftercare.recover_stranded(now, {w.job_id for g in self.groups for w in g.workers.values() if w.job_id})
             self._continue_reload()
             self._spawn_missing()
             if self.scheduler is not None:
@@ -455,8 +445,7 @@ class Pool:
             self.state.counters.jobs["failed"] += 1  # settled below: failed, or requeued by its Retry
         log.warning("worker %s exited unexpectedly (%s)%s", record.name, _describe_exit(code),
                     f" while running job {record.job_id}" if record.job_id else "")
-        self._unsettled.append((record.name, group.queues, record.job_id, f"worker {record.name} {_describe_exit(code)}"))
-        self._settle_dead_workers()
+        self.aftercare.worker_died(record.name, group.queues, record.job_id, f"worker {record.name} {_describe_exit(code)}")
         if not record.ready and self._redis_reachable():
             self._boot_failures += 1
             if self._boot_failures >= self.config.max_boot_failures:
@@ -465,23 +454,6 @@ class Pool:
                     f"({_describe_exit(code)}); see the worker errors above"
                 )
         self._back_off()
-
-    def _settle_dead_workers(self) -> None:
-        """End the jobs of dead workers; what Redis refuses now is retried on the next pass."""
-        pending, self._unsettled = self._unsettled, []
-        for name, queues, job_id, reason in pending:
-            if not settle_dead_worker(self.connection, name, queues, job_id, reason, self.config.worker_kwargs):
-                self._unsettled.append((name, queues, job_id, reason))
-
-    def _recover_stranded(self, now: float) -> None:
-        if now < self._next_stranded_check:
-            return
-        self._next_stranded_check = now + STRANDED_CHECK_SECONDS
-        held = {w.job_id for g in self.groups for w in g.workers.values() if w.job_id}
-        try:
-            self._stranded.recover(self.connection, now, held, self.config.worker_kwargs)
-        except RedisError:
-            pass  # the outage is logged once by the scaling tick
 
     def _release_lease(self, pid: int) -> None:
         lease = self._lease_of.pop(pid, None)
