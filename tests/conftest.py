@@ -100,8 +100,13 @@ class PoolProcess:
     def ready_pids(self) -> list[int]:
         return [w["pid"] for w in self.workers() if w["state"] in ("idle", "busy")]
 
+    def interesting_output(self) -> str:
+        """The log's tail without the per-period hold lines, which would hide everything else."""
+        lines = [line for line in self.output().splitlines() if "decision=hold" not in line]
+        return "\n".join(lines)[-6000:]
+
     def wait_until(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        return wait_until(predicate, timeout, what, lambda: self.output()[-4000:])
+        return wait_until(predicate, timeout, what, self.interesting_output)
 
     def send(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -110,7 +115,7 @@ class PoolProcess:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"pool did not exit within {timeout}s\n{self.output()[-4000:]}")
+            pytest.fail(f"pool did not exit within {timeout}s\n{self.interesting_output()}")
 
     def cleanup(self) -> None:
         if self.proc.poll() is None:

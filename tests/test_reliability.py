@@ -61,7 +61,7 @@ def test_a_restarted_pool_clears_what_its_killed_run_left(redis_url, redis, tmp_
     first = PoolProcess(redis_url, ("--num-workers", "1", "--name", "again", *FAST), tmp_path / "first.log")
     try:
         job = queue.enqueue("jobs.sleep", 30)
-        first.wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 15, "the job to start")
+        first.wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 30, "the job to start")
         os.killpg(first.pid, signal.SIGKILL)  # master and worker at once: nobody cleans up
         first.proc.wait()
         wait_until(lambda: not pool_processes("again"), 10, "the killed run's processes to go")
