@@ -207,6 +207,7 @@ class Started:
         return proc
 
     def stop(self, timeout: float = 15.0) -> None:
+        tree = descendants(self.pids)  # job processes leave the group (rq's horse calls setpgrp)
         for proc in self.procs:
             _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -216,8 +217,11 @@ class Started:
             except subprocess.TimeoutExpired:
                 _signal_group(proc, signal.SIGKILL)
                 proc.wait()
-        for proc in self.procs:  # leftovers in the group (a scheduler process, a job process)
+        for proc in self.procs:  # leftovers in the group (a scheduler process)
             _signal_group(proc, signal.SIGKILL)
+        for pid in tree:  # and outside it (a job process still running)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         self.procs.clear()
 
 

@@ -9,7 +9,8 @@ the decision can only be taken by the new worker. For each sample:
   must notice and start a replacement (ours would too, at once, but backs off
   when workers keep dying, so repeated kills would measure the back-off); the
   marker is enqueued once Redis has dropped the dead worker's connection, or
-  its pending blocking pop could swallow it;
+  its pending blocking pop could swallow it (the worker's scheduler process,
+  if it runs one, holds a copy of that socket, so it is killed with it);
 * a separate `rq worker`: start the process at t0.
 
 Then read from Redis the new worker's ``birth`` (written when it registered)
@@ -23,6 +24,7 @@ same clock. Between samples, ours retires the extra worker with SIGTTOU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import time
@@ -81,6 +83,13 @@ def sample(client: Any, act: Callable[[], Any], before_marker: Callable[[], Any]
     }
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a worker and its children: an rq worker's scheduler process holds a copy of its socket."""
+    for victim in descendants([pid]):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+
+
 def wait_disconnected(client: Any, name: str) -> None:
     wait_for(lambda: name not in {c.get("name") for c in client.client_list()}, 10,
              "the dead worker's connection to close", 0.002)
@@ -131,8 +140,7 @@ def replaced(server: Any, samples: int, command: list[str], name: str) -> list[d
             pid, name = idle_worker(client, master)
             # Redis may still hand a job to the dead worker's pending blocking pop: enqueue the marker
             # once its connection is gone (a few ms, far less than any replacement takes).
-            results.append(sample(client, lambda p=pid: os.kill(p, signal.SIGKILL),
-                                  lambda n=name: wait_disconnected(client, n)))
+            results.append(sample(client, lambda p=pid: kill_tree(p), lambda n=name: wait_disconnected(client, n)))
             time.sleep(1.5)  # let the replacement settle before the next victim is chosen
     return results
 
