@@ -88,6 +88,8 @@ class Pool:
         self._exit_status = 0
         self._next_tick = now + config.scaling_period
         self._next_observation = now
+        self._memory: int | None = None  # the pool's PSS, last measured for --max-pool-memory
+        self._memory_measured_until = now
         self._respawn_at = 0.0
         self._crashes = 0
         self._last_crash = 0.0
@@ -531,7 +533,7 @@ class Pool:
         stats = self._observe_queues()
         if stats is None:
             return  # no decision on missing data
-        memory = self._pool_memory() if due else None
+        memory = self._pool_memory(now)
         for group in self.groups:
             observed = stats[group.name]
             kwargs = {"oldest_wait": observed.oldest_wait, "pool_memory": memory}
@@ -555,11 +557,17 @@ class Pool:
             _kill(int(key), signal.SIGTERM)
         self.state.record_decision(group, d, now)
 
-    def _pool_memory(self) -> int | None:
-        """Total PSS of the master and its workers, measured only where a ceiling asks for it."""
+    def _pool_memory(self, now: float) -> int | None:
+        """Total PSS of the master and its workers where a ceiling asks for it, measured at most once a period.
+
+        Every check gets the latest figure, the growth between periods included.
+        """
         if not any(g.policy.settings.max_pool_memory for g in self.groups):
             return None
-        return total_pss([self.pid, *self._owner])
+        if now >= self._memory_measured_until:
+            self._memory = total_pss([self.pid, *self._owner])
+            self._memory_measured_until = now + self.config.scaling_period
+        return self._memory
 
     def _observe_queues(self) -> dict[str, QueueStats] | None:
         """Jobs waiting in each group's queues and the oldest one's wait, or None while Redis is unreachable."""

@@ -274,3 +274,18 @@ def test_queue_wait_grows_the_pool_between_periods(start_pool, redis):
     jobs = [Queue(connection=redis).enqueue("jobs.sleep", 1) for _ in range(6)]
     pool.wait_until(lambda: pool.active_workers() >= 2, 8, "a second worker long before the 30 s period")
     pool.wait_until(lambda: finished(jobs), 20, "the jobs")
+
+
+def test_memory_ceiling_also_holds_back_growth_between_periods(start_pool, redis):
+    """Queue-wait growth between periods must respect --max-pool-memory like the period tick does."""
+    pool = start_pool("--min-workers", "1", "--max-workers", "3", "--max-queue-wait", "0.2",
+                      "--max-pool-memory", "1MB", "--scaling-period", "30", "--utilization-window", "30")
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "one worker")
+    jobs = [Queue(connection=redis).enqueue("jobs.sleep", 0.5) for _ in range(8)]
+    sizes = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # well past the 0.2 s wait, long before the 30 s period
+        sizes.append(pool.active_workers())
+        time.sleep(0.1)
+    assert max(sizes) == 1
+    pool.wait_until(lambda: finished(jobs), 20, "the jobs, on the one worker")
