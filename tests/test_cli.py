@@ -129,3 +129,21 @@ def test_sizes_parse():
     assert parse_size("4096") == 4096
     with pytest.raises(ValueError):
         parse_size("-5MB")
+
+
+def test_workers_resolve_redis_pys_driver_info_once():
+    from redis import Redis
+
+    from rq_orchestrator.connection import fresh_copy
+
+    url = "redis://127.0.0.1:1"  # as the command line builds its client
+    first = fresh_copy(Redis.from_url(url)).connection_pool.connection_kwargs
+    second = fresh_copy(Redis.from_url(url)).connection_pool.connection_kwargs
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:  # redis-py < 7 reads its version once, at import
+        assert "driver_info" not in first
+        return
+    assert isinstance(first["driver_info"], DriverInfo) and first["driver_info"] is second["driver_info"]
+    own = Redis(host="127.0.0.1", port=1)  # a client that resolved its own is left as it is
+    assert fresh_copy(own).connection_pool.connection_kwargs["driver_info"] is own.connection_pool.connection_kwargs["driver_info"]
