@@ -79,18 +79,20 @@ class RedisServer:
             finally:
                 client.connection_pool.disconnect()
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds (at once with 0: a throwaway server)."""
         if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
+            if grace > 0:
+                self._process.terminate()
             try:
-                self._process.wait(5)
+                self._process.wait(grace)
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
         self._process = None
 
-    def close(self) -> None:
-        self.stop()
+    def close(self, grace: float = 5.0) -> None:
+        self.stop(grace)
         self._dir.cleanup()
 
     def __enter__(self) -> RedisServer:

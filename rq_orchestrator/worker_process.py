@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .events import ALIVE, BUSY, FAILED, IDLE, READY, RECYCLE, EventWriter
+from .memory import resident_memory
 
 PR_SET_PDEATHSIG = 1
 POLL_SECONDS = 1  # longest an idle worker waits before re-checking for a stop
@@ -48,6 +49,8 @@ class PoolWorkerMixin:
     pool_master_pid: int = 0
     pool_max_jobs: int | None = None
     pool_max_memory: int | None = None
+    pool_poll_seconds: float = POLL_SECONDS
+    pool_polls_left: int | None = None  # stop after this many empty polls (the master's rehearsal)
     _pool_stop_at: float = 0.0
     _pool_jobs_done: int = 0
 
@@ -56,12 +59,16 @@ class PoolWorkerMixin:
         # No `finally`: if execution raises, rq's loop quits and the master,
         # still seeing the job held, settles it when the worker exits.
         result = super().execute_job(job, queue)  # type: ignore[misc]
-        if not _finished(job):
-            self._pool_send(FAILED, job.id)
         self._pool_send(IDLE, job.id)
         self._pool_jobs_done += 1
         self._pool_check_recycle()
         return result
+
+    def handle_job_failure(self, job: Any, *args: Any, **kwargs: Any) -> Any:
+        # Runs in the job's process (an exception in the job), or in the worker when
+        # that process died or timed out: either way before the worker's IDLE.
+        self._pool_send(FAILED, job.id)
+        return super().handle_job_failure(job, *args, **kwargs)  # type: ignore[misc]
 
     def _pool_check_recycle(self) -> None:
         """Between jobs: exit (warm) once the job count or memory limit is reached."""
@@ -81,6 +88,10 @@ class PoolWorkerMixin:
         super().register_birth()  # type: ignore[misc]
         self._pool_send(READY)
 
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        return False  # the master cleans the registries for all its workers (maintenance.py)
+
     # -- waiting for jobs without losing one ------------------------------
     @property
     def dequeue_timeout(self) -> int:
@@ -92,10 +103,15 @@ class PoolWorkerMixin:
         while not self._stop_requested and not self.pool_orphaned():  # type: ignore[attr-defined]
             # max_idle_time makes rq return None after one empty poll, so the
             # stop flag is checked between polls and never while a job is in hand.
-            result = super().dequeue_job_and_maintain_ttl(POLL_SECONDS, POLL_SECONDS)  # type: ignore[misc]
+            poll = self.pool_poll_seconds
+            result = super().dequeue_job_and_maintain_ttl(poll, poll)  # type: ignore[misc]
             if result is not None:
                 return self._pool_took(result)
             self._pool_send(ALIVE)
+            if self.pool_polls_left is not None:
+                self.pool_polls_left -= 1
+                if self.pool_polls_left <= 0:
+                    break
         self._stop_requested = True
         return None
 
@@ -196,28 +212,6 @@ def run_worker(launch: WorkerLaunch, connection: Any) -> int:
     worker.pool_max_memory = launch.max_memory
     worker.work(burst=launch.burst, logging_level=launch.logging_level, with_scheduler=False)
     return 0
-
-
-def _finished(job: Any) -> bool:
-    """Whether the job that just ended finished; one HGET, in the worker, between jobs.
-
-    A job deleted at once (result_ttl=0) finished; rq 1.x says None, rq 3 raises.
-    """
-    from rq.job import JobStatus
-
-    try:
-        return job.get_status(refresh=True) in (JobStatus.FINISHED, None)
-    except Exception:  # noqa: BLE001 - InvalidJobOperation (deleted) or Redis gone: not a failure we saw
-        return True
-
-
-def resident_memory() -> int | None:
-    """This process's resident set size in bytes (Linux /proc), or None."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def set_process_title(title: str) -> None:

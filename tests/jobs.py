@@ -22,6 +22,15 @@ def noop() -> None:
     _record("noop")
 
 
+def fail() -> None:
+    raise ValueError("this job fails")
+
+
+def die() -> None:
+    """The job's own process dies (the worker survives and reports the job failed)."""
+    os.kill(os.getpid(), 9)
+
+
 def crash_worker() -> None:
     os.kill(os.getppid(), 9)
     time.sleep(5)
@@ -58,6 +67,25 @@ class DiesAfterPop(Worker):
     """Dies (once) between popping a job and starting it: the job must not be lost."""
 
     def execute_job(self, job, queue):  # noqa: ANN001
-        if self.connection.set("test:died-after-pop", 1, nx=True):
+        # Not in the master's pre-fork rehearsal (rq_orchestrator.prewarm): this simulates
+        # a pool worker's crash, and the rehearsal runs in the master itself.
+        if not self.name.startswith("rehearsal-") and self.connection.set("test:died-after-pop", 1, nx=True):
             os.kill(os.getpid(), 9)
         return super().execute_job(job, queue)
+
+
+class SlowRehearsal(Worker):
+    """Takes 3 s to register in the master's pre-fork rehearsal (rq_orchestrator.prewarm), and says when it starts."""
+
+    def register_birth(self) -> None:
+        mark = rehearsal_mark(os.getpid())
+        if self.name.startswith("rehearsal-") and not os.path.exists(mark):  # the first round only
+            open(mark, "w").close()
+            time.sleep(3)
+        super().register_birth()
+
+
+def rehearsal_mark(master_pid: int) -> str:
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"rq-orchestrator-test-rehearsal-{master_pid}")

@@ -148,6 +148,15 @@ def test_workers_are_registered_with_readable_names(start_pool, redis):
     assert {name.split(".names.")[1].split(".")[0] for name in names} == {"w1", "w2"}
 
 
+def test_the_pool_counts_finished_and_failed_jobs(start_pool, redis):
+    pool = start_pool("--num-workers", "2", *FAST)
+    queue = Queue(connection=redis)
+    jobs = [queue.enqueue("jobs.noop"), queue.enqueue("jobs.fail"), queue.enqueue("jobs.die"), queue.enqueue("jobs.noop")]
+    pool.wait_until(lambda: all(job.get_status(refresh=True) in ("finished", "failed") for job in jobs), 30, "the jobs")
+    pool.wait_until(lambda: pool.state()["counters"]["jobs"] == {"finished": 2, "failed": 2}, 10,
+                    "the counters: 2 finished, 2 failed (one raised, one's process died)")
+
+
 def test_scheduled_jobs_are_enqueued_by_the_master(start_pool, redis):
     from datetime import timedelta
 
