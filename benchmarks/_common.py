@@ -175,9 +175,9 @@ def our_pool_command(url: str, queue: str, workers: int, *extra: str) -> list[st
             "--preload", APP, *extra]
 
 
-def proposed_pool_command(url: str, queue: str, workers: int, *extra: str) -> list[str]:
-    """Our pool with the changes of benchmarks/proposed.py."""
-    return [sys.executable, "-m", "benchmarks.proposed", *our_pool_command(url, queue, workers, *extra)[1:]]
+def no_prewarm_pool_command(url: str, queue: str, workers: int, *extra: str) -> list[str]:
+    """Our pool without the pre-fork rehearsal (``--no-prewarm``): what prewarm brings is the difference."""
+    return our_pool_command(url, queue, workers, "--no-prewarm", *extra)
 
 
 def rq_pool_command(url: str, queue: str, workers: int, *extra: str) -> list[str]:

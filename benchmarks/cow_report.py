@@ -6,14 +6,17 @@ finds the pages a worker copied and which Python objects the changed bytes
 belong to:
 
 1. It plays the master: imports the application, then prepares to fork as our
-   pool does (``Pool._setup``: ``gc.collect()``, ``gc.freeze()``; with
-   ``--pool proposed``, the changes of benchmarks/proposed.py too), or as rq's
-   ``WorkerPool`` does.
+   pool does, by running its ``Pool._setup``: the pre-fork rehearsal of a
+   worker (``rq_orchestrator.prewarm``, on by default as in the pool; skipped
+   with ``--pool ours-no-prewarm``), then ``gc.collect()``, ``gc.freeze()`` and
+   the release of the start-up's file pages (``rq_orchestrator.sharing``);
+   or as rq's ``WorkerPool`` does (``--pool rq``).
 2. It forks a *twin* that stops itself at once, so its pages keep the contents
    they had at the fork, and an *indexer* that records the address, extent
    and type of every object it can reach (``gc.get_objects()`` and what they
    refer to) into a file, so the master's own heap is left as it was.
-3. It starts one worker (our pool's fork path, or rq's ``WorkerPool``), lets it
+3. It starts one worker (our pool's fork path, ``Pool._spawn``, which builds the
+   worker's Redis client before the fork; or rq's ``WorkerPool``), lets it
    sit idle or run jobs, then compares the worker's pages with the twin's
    (``/proc/PID/pagemap`` frame numbers, ``/proc/PID/mem`` contents).
 4. Each changed 8-byte word is attributed to the object it lies in (its
@@ -25,7 +28,7 @@ belong to:
 Linux only, needs root (or ptrace rights over its own children).
 
     PYTHONPATH=. python benchmarks/cow_report.py --pool ours --jobs 0
-    PYTHONPATH=. python benchmarks/cow_report.py --pool proposed --jobs 250
+    PYTHONPATH=. python benchmarks/cow_report.py --pool ours-no-prewarm --jobs 250
     PYTHONPATH=. python benchmarks/cow_report.py --pool rq
 """
 
@@ -403,15 +406,17 @@ class Indexer:
         return json.loads((self.directory / "examples.json").read_text())
 
 
-def prepare_ours(url: str, queue: str, proposed: bool) -> tuple[Callable[[], int], Callable[[], None]]:
-    """Prepare as our master does; returns (fork one worker through `Pool._spawn`, drain its events)."""
+def prepare_ours(url: str, queue: str, prewarm: bool) -> tuple[Callable[[], int], Callable[[], None]]:
+    """Prepare as our master does (`Pool._setup`: prewarm unless off, GC freeze, file pages released).
+
+    Returns (fork one worker through `Pool._spawn`, drain its events).
+    """
     from rq_orchestrator.config import GroupSpec, PoolConfig
     from rq_orchestrator.connection import from_url
     from rq_orchestrator.pool import Pool
 
-    if proposed:
-        importlib.import_module("benchmarks.proposed").apply()
-    pool = Pool(PoolConfig(groups=(GroupSpec((queue,), 1, 1),), with_scheduler=False), from_url(url))
+    config = PoolConfig(groups=(GroupSpec((queue,), 1, 1),), with_scheduler=False, prewarm=prewarm)
+    pool = Pool(config, from_url(url))
     pool._setup()
 
     def spawn() -> int:
@@ -442,7 +447,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with redis_server() as server, tempfile.TemporaryDirectory() as tmp:
         client = server.client()
         queue = "cow"
-        spawn, drain = prepare_rq(server.url, queue) if args.pool == "rq" else prepare_ours(server.url, queue, args.pool == "proposed")
+        if args.pool == "rq":
+            spawn, drain = prepare_rq(server.url, queue)
+        else:
+            spawn, drain = prepare_ours(server.url, queue, prewarm=args.pool == "ours")
         twin = fork_twin()
         indexer = Indexer.fork(Path(tmp))
         worker = spawn()
@@ -521,8 +529,9 @@ def print_report(result: dict[str, Any], top: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pool", choices=("ours", "proposed", "rq"), default="ours",
-                        help="our pool as it is, with the changes of benchmarks/proposed.py, or rq's WorkerPool")
+    parser.add_argument("--pool", choices=("ours", "ours-no-prewarm", "rq"), default="ours",
+                        help="our pool as it starts by default (with prewarm), our pool with prewarm off "
+                             "(--no-prewarm), or rq's WorkerPool")
     parser.add_argument("--jobs", type=int, default=0, help="no-op jobs the worker runs before the comparison")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds idle before the comparison")
     parser.add_argument("--app", default="benchmarks.heavy_app")

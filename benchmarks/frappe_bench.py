@@ -2,8 +2,9 @@
 
 Set-ups, 8 workers each, all on the bench's default queues:
 
-* ours: `bench worker-pool --num-workers 8` (this app installed in the bench);
-* proposed: the same with the changes of benchmarks/proposed.py;
+* ours: `bench worker-pool --num-workers 8` (this app installed in the bench;
+  its pre-fork rehearsal, prewarm, on by default);
+* no-prewarm: the same with ``--no-prewarm``, to show what the rehearsal brings;
 * builtin: Frappe's own `bench worker-pool --num-workers 8`: this app's line
   is taken out of sites/apps.txt for the duration, then the file is put back
   exactly as it was (also on errors and Ctrl+C);
@@ -58,19 +59,19 @@ jobs = [frappe.enqueue("frappe.core.doctype.rq_job.test_rq_job.test_func", sleep
 frappe.db.commit()
 print(" ".join(job.id for job in jobs))
 """
-PROPOSED = "import benchmarks.proposed as p; p.apply(); from frappe.utils.bench_helper import main; main()"
 
 
-def helper(bench: Path, *args: str, proposed: bool = False) -> list[str]:
-    python = str(bench / "env" / "bin" / "python")
-    return [python, "-c", PROPOSED, *args] if proposed else [python, "-m", "frappe.utils.bench_helper", *args]
+def helper(bench: Path, *args: str) -> list[str]:
+    return [str(bench / "env" / "bin" / "python"), "-m", "frappe.utils.bench_helper", *args]
 
 
 def commands(bench: Path, setup: str) -> list[list[str]]:
     pool = ["frappe", "worker-pool", "--num-workers", str(WORKERS)]
     if setup == "separate":
         return [helper(bench, "frappe", "worker") for _ in range(WORKERS)]
-    return [helper(bench, *pool, proposed=setup == "proposed")]
+    if setup == "no-prewarm":
+        pool.append("--no-prewarm")
+    return [helper(bench, *pool)]
 
 
 @contextlib.contextmanager
@@ -141,7 +142,7 @@ def main() -> None:
 
     config = json.loads((args.bench / "sites" / "common_site_config.json").read_text())
     client = Redis.from_url(config["redis_queue"])
-    setups = ["ours", "proposed", "builtin", "separate"]
+    setups = ["ours", "no-prewarm", "builtin", "separate"]
     runs = []
     for run in range(args.runs):
         order = setups[run % len(setups):] + setups[:run % len(setups)]
@@ -153,9 +154,9 @@ def main() -> None:
 
 def ratios(result: dict[str, Any]) -> dict[str, float]:
     separate = result["separate"]["idle"].pss_mb
-    out = {f"{s}/separate idle": round(result[s]["idle"].pss_mb / separate, 3) for s in ("ours", "proposed", "builtin")}
+    out = {f"{s}/separate idle": round(result[s]["idle"].pss_mb / separate, 3) for s in ("ours", "no-prewarm", "builtin")}
     out |= {f"{s} burst / builtin burst": round(result[s]["burst_seconds"] / result["builtin"]["burst_seconds"], 3)
-            for s in ("ours", "proposed", "separate")}
+            for s in ("ours", "no-prewarm", "separate")}
     return out
 
 

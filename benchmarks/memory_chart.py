@@ -26,7 +26,6 @@ from benchmarks._common import (
     machine_facts,
     our_pool_command,
     print_table,
-    proposed_pool_command,
     redis_server,
     rq_worker_command,
     started,
@@ -57,7 +56,6 @@ def separate_steps(group: Started, server: Any, most: int) -> Iterator[int]:
 
 SETUPS = {
     "ours": pool_steps(our_pool_command, "ours"),
-    "proposed": pool_steps(proposed_pool_command, "proposed"),
     "separate": separate_steps,
 }
 
@@ -82,8 +80,7 @@ def draw(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = {"ours": "our pool (as committed)", "proposed": "our pool + proposed changes",
-              "separate": "separate `rq worker` processes"}
+    labels = {"ours": "our pool", "separate": "separate `rq worker` processes"}
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, points in curves.items():
         ax.plot([p["workers"] for p in points], [p["pss_mb"] for p in points], marker="o", label=labels[name])

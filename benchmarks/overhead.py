@@ -1,12 +1,14 @@
 """Master overhead: CPU time of the master with idle workers, and the Redis commands it issues per scaling period.
 
-Our pools of 2, 8 and 16 idle workers, and rq's `worker-pool -n 8`, run side
-by side (each on its own queue, one private Redis). Over --seconds, the script
-reads each master's user + system CPU time from /proc/PID/stat, and records
-every command Redis receives (MONITOR), attributing it to a master by the
-client port of the master's own connections. The default scaling period is
-5 s, so a 60 s window holds 12 periods; our master also runs rq's scheduler
-duty once a second, and publishes its state at every tick.
+Our pools of 2, 8 and 16 idle workers, our pool of 8 started with
+``--no-prewarm`` (no pre-fork rehearsal in the master), and rq's
+`worker-pool -n 8`, run side by side (each on its own queue, one private
+Redis). Over --seconds, the script reads each master's user + system CPU
+time from /proc/PID/stat, and records every command Redis receives
+(MONITOR), attributing it to a master by the client port of the master's own
+connections. The default scaling period is 5 s, so a 60 s window holds 12
+periods; our master also runs rq's scheduler duty once a second, and
+publishes its state at every tick.
 
     PYTHONPATH=. python benchmarks/overhead.py --seconds 60
 """
@@ -27,9 +29,9 @@ from benchmarks._common import (
     RESULTS,
     cpu_seconds,
     machine_facts,
+    no_prewarm_pool_command,
     our_pool_command,
     print_table,
-    proposed_pool_command,
     redis_server,
     rq_pool_command,
     started,
@@ -42,7 +44,7 @@ POOLS = {  # name: (command factory, workers)
     "ours, 2 workers": (our_pool_command, 2),
     "ours, 8 workers": (our_pool_command, 8),
     "ours, 16 workers": (our_pool_command, 16),
-    "proposed, 8 workers": (proposed_pool_command, 8),
+    "ours --no-prewarm, 8 workers": (no_prewarm_pool_command, 8),
     "rq worker-pool, 8 workers": (rq_pool_command, 8),
 }
 

@@ -5,6 +5,8 @@ workers kept busy by long jobs, so a no-op "marker" job enqueued right after
 the decision can only be taken by the new worker. For each sample:
 
 * ours, added: send SIGTTIN to the master (it adds one worker at once) at t0;
+  the same again with the pool started with ``--no-prewarm`` (no pre-fork
+  rehearsal in the master), which shows whether the rehearsal changes it;
 * rq's pool (which cannot be resized): SIGKILL its idle worker at t0, so it
   must notice and start a replacement (ours would too, at once, but backs off
   when workers keep dying, so repeated kills would measure the back-off); the
@@ -41,10 +43,10 @@ from benchmarks._common import (
     enqueue,
     machine_facts,
     median,
+    no_prewarm_pool_command,
     our_pool_command,
     parse_rq_time,
     print_table,
-    proposed_pool_command,
     redis_server,
     registered_pids,
     rq_pool_command,
@@ -170,7 +172,8 @@ def main() -> None:
     with redis_server() as server:
         cases = {
             "ours: SIGTTIN adds a worker": lambda: ours_added(server, n, our_pool_command, "ours"),
-            "proposed: SIGTTIN adds a worker": lambda: ours_added(server, n, proposed_pool_command, "proposed"),
+            "ours --no-prewarm: SIGTTIN adds a worker": lambda: ours_added(server, n, no_prewarm_pool_command,
+                                                                            "no-prewarm"),
             "rq worker-pool: a killed worker is replaced": lambda: replaced(
                 server, n, rq_pool_command(server.url, QUEUE, 3), "rq-pool-replace"),
             "separate rq worker: process start": lambda: separate(server, n),
