@@ -31,10 +31,12 @@ log = logging.getLogger("rq_orchestrator")
 MADV_PAGEOUT = 21  # Linux 5.4+: reclaim these pages now
 
 
-def settle_for_fork() -> None:
-    """Collect and freeze the garbage collector, then release the start-up's file pages."""
+def settle_for_fork(release_pages: bool = True) -> None:
+    """Collect and freeze the garbage collector, then (unless told not to) release the start-up's file pages."""
     gc.collect()
     gc.freeze()
+    if not release_pages:
+        return
     released = release_file_pages()
     if released:
         log.debug("released %.1f MB of file pages read at start-up", released / 2**20)
