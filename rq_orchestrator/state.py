@@ -43,7 +43,7 @@ HISTORY_SECONDS = 3600.0  # samples kept: one hour of ticks...
 HISTORY_MAX_SAMPLES = 3600  # ...but never more than this many per group (fast periods)
 FORGET_AFTER = 900.0  # a pool that died without cleaning up is listed as stale this long
 STALE_PERIODS = 3  # a pool that has not published for this many periods (at least 3 s) is stale
-MEMORY_SECONDS = 5.0  # the pool's memory (PSS, which costs the kernel a page-table walk) is measured this often
+MEMORY_SECONDS = 30.0  # the pool's memory (PSS: the kernel walks every page of every worker) is measured this often
 
 log = logging.getLogger("rq_orchestrator")
 
