@@ -2,6 +2,7 @@
 
     python benchmarks/scaling.py                 # the table (printed, and written to README-scaling.md)
     python benchmarks/scaling.py --variants 3    # also check the targets on traces like the shipped ones
+    python benchmarks/scaling.py --variants 8 --variants-from 100   # ... on other random ones
     python benchmarks/scaling.py --make-traces   # regenerate benchmarks/traces/*.csv (seeded, reproducible)
 
 Each configuration is parsed by the `rq-orchestrator simulate` command itself,
@@ -18,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rq_orchestrator.simulate import Result, TraceJob, read_trace, run_simulation, settings_from_options, simulate
+from rq_orchestrator.simulate import (DEFAULT_SPAWN_DELAY, Result, TraceJob, read_trace, run_simulation,
+                                     settings_from_options, simulate)
 
 HERE = Path(__file__).resolve().parent
 TRACES = HERE / "traces"
 README = HERE / "README-scaling.md"
 MARKER = "## Scaling benchmark"  # the generated part of README starts here; what precedes it is kept
-SPAWN_DELAY = 0.5  # seconds from fork to a worker's first job, for the pools that grow
 MAX_WORKERS = 8
 RESPONSIVE = ["--profile", "responsive", "--min-workers", "1", "--max-workers", str(MAX_WORKERS)]
 CONFIGS: list[tuple[str, list[str]]] = [
@@ -101,10 +102,14 @@ SHIPPED: dict[str, Callable[[], list[TraceJob]]] = {
 }
 
 
-def variants(count: int) -> dict[str, tuple[str, list[TraceJob]]]:
-    """Traces like the shipped ones (name -> (kind, jobs)): other rates, lengths and random seeds."""
+def variants(count: int, first: int = 0) -> dict[str, tuple[str, list[TraceJob]]]:
+    """Traces like the shipped ones (name -> (kind, jobs)): other rates, lengths and random seeds.
+
+    Variant i (from `first`) draws its random traces from seeds derived from i, so another `first`
+    gives other Poisson, ramp and mixed traces (the regular seed loads and bursts cycle through four shapes).
+    """
     found: dict[str, tuple[str, list[TraceJob]]] = {}
-    for i in range(count):
+    for i in range(first, first + count):
         interval = (0.4, 0.6, 0.75, 0.3)[i % 4]
         found[f"seed every {interval} s"] = ("seed", seed_jobs(interval=interval))
         found[f"seed poisson #{i + 1}"] = ("seed", poisson_seed_jobs(seed=100 + i))
@@ -127,11 +132,10 @@ def make_traces() -> None:
 
 # -- running ----------------------------------------------------------------------
 def run(jobs: list[TraceJob], args: list[str]) -> Result:
-    """Simulate `jobs` under the options `args`, parsed by the simulate command itself."""
+    """Simulate `jobs` under the options `args`, parsed by the simulate command itself (its --spawn-delay too)."""
     params = simulate.make_context("simulate", ["--trace", "-", *args]).params
     settings = settings_from_options(params)
-    fixed = settings.min_workers == settings.max_workers
-    return run_simulation(jobs, settings, params["utilization_window"], 0.0 if fixed else SPAWN_DELAY)
+    return run_simulation(jobs, settings, params["utilization_window"], params["spawn_delay"])
 
 
 def run_all(jobs: list[TraceJob]) -> dict[str, Result]:
@@ -244,8 +248,10 @@ def header() -> list[str]:
         "",
         "`python benchmarks/scaling.py` replays each trace of `benchmarks/traces/` with "
         "`rq-orchestrator simulate` (virtual clock, the pool's own policy and bookkeeping) through "
-        f"{configs}; and fixed pools of 1 to {MAX_WORKERS} (`--num-workers N`). Pools that grow pay a spawn "
-        f"delay of {SPAWN_DELAY:g} s per new worker; every pool starts with its minimum ready at t = 0. "
+        f"{configs}; and fixed pools of 1 to {MAX_WORKERS} (`--num-workers N`). Pools that grow pay the simulator's "
+        f"default spawn delay of {DEFAULT_SPAWN_DELAY:g} s per new worker (above every decision-to-first-job "
+        "latency `benchmarks/spawn.py` measured on the real pool: medians 40-61 ms, worst 83 ms); every pool "
+        "starts with its minimum ready at t = 0. "
         "Waits are in seconds; worker_seconds is the integral of live workers over the run (until 120 s "
         "after the pool's last job ends).",
         "",
@@ -257,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--make-traces", action="store_true", help="regenerate the shipped traces and exit")
     parser.add_argument("--variants", type=int, default=0, metavar="N",
                         help="also check the targets on N traces like each shipped one (not written to the file)")
+    parser.add_argument("--variants-from", type=int, default=0, metavar="I",
+                        help="number the variants from I: other random seeds for the Poisson, ramp and mixed ones")
     args = parser.parse_args(argv)
     if args.make_traces:
         make_traces()
@@ -272,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     kept = README.read_text().split(MARKER)[0] if README.exists() else ""
     README.write_text(kept + "\n".join(lines))
     print("\n".join(lines))
-    for name, (kind, jobs) in variants(args.variants).items():
+    for name, (kind, jobs) in variants(args.variants, args.variants_from).items():
         checks_here = check(name, kind, run_all(jobs))
         checks += checks_here
         print("\n".join(report(checks_here)[2:]), end="")

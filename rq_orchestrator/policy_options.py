@@ -54,9 +54,12 @@ def policy_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--profile", type=click.Choice(sorted(PROFILES)), default=None,
                      show_default=DEFAULT_PROFILE, help=_profile_help()),
         click.option("--max-queue-wait", type=float, default=None, metavar="SECONDS",
-                     help="Grow at once (checked every second) when the oldest queued job has waited longer."),
+                     help="Grow at once (checked every second) when the oldest queued job has waited longer, "
+                          "or is bound to: jobs wait, every worker is busy, and mean job length / busy workers "
+                          "is longer."),
         click.option("--max-step", type=int, default=None, metavar="N", show_default="1",
-                     help="Most workers added at once, sized to the arriving work and the backlog; "
+                     help="Most workers added at once, sized to the arriving work and the backlog (drained "
+                          "within a period, or with --scale-on queue-wait started by the next check); "
                           "scaling down stays one per period."),
         click.option("--scale-down-delay", type=float, default=None, metavar="SECONDS", show_default="0",
                      help="No scale-down sooner than this after a scale-up or a scale-down."),
@@ -64,8 +67,9 @@ def policy_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="No scale-up while the whole pool uses more memory than SIZE (e.g. 2GB)."),
         click.option("--scale-on", type=click.Choice(SCALE_ON), default=None, show_default="utilization",
                      help="What adds workers: utilization above the threshold (and, with --max-queue-wait, "
-                          "waiting jobs), or waiting jobs only (queue-wait: retire when none waited for three "
-                          "periods and the others could have done the window's work)."),
+                          "waiting jobs), or waiting jobs only (queue-wait: retire one when none waited too long "
+                          "for three periods, the others could have done the window's work and started the "
+                          "busiest moment's jobs within --max-queue-wait)."),
     ]
     for option in reversed(options):
         func = option(func)

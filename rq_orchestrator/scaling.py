@@ -10,25 +10,37 @@ half the threshold retires one (down to the minimum); in between, hold.
 Options on top of it (all off by default):
 
 - ``max_queue_wait``: a job that has waited longer than this, while no worker
-  is idle, is a reason to grow at once. The pool asks :meth:`ScalingPolicy.urgent`
+  is idle, is a reason to grow at once; so is a job that is bound to: jobs
+  wait, every worker is busy, and the busy workers are not expected to free
+  one within the limit (mean job length / busy workers > limit, the expected
+  time to the first of n exponential job ends), so the next check, a second
+  later, would come too late. The pool asks :meth:`ScalingPolicy.urgent`
   every second, between the periods; :meth:`ScalingPolicy.decide` checks it too.
   ``urgent`` also grows a group that has no worker when a job waits.
-- ``max_step``: grow by as many workers as the work calls for (the arriving
-  work at the target utilization, plus the backlog drained within one
-  period; never more than the jobs waiting), at most this many at once.
+- ``max_step``: grow by as many workers as the work calls for, at most this
+  many at once and never more than the jobs waiting: the arriving work at
+  the target utilization plus the backlog drained within one period; in
+  queue-wait mode, the arriving work or the backlog started by the next
+  check, whichever needs more (see :meth:`ScalingPolicy.wanted_workers`).
   Shrinking stays one worker per period.
 - ``scale_down_delay``: no scale-down sooner than this after any change.
 - ``max_pool_memory``: no growth above the minimum while the pool uses more.
 - ``scale_on="queue-wait"``: utilization no longer adds workers; only long
-  waits do. A worker is retired when, for three periods, no job waited too
-  long and at most n - 1 workers were busy at once. Each recent reversal
-  doubles that calm span (up to 8x), as uWSGI's busyness algorithm
-  penalises respawning soon after a kill.
+  waits (seen or expected) do. A worker is retired when, for three periods,
+  no job waited too long, n - 1 workers could have done the window's work
+  (busy average <= n - 1), and they would have started the jobs of the
+  busiest moment of those periods (busy + queued) within the limit: at most
+  n - 1 of them, or the extra ones at mean job length / (n - 1) each, so a
+  pool of short jobs is not kept for a moment's clump. Each recent reversal
+  doubles that calm span (up to 8x) for a scale-down from the size that
+  flapped or below, as uWSGI's busyness algorithm penalises respawning soon
+  after a kill; a pool with nothing to run or queued for three periods
+  forgets the penalty (the load is gone).
 
 The policy keeps a little state of its own (when it last grew or shrank, when
-a job last waited too long, recent busy counts, the reversals it counted:
-changes of direction within three periods), fed only by the time carried in
-the observations, never by a clock.
+a job last waited too long, recent busy and queued counts, the reversals it
+counted: changes of direction within three periods), fed only by the time
+carried in the observations, never by a clock.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ SCALE_ON = ("utilization", "queue-wait")
 REVERSAL_PERIODS = 3  # a change of direction within this many periods is a reversal
 PENALTY_MEMORY = 10  # queue-wait mode: reversals within this many reversal windows lengthen the calm
 MAX_PENALTY = 3  # ... doubling it at most this many times
+CHECK_SECONDS = 1.0  # the pool asks urgent() about this often, between the periods
 
 
 class Action(str, Enum):
@@ -141,11 +154,11 @@ class ScalingPolicy:
         self.settings = settings
         self.last_up_at: float | None = None
         self.last_down_at: float | None = None
-        self.last_long_wait_at: float | None = None  # last time a job had waited too long
-        self._busy: deque[tuple[float, int]] = deque()  # (time, busy workers) of each observation
+        self.last_long_wait_at: float | None = None  # last time a job had waited, or was bound to wait, too long
+        self._load: deque[tuple[float, int, int]] = deque()  # (time, busy workers, queued jobs) of each observation
         self.reversals = 0
-        self._reversal_times: deque[float] = deque()
-        self._last_move: tuple[Action, float] | None = None
+        self._reversal_times: deque[tuple[float, int]] = deque()  # (time, size that flapped) of each reversal
+        self._last_move: tuple[Action, float, int] | None = None  # (direction, time, target) of the last change
 
     # -- the two entry points ---------------------------------------------
     def decide(self, obs: Observation) -> Decision:
@@ -214,26 +227,60 @@ class ScalingPolicy:
             if obs.utilization < s.scale_down_below:
                 return f"utilization {obs.utilization:.2f} < {s.scale_down_below:.2f}"
             return None
-        calm = self.calm_needed(obs.now)
+        calm = self.calm_needed(obs.now, obs.workers)
         if self.last_long_wait_at is not None and obs.now - self.last_long_wait_at <= calm:
             return None
-        peak = max((busy for at, busy in self._busy if obs.now - at <= calm), default=0)
-        if peak <= obs.workers - 1:
-            return f"for {calm:g} s no job waited over {s.max_queue_wait:g} s and at most {peak} workers were busy"
+        left = obs.workers - 1
+        if obs.busy_average > left:
+            return None
+        recent = [(busy, queued) for at, busy, queued in self._load if obs.now - at <= calm]
+        peak = max((busy for busy, _ in recent), default=0)
+        demand = max((busy + queued for busy, queued in recent), default=0)
+        calm_part = f"for {calm:g} s no job waited over {s.max_queue_wait:g} s"
+        if demand <= left:
+            return f"{calm_part} and at most {peak} workers were busy"
+        wait = self._drain_seconds(demand - left, left, obs.mean_job_seconds)
+        if wait is not None and wait <= (s.max_queue_wait or 0.0):
+            return (f"{calm_part}; {left} workers would have started the busiest moment's {demand} jobs "
+                    f"within {wait:.2f} s")
         return None
 
-    def calm_needed(self, now: float) -> float:
-        """Queue-wait mode: how long without a long wait, and with a worker to spare, a scale-down needs.
+    @staticmethod
+    def _drain_seconds(extra: int, workers: int, mean: float | None) -> float | None:
+        """About how long ``extra`` jobs wait for ``workers`` busy ones to free up (None: unknown)."""
+        if mean is None or workers <= 0:
+            return None
+        return extra * mean / workers
+
+    def calm_needed(self, now: float, workers: int | None = None) -> float:
+        """Queue-wait mode: how long without a long wait a scale-down from ``workers`` needs.
 
         Three periods, doubled for each reversal of the last ten such spans
         (at most three times), so a load that makes the pool flap is met
         with more patience, as uWSGI's busyness algorithm penalises respawns.
+        A reversal says the size it shrank from was needed: it lengthens the
+        calm of a scale-down from that size or a smaller one, not from a
+        larger one (a pool grown past the size it flapped at comes back down
+        to it at the usual pace). A pool that had nothing to run and nothing
+        queued for three periods is past the load that made it flap: no
+        penalty. ``workers`` None: every recent reversal counts.
         """
         window = self.settings.reversal_window
         times = self._reversal_times
-        while times and now - times[0] > PENALTY_MEMORY * window:
+        while times and now - times[0][0] > PENALTY_MEMORY * window:
             times.popleft()
-        return window * 2 ** min(len(times), MAX_PENALTY)
+        count = sum(1 for _, size in times if workers is None or size >= workers)
+        if not count or self._idle_for(window, now):
+            return window
+        return window * 2 ** min(count, MAX_PENALTY)
+
+    def _idle_for(self, span: float, now: float) -> bool:
+        """Observed over the whole of the last ``span`` seconds, with no job running or queued."""
+        load = self._load
+        if not load or load[0][0] > now - span:
+            return False
+        recent = [busy + queued for at, busy, queued in load if now - at <= span]
+        return bool(recent) and not any(recent)
 
     def _shrink(self, obs: Observation, reason: str) -> Decision:
         s = self.settings
@@ -267,29 +314,61 @@ class ScalingPolicy:
 
     # -- estimates and checks ---------------------------------------------
     def wanted_workers(self, obs: Observation) -> int:
-        """Workers that carry the arriving work at the target utilization and drain the backlog in a period.
+        """Workers that carry the arriving work at the target utilization and drain the backlog.
 
         The arriving work is arrival rate x mean job length (busy workers'
         worth), or the window's busy average when either is unknown. Without
         a job length at all, one worker per waiting job (as Celery grows).
+
+        Utilization mode drains the backlog within a period, on top of the
+        arriving work. Queue-wait mode sizes for whichever needs more: the
+        arriving work at full use, or the backlog started by the next check
+        (CHECK_SECONDS): a smaller step only leaves jobs waiting for another
+        step a second later. k new workers take k waiting jobs at once; the
+        other q - k start as the capacity beyond the arriving work frees up,
+        n + k - load workers' worth, one job every mean seconds each: the
+        smallest k with (q - k) x mean <= CHECK_SECONDS x (n + k - load).
         """
         s = self.settings
         mean = obs.mean_job_seconds
+        n, queued = obs.workers, obs.queued_jobs
         if mean is None:
-            return obs.workers + obs.queued_jobs
+            return n + queued
         load = obs.arrival_rate * mean if obs.arrival_rate is not None else obs.busy_average
-        target = 1.0 if s.queue_wait_only else s.utilization_threshold
-        return math.ceil(load / target + obs.queued_jobs * mean / s.scaling_period)
+        if not s.queue_wait_only:
+            return math.ceil(load / s.utilization_threshold + queued * mean / s.scaling_period)
+        extra = max(math.ceil((queued * mean - CHECK_SECONDS * (n - load)) / (mean + CHECK_SECONDS)), 0)
+        return max(math.ceil(load), n + extra)
 
     def _waited_too_long(self, obs: Observation) -> bool:
         limit = self.settings.max_queue_wait
         return limit is not None and obs.oldest_wait is not None and obs.oldest_wait > limit
 
     def _long_wait_reason(self, obs: Observation) -> str | None:
-        """Why to grow for a job that waited too long; None if none did or a worker is still starting."""
-        if self._waited_too_long(obs) and obs.idle_workers == 0:
+        """Why to grow for a job that waited (or is bound to wait) too long; None if none did or a worker is idle."""
+        if obs.idle_workers > 0:
+            return None
+        if self._waited_too_long(obs):
             return self._wait_reason(obs)
+        free_in = self._wait_expected(obs)
+        if free_in is not None:
+            return (f"{obs.queued_jobs} jobs wait and a busy worker frees in about {free_in:.1f} s "
+                    f"> {self.settings.max_queue_wait:g} s")
         return None
+
+    def _wait_expected(self, obs: Observation) -> float | None:
+        """With jobs waiting and every worker busy: the expected time to a free worker, if it exceeds the limit.
+
+        Mean job length / busy workers: the expected time to the first of n
+        job ends were job lengths exponential. Long jobs hold their workers
+        for that long; short ones free one within the limit, and a clump of
+        them is left to the observed wait.
+        """
+        limit = self.settings.max_queue_wait
+        if limit is None or obs.queued_jobs <= 0 or obs.idle_workers > 0 or obs.workers <= 0:
+            return None
+        free_in = self._drain_seconds(1, obs.workers, obs.mean_job_seconds)
+        return free_in if free_in is not None and free_in > limit else None
 
     def _wait_reason(self, obs: Observation) -> str:
         return f"oldest job waited {obs.oldest_wait:.1f} s > {self.settings.max_queue_wait:g} s"
@@ -304,13 +383,13 @@ class ScalingPolicy:
 
     # -- state --------------------------------------------------------------
     def _remember(self, obs: Observation) -> None:
-        """Note what the queue-wait rules look back on: long waits, and how many workers were busy."""
-        if self._waited_too_long(obs):
+        """Note what the queue-wait rules look back on: long waits, and how many workers were busy and jobs queued."""
+        if self._waited_too_long(obs) or self._wait_expected(obs) is not None:
             self.last_long_wait_at = obs.now
-        self._busy.append((obs.now, obs.workers - obs.idle_workers))
+        self._load.append((obs.now, obs.workers - obs.idle_workers, obs.queued_jobs))
         oldest = obs.now - self.settings.reversal_window * 2**MAX_PENALTY
-        while self._busy and self._busy[0][0] < oldest:
-            self._busy.popleft()
+        while len(self._load) > 1 and self._load[1][0] <= oldest:
+            self._load.popleft()
 
     def _record(self, decision: Decision, now: float) -> Decision:
         """Remember a change; count (and say in the reason) a change of direction soon after the last."""
@@ -319,10 +398,12 @@ class ScalingPolicy:
         last = self._last_move
         if last is not None and last[0] is not decision.action and now - last[1] <= self.settings.reversal_window:
             self.reversals += 1
-            self._reversal_times.append(now)
+            # the size that flapped: the one the scale-down left (each shrinks by one)
+            shrunk_to = decision.target if decision.action is Action.DOWN else last[2]
+            self._reversal_times.append((now, shrunk_to + 1))
             decision = replace(decision, reason=f"{decision.reason} (reversal {self.reversals}: "
                                                 f"{decision.action.value} {now - last[1]:.1f} s after {last[0].value})")
-        self._last_move = (decision.action, now)
+        self._last_move = (decision.action, now, decision.target)
         if decision.action is Action.UP:
             self.last_up_at = now
         else:

@@ -416,6 +416,15 @@ def test_arrival_rate_counts_starts_and_queue_growth():
     assert group.last_observation.arrival_rate == 10 / 5
 
 
+def test_arrival_rate_waits_for_a_scaling_period_of_samples():
+    group = make_group()  # period 5 s
+    group.tick(0.0, 0)
+    group.urgent_tick(1.0, 7)  # 7 jobs in a second: too short a span to call it a rate
+    assert group.last_observation.arrival_rate is None
+    group.urgent_tick(5.0, 7)
+    assert group.last_observation.arrival_rate == 7 / 5
+
+
 def test_arrival_rate_window_slides():
     group = make_group(window=10.0)
     populate(group, 1)
@@ -426,18 +435,32 @@ def test_arrival_rate_window_slides():
     assert group.last_observation.arrival_rate == 0.0
 
 
-def test_mean_job_seconds_is_time_on_test_over_jobs_ended():
+def test_mean_job_seconds_is_the_kaplan_meier_mean():
     group = make_group()
     populate(group, 3)
-    assert group.observe(1.0).mean_job_seconds is None
+    assert group.observe(1.0).mean_job_seconds is None  # no job ran
     group.job_started("w1", "a", 0.0)
     group.job_ended("w1", 2.0)
     group.job_started("w2", "b", 1.0)  # 60 s job, still running
-    assert group.observe(3.0).mean_job_seconds == (2.0 + 2.0) / 1
+    # a ended at 2 s; b has run 2 s: half the jobs outlive 2 s, by an unknown margin: 2.0 so far
+    assert group.observe(3.0).mean_job_seconds == 2.0
     group.job_started("w1", "c", 3.0)  # just started: adds nothing
-    assert group.observe(3.0).mean_job_seconds == 4.0
-    assert group.observe(31.0).mean_job_seconds == 2.0 + 30.0 + 28.0  # a, and b and c so far, over 1 ended
-    assert group.observe(32.5).mean_job_seconds is None  # the only ended job left the window
+    assert group.observe(3.0).mean_job_seconds == 2.0
+    # 2/3 of the jobs outlive a's 2 s; c (28 s) and b (30 s) still run: 2 + 2/3 x 28
+    assert group.observe(31.0).mean_job_seconds == pytest.approx(2.0 + 2 / 3 * 28.0)
+    # the only ended job left the window: the jobs still running bound the mean from below (b: 31.5 s)
+    assert group.observe(32.5).mean_job_seconds == 31.5
+
+
+def test_mean_job_seconds_is_not_inflated_by_young_jobs():
+    # just after a scale-up: 1 job of 1 s ended, 4 started 0.9 s ago (time on test would say (1 + 3.6) / 1)
+    group = make_group()
+    populate(group, 5)
+    group.job_started("w1", "a", 0.0)
+    group.job_ended("w1", 1.0)
+    for key in ("w2", "w3", "w4", "w5"):
+        group.job_started(key, key, 1.1)
+    assert group.observe(2.0).mean_job_seconds == 1.0
 
 
 def test_a_job_lost_with_its_worker_does_not_count_as_ended():

@@ -431,11 +431,35 @@ def test_max_step_one_is_the_seed_step():
     assert_decision(decision, Action.UP, 3)
 
 
-def test_wanted_workers_in_queue_wait_mode_targets_full_use():
+def test_wanted_workers_in_queue_wait_mode_starts_the_backlog_by_the_next_check():
     p = policy(**QUEUE_WAIT)
     obs = observe(queued=5, arrival_rate=2.0, mean_job_seconds=1.0)
-    assert p.wanted_workers(obs) == 3  # 2 busy workers' worth at utilization 1, + 5 x 1 s / 5 s
-    assert policy(max_step=8).wanted_workers(obs) == 5  # at the threshold 0.5: 4, + 1
+    # 2 workers, all their capacity taken by 2 jobs/s of 1 s: k new ones take k jobs, the capacity beyond
+    # the arriving work (k workers' worth) starts the other 5 - k within a second: (5 - k) x 1 <= 1 x k -> 3
+    assert p.wanted_workers(obs) == 5
+    assert policy(max_step=8).wanted_workers(obs) == 5  # utilization mode: 2 / 0.5 = 4, + 5 x 1 s / 5 s period
+
+
+@pytest.mark.parametrize(
+    "workers, queued, rate, mean, expected",
+    [
+        (4, 2, 2.0, 1.0, 4),  # 2 spare workers start both waiting jobs within the second: no more needed
+        (4, 6, 2.0, 1.0, 6),  # (6 - k) x 1 <= 2 + k -> k = 2
+        (3, 1, 0.5, 3.0, 4),  # one long job waits: 1.5 spare workers free one only in about 2 s
+        (2, 1, 5.0, 1.0, 5),  # the arriving work alone needs 5 workers
+        (1, 98, 0.0, 1.0, 50),  # a burst: (98 - k) x 1 <= 1 + k -> k = 49 (the step and the maximum bound it)
+        (2, 3, None, 1.0, 3),  # no rate yet: the busy average (0.3 x 2) stands for the arriving work
+        (2, 3, 2.0, None, 5),  # no job length yet: one worker per waiting job
+    ],
+)
+def test_queue_wait_step_sizes(workers, queued, rate, mean, expected):
+    obs = observe(workers=workers, queued=queued, arrival_rate=rate, mean_job_seconds=mean)
+    assert policy(**QUEUE_WAIT).wanted_workers(obs) == expected
+
+
+def test_a_queue_wait_step_never_outgrows_the_waiting_jobs():
+    obs = observe(workers=2, queued=3, oldest_wait=1.0, arrival_rate=20.0, mean_job_seconds=1.0)
+    assert_decision(policy(**QUEUE_WAIT).decide(obs), Action.UP, 5)  # 20 workers' worth arriving, 3 waiting
 
 
 def test_scale_down_delay_after_up_and_after_down():
@@ -520,3 +544,81 @@ def test_reversals_lengthen_the_calm_needed():
     assert p.calm_needed(26.0) == 30.0
     assert p.calm_needed(25.0 + 150.0) == 30.0
     assert p.calm_needed(25.0 + 150.1) == 15.0  # forgotten after ten reversal windows
+
+
+# -- a wait bound to be long, and a scale-down that looks at what n - 1 workers would have done -------------
+@pytest.mark.parametrize("mode", [{"max_queue_wait": 0.5}, QUEUE_WAIT])
+def test_grows_when_a_wait_is_bound_to_be_long(mode):
+    # 2 busy workers, jobs of 3 s on average: the first frees in about 1.5 s, more than the 0.5 s limit
+    grows = policy(**mode).urgent(observe(queued=1, oldest_wait=0.1, mean_job_seconds=3.0))
+    assert_decision(grows, Action.UP, 3)
+    assert "1 jobs wait and a busy worker frees in about 1.5 s > 0.5 s" in grows.reason
+
+
+@pytest.mark.parametrize(
+    "obs",
+    [
+        observe(queued=1, oldest_wait=0.1, mean_job_seconds=1.0),  # frees in about 0.5 s: not more than the limit
+        observe(queued=1, oldest_wait=0.1, mean_job_seconds=3.0, idle=1),  # a worker is starting
+        observe(queued=0, mean_job_seconds=3.0),  # nothing waits
+        observe(queued=1, oldest_wait=0.1),  # no job length known
+    ],
+)
+def test_no_growth_when_a_wait_is_not_bound_to_be_long(obs):
+    assert policy(**QUEUE_WAIT).urgent(obs) is None
+
+
+def test_a_wait_bound_to_be_long_counts_as_a_long_wait_for_the_calm():
+    p = policy(**QUEUE_WAIT)
+    p.urgent(observe(now=0.0, workers=3, idle=0, queued=1, mean_job_seconds=60.0))  # up to 4
+    assert p.last_long_wait_at == 0.0
+    assert_decision(p.decide(observe(now=15.0, workers=4, idle=4, utilization=0.0)), Action.HOLD, 4)
+    assert_decision(p.decide(observe(now=15.5, workers=4, idle=4, utilization=0.0)), Action.DOWN, 3)
+
+
+def clump(mean, utilization=0.5):
+    """Queue-wait mode, 4 workers, 2 busy every second but at t=10: all 4 busy and 1 queued."""
+    p = policy(**QUEUE_WAIT)
+    for t in range(20):
+        busy, queued = (4, 1) if t == 10 else (2, 0)
+        assert p.urgent(observe(now=float(t), workers=4, idle=4 - busy, queued=queued, utilization=utilization,
+                                mean_job_seconds=mean)) is None
+    return p.decide(observe(now=20.0, workers=4, idle=2, utilization=utilization, mean_job_seconds=mean))
+
+
+def test_queue_wait_mode_retires_a_worker_a_clump_of_short_jobs_did_not_need():
+    # 3 workers would have had the moment's 5 jobs started within 2 x 0.5 s / 3 = 0.33 s <= 0.5 s
+    decision = clump(mean=0.5)
+    assert_decision(decision, Action.DOWN, 3)
+    assert "3 workers would have started the busiest moment's 5 jobs within 0.33 s" in decision.reason
+
+
+@pytest.mark.parametrize(
+    "mean, utilization",
+    [
+        (1.0, 0.5),  # 2 x 1 s / 3 = 0.67 s > 0.5 s
+        (None, 0.5),  # no job length: the busiest moment must fit n - 1 workers
+        (0.5, 0.8),  # 3.2 workers busy on average: 3 could not have done the window's work
+    ],
+)
+def test_queue_wait_mode_keeps_a_worker_the_busiest_moment_needed(mean, utilization):
+    assert_decision(clump(mean, utilization), Action.HOLD, 4)
+
+
+def test_a_reversal_lengthens_the_calm_at_and_below_the_size_that_flapped():
+    p = policy(**QUEUE_WAIT)
+    assert_decision(p.decide(observe(now=20.0, workers=4, idle=4, utilization=0.0)), Action.DOWN, 3)
+    p.urgent(observe(now=25.0, workers=3, idle=0, oldest_wait=1.0, queued=1))  # back to 4: 4 was needed
+    assert p.reversals == 1
+    assert (p.calm_needed(26.0, 4), p.calm_needed(26.0, 3), p.calm_needed(26.0)) == (30.0, 30.0, 30.0)
+    assert p.calm_needed(26.0, 5) == 15.0  # a pool grown past 4 comes back down to it at the usual pace
+
+
+def test_a_pool_idle_for_three_periods_forgets_the_penalty():
+    p = policy(**QUEUE_WAIT)
+    p.decide(observe(now=20.0, workers=4, idle=4, utilization=0.0))
+    p.urgent(observe(now=25.0, workers=3, idle=0, oldest_wait=1.0, queued=1))  # a reversal
+    for t in range(26, 42):
+        p.urgent(observe(now=float(t), workers=4, idle=4, utilization=0.0))
+    assert p.calm_needed(40.0, 4) == 30.0  # the sample at 25 (3 busy, 1 queued) is within 15 s
+    assert p.calm_needed(41.0, 4) == 15.0  # nothing ran or waited from 26 to 41

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from rq_orchestrator.options import BadInput
 from rq_orchestrator.scaling import Action, ScalingSettings
-from rq_orchestrator.simulate import Result, Simulation, TraceJob, read_trace, run_simulation, simulate, write_trace
+from rq_orchestrator.simulate import (DEFAULT_SPAWN_DELAY, Result, Simulation, TraceJob, read_trace, run_simulation,
+                                     simulate, write_trace)
 
 TRACES = Path(__file__).resolve().parent.parent / "benchmarks" / "traces"
 UP, DOWN = Action.UP, Action.DOWN
@@ -143,12 +144,46 @@ def test_from_zero_every_job_gets_a_worker_within_a_second():
 
 def test_queue_wait_mode_on_the_seed_trace():
     result = run(seed_jobs(), spawn_delay=0.5, min_workers=1, max_workers=8, **RESPONSIVE)
-    # t=3: the oldest job waited 1 s; 2 jobs/s of 1 s, 3 queued -> +2. Calm from t=6 (the last long
-    # wait) plus 15 s, with at most 2 busy: down at 25. After the load, down when no one was busy.
-    assert result.moves == [(3.0, UP, 3), (25.0, DOWN, 2), (135.0, DOWN, 1)]
+    # t=1: the job of 0 s ended (1 s long), the one of 0.5 s took the worker, the one of 1 s waits: the
+    # worker frees in about 1 s > 0.5 s -> +1 (the work, 2 jobs/s of 1 s, fits 2). Two workers in step
+    # from then on, each job waiting 0 or 0.5 s (not more than the limit). After the load, the busiest
+    # moment of the last 15 s must fit one worker: at t=140 (the last jobs ran until 121).
+    assert result.moves == [(1.0, UP, 2), (140.0, DOWN, 1)]
     assert result.reversals == 0
-    assert (result.wait_p95_s, result.wait_max_s) == (0.0, 1.5)
-    assert result.worker_seconds == 1 * 3 + 3 * 22 + 2 * 110 + 1 * 105.5
+    assert waits(result) == (0.5, 0.5, 0.5)
+    assert result.worker_seconds == 1 * 1 + 2 * 139 + 1 * 101
+
+
+def test_a_wait_bound_to_be_long_grows_at_the_first_check():
+    # a 60 s job holds the only worker; a short job arrives at 0.6 s. At t=1 it has waited 0.4 s only, but
+    # the worker frees in about 1 s (the running job's age, the mean's lower bound) > 0.5 s: grow now
+    jobs = [TraceJob(0.0, 60.0), TraceJob(0.6, 0.2)]
+    result = run(jobs, spawn_delay=0.1, min_workers=1, max_workers=4, **RESPONSIVE)
+    assert result.moves[0] == (1.0, UP, 2)
+    assert result.wait_max_s == pytest.approx(0.5)  # from 0.6 s to the new worker, ready at 1.1 s
+    waited = run(jobs, spawn_delay=0.1, min_workers=1, max_workers=4, max_queue_wait=0.5, max_step=8)
+    assert waited.moves[0] == (1.0, UP, 2)  # the same with utilization mode's --max-queue-wait
+    late = run(jobs, spawn_delay=0.1, min_workers=1, max_workers=4, **{**RESPONSIVE, "max_queue_wait": 1.0})
+    assert late.moves[0] == (2.0, UP, 2)  # a limit of 1 s: the expected 1 s is not more; the job waits 1.4 s
+
+
+def test_queue_wait_step_starts_the_backlog_by_the_next_check():
+    # t=1: the first job ended (1 s), 4 wait, 1 worker whose work is all it carries: k new workers take k
+    # jobs at once, the other 4 - k start within the second if 4 - k <= k: +2
+    result = run(at_once(6), spawn_delay=0.1, min_workers=1, max_workers=8, **RESPONSIVE)
+    assert result.moves[0] == (1.0, UP, 3)
+    # jobs 3 and 4 on the new workers at 1.1 s; job 5 on the first worker at 2 s, job 6 at 2.1 s
+    assert result.wait_max_s == pytest.approx(2.1)
+    assert result.makespan_s == pytest.approx(3.1)
+
+
+def test_the_default_spawn_delay():
+    assert DEFAULT_SPAWN_DELAY == 0.1  # above every measured decision-to-first-job latency of the real pool
+    jobs = at_once(6)
+    settings = ScalingSettings(1, 8, **RESPONSIVE)
+    assert run_simulation(jobs, settings, 30.0).metrics() == run_simulation(jobs, settings, 30.0, 0.1).metrics()
+    result = invoke("--help")
+    assert "[default: 0.1]" in result.output and "benchmarks/spawn.py" in result.output
 
 
 def test_reversals_count_changes_of_direction_within_three_periods():
@@ -234,7 +269,7 @@ def test_table_and_profile_with_bounds():
     assert result.exit_code == 0, result.output
     rows = dict(line.split(None, 1) for line in result.output.splitlines())
     assert rows["reversals"] == "0"
-    assert rows["max_workers"] == "3"
+    assert rows["max_workers"] == "2"
 
 
 def test_plot_is_drawn(tmp_path):
