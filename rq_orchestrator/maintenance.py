@@ -2,12 +2,16 @@
 
 An rq worker cleans its queues' registries (expired started, finished,
 failed, deferred and scheduled entries, dead workers, and on rq 2+ the group
-registries) when it starts and every ``maintenance_interval`` (10 minutes)
-after that; the workers of one pool would each run that code, take turns on
-Redis' maintenance lock, and each copy the master's pages that code touches.
-The pool's workers skip it (``PoolWorkerMixin.should_run_maintenance_tasks``)
-and the master runs it on the same schedule, through the pool's own worker
-class, so what is cleaned and how is exactly what rq does.
+registries) when it starts and every 10 minutes after that; the workers of
+one pool would each run that code, take turns on Redis' maintenance lock,
+and each copy the master's pages that code touches. The pool's workers skip
+it (``PoolWorkerMixin.should_run_maintenance_tasks``) and the master runs
+rq's own clean-up functions on the same schedule.
+
+Not rq's clean-up of its intermediate lists: on rq 1.15 it fails any job
+that a worker has just popped and not yet registered as started, which a
+clean-up run by the master, while its workers pop, would hit. Ids stranded
+there are requeued by ``dead_workers.StrandedJobs`` after a grace period.
 """
 
 from __future__ import annotations
@@ -20,30 +24,48 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger("rq_orchestrator")
 
+INTERVAL_SECONDS = 600.0  # rq's DEFAULT_MAINTENANCE_TASK_INTERVAL
+RETRY_SECONDS = 60.0
+
 
 class RegistryMaintenance:
-    """Runs ``run_maintenance_tasks`` of an unregistered instance of the worker class, when due."""
+    """Cleans the pool's queues' registries at start and every INTERVAL_SECONDS after."""
 
-    def __init__(self, queues: tuple[str, ...], connection: Redis, worker_class: type,
-                 worker_kwargs: dict[str, Any], name: str) -> None:
+    def __init__(self, queues: tuple[str, ...], connection: Redis, worker_kwargs: dict[str, Any]) -> None:
         self._queues = queues
         self._connection = connection
-        self._worker_class = worker_class
         self._worker_kwargs = worker_kwargs
-        self._name = name
-        self._maintainer: Any = None
         self._due = float("-inf")  # at once: a worker would clean when it starts
 
     def run_due(self, now: float) -> None:
         if now < self._due:
             return
         try:
-            if self._maintainer is None:  # never registered: it appears in no worker list
-                self._maintainer = self._worker_class(list(self._queues), name=self._name,
-                                                      connection=self._connection, **self._worker_kwargs)
-            self._maintainer.run_maintenance_tasks()
+            self._clean()
         except RedisError as exc:
             log.warning("registry maintenance failed, retrying in a minute: %s", exc)
-            self._due = now + 60
+            self._due = now + RETRY_SECONDS
             return
-        self._due = now + self._maintainer.maintenance_interval
+        self._due = now + INTERVAL_SECONDS
+
+    def _clean(self) -> None:
+        from rq import worker_registration
+        from rq.queue import Queue
+        from rq.registry import clean_registries
+
+        queue_class = self._worker_kwargs.get("queue_class") or Queue
+        lookups = {k: v for k, v in self._worker_kwargs.items() if k in ("job_class", "serializer")}
+        for name in self._queues:
+            queue = queue_class(name, connection=self._connection, **lookups)
+            if not queue.acquire_maintenance_lock():
+                continue  # another pool's master (or an rq worker) is at it
+            log.info("cleaning registries for queue %s", name)
+            clean_registries(queue)
+            worker_registration.clean_worker_registry(queue)
+            if hasattr(queue, "release_maintenance_lock"):  # rq 1.15 lets the lock expire
+                queue.release_maintenance_lock()
+        try:
+            from rq.group import Group
+        except ImportError:  # rq < 2 has no groups
+            return
+        Group.clean_registries(connection=self._connection)

@@ -100,8 +100,7 @@ class Pool:
         self._reload_queue: list[tuple[WorkerGroup, int]] = []  # (group, old worker) still to re-fork
         self._reload_pending: dict[int, int] = {}  # new worker pid -> old worker it replaces
         self.aftercare = Aftercare(connection, config.all_queues, config.worker_kwargs)
-        self.maintenance = RegistryMaintenance(config.all_queues, fresh_copy(connection), self.worker_class,
-                                               config.worker_kwargs, f"{self.host}.{config.pool_name}.master")
+        self.maintenance = RegistryMaintenance(config.all_queues, fresh_copy(connection), config.worker_kwargs)
         self._redis_down_since: float | None = None
         self._selector = selectors.DefaultSelector()
         self._wake_r = self._wake_w = self._events_r = self._events_w = -1
