@@ -80,7 +80,7 @@ def _requeue_if_never_started(connection: Redis, job: Any) -> str | None:
 
 
 def intermediate_key(queue: str) -> str:
-    """Where rq >= 2 moves a job id it pops for a single-queue worker, until the job starts."""
+    """Where rq (1.15 and later) moves a job id it pops, until the job starts."""
     return f"rq:queue:{queue}:intermediate"
 
 
