@@ -344,10 +344,12 @@ class Pool:
         # Until the child has dropped the master's handlers, a signal sent to it
         # would run them (and be lost): it waits, blocked, until then.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-        pid = os.fork()
-        if pid == 0:
-            self._become_worker(group, slot, connection)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker(group, slot, connection)  # never returns
+        finally:  # in the master, also when fork fails
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         if lease is not None:
             self._lease_of[pid] = lease
         group.worker_born(pid, slot, self.clock(), self.worker_name(group, slot, pid))
