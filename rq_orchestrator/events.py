@@ -81,3 +81,12 @@ class EventReader:
                 continue
             events.append(Event(int(pid), str(kind), float(at), job_id, timeout))
         return events
+
+
+def drain(fd: int) -> None:
+    """Read and drop whatever a non-blocking pipe holds."""
+    try:
+        while os.read(fd, 65536):
+            pass
+    except BlockingIOError:
+        pass

@@ -27,7 +27,7 @@ from .config import PoolConfig, hostname
 from .connection import fresh_copy
 from .dead_workers import Aftercare
 from .cluster import ClusterLeases
-from .events import BUSY, FAILED, IDLE, READY, RECYCLE, EventReader, Event
+from .events import BUSY, FAILED, IDLE, READY, RECYCLE, EventReader, Event, drain
 from .group import Plan, WorkerGroup, WorkerRecord
 from .maintenance import RegistryMaintenance
 from .master_scheduler import MasterScheduler
@@ -234,7 +234,7 @@ class Pool:
         timeout = max(wake_at - self.clock(), 0.0)
         for key, _ in self._selector.select(timeout):
             if key.fd == self._wake_r:
-                _drain(self._wake_r)
+                drain(self._wake_r)
 
     # -- signals ----------------------------------------------------------
     def _queue_signal(self, signum: int, frame: object) -> None:
@@ -637,14 +637,6 @@ def _nonblocking_pipe() -> tuple[int, int]:
     os.set_blocking(r, False)
     os.set_blocking(w, False)
     return r, w
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def _kill(pid: int, signum: int) -> None:

@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .events import EventWriter
+from .events import EventWriter, drain
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -103,7 +103,7 @@ def rehearse(pool: Pool, rounds: int) -> bool:
                     worker.pool_poll_seconds = REHEARSAL_POLL_SECONDS
                     worker.pool_polls_left = 1
                     worker.work(burst=False, logging_level=pool.config.logging_level, with_scheduler=False)
-                    _drain(source)
+                    drain(source)
                 connection.close()
     finally:
         # Killed, not asked: it was started with the master's stop signals blocked
@@ -113,11 +113,6 @@ def rehearse(pool: Pool, rounds: int) -> bool:
         os.close(sink)
     return True
 
-
-def _drain(fd: int) -> None:
-    with contextlib.suppress(BlockingIOError):
-        while os.read(fd, 65536):
-            pass
 
 
 def _private_client(connection: Any, port: int) -> Any:
