@@ -1,0 +1,94 @@
+"""What the master does to its memory before forking (rq_orchestrator.sharing), on real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import child_env
+from rq_orchestrator.sharing import free_slot_fillers, parse_free_slots
+
+# The head of `sys._debugmallocstats()`'s table (CPython 3.11), as it reads it.
+STATS = """\
+Small block threshold = 512, in 32 size classes.
+
+class   size   num pools   blocks in use  avail blocks
+-----   ----   ---------   -------------  ------------
+    0     16           2             803           213
+    1     32          21           10651           101
+   31    512          40             275             5
+
+# arenas allocated total           =                   31
+"""
+
+
+def test_the_free_blocks_of_each_size_class_are_read_from_the_allocator_statistics():
+    assert parse_free_slots(STATS) == {16: 213, 32: 101, 512: 5}
+    assert parse_free_slots("no table here\n# arenas = 3\n") == {}
+
+
+@pytest.mark.parametrize("size", range(16, 513, 16))
+def test_each_filler_takes_a_block_of_the_size_it_is_made_for(size):
+    fillers = free_slot_fillers({size: 3})
+    assert len(fillers) == 3
+    for filler in fillers:
+        assert (sys.getsizeof(filler) + 15) // 16 * 16 == size
+
+
+IN_USE = textwrap.dedent("""
+    import json, os, sys, tempfile
+    from rq_orchestrator.sharing import free_slot_fillers, free_slots_by_size
+
+    def in_use():
+        with tempfile.TemporaryFile() as out:
+            saved = os.dup(2); os.dup2(out.fileno(), 2)
+            sys._debugmallocstats()
+            os.dup2(saved, 2); os.close(saved)
+            out.seek(0)
+            rows = [line.split() for line in out.read().decode().splitlines()]
+        return {int(r[1]): int(r[3]) for r in rows if len(r) == 5 and all(f.isdigit() for f in r)}
+
+    slots = free_slots_by_size()
+    before = in_use()
+    fillers = free_slot_fillers(slots)
+    after = in_use()
+    print(json.dumps({"slots": slots, "grown": {size: after[size] - before[size] for size in slots}}))
+""")
+
+
+def test_the_fillers_take_the_free_blocks_the_allocator_reported():
+    result = subprocess.run([sys.executable, "-c", IN_USE], capture_output=True, text=True, env=child_env(), check=True)
+    figures = json.loads(result.stdout)
+    slots = {int(k): v for k, v in figures["slots"].items()}
+    grown = {int(k): v for k, v in figures["grown"].items()}
+    assert sum(slots.values()) > 100  # an interpreter that imported the package has partly used pools
+    for size, free in slots.items():
+        assert grown[size] >= free, (size, free, grown[size])
+
+
+TRIM = textwrap.dedent("""
+    import json
+    from rq_orchestrator.memory import resident_memory
+    from rq_orchestrator.sharing import trim_malloc_heap
+
+    blocks = [bytes(2000) for _ in range(20000)]  # 40 MB from the C heap (over the small-object limit)
+    pinned = bytes(2000)  # allocated last: the freed blocks below it stay inside the heap
+    before = resident_memory()
+    del blocks
+    freed = resident_memory()
+    trimmed = trim_malloc_heap()
+    print(json.dumps({"before": before, "freed": freed, "trimmed": trimmed, "after": resident_memory()}))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_free_memory_of_the_c_heap_goes_back_to_the_system():
+    result = subprocess.run([sys.executable, "-c", TRIM], capture_output=True, text=True, env=child_env(), check=True)
+    figures = json.loads(result.stdout)
+    assert figures["freed"] > figures["before"] - 8 * 2**20, figures  # freeing alone kept most of it resident
+    assert figures["trimmed"] >= 30 * 2**20, figures
+    assert figures["after"] <= figures["freed"] - 30 * 2**20, figures
