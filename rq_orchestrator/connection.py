@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 SCHEMES = ("redis", "rediss", "unix")
 
@@ -89,3 +90,23 @@ def _driver_info() -> Any:
     except ImportError:  # redis-py < 7: the version is read once, at import
         return None
     return DriverInfo()
+
+
+# Where rq caches a connection's server version (rq.utils.get_version), 1.15 to 3.x.
+RQ_VERSION_CACHE = "__rq_redis_server_version"
+
+
+def server_version(connection: Redis) -> tuple[int, ...] | None:
+    """The Redis server's version as rq reads it (INFO, cached on the client); None if unreachable."""
+    from rq.utils import get_version
+
+    try:
+        return tuple(get_version(connection))
+    except RedisError:
+        return None
+
+
+def share_server_version(connection: Redis, version: tuple[int, ...] | None) -> None:
+    """Tell a new client the server version, so that rq does not ask the server again (an INFO per worker)."""
+    if version is not None:
+        setattr(connection, RQ_VERSION_CACHE, version)

