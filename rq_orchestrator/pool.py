@@ -162,9 +162,7 @@ class Pool:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self._server_version = server_version(self.connection)
-        # A burst run is over before the memory these save would matter, and the pages
-        # released would be read back as the master exits (about 0.15 s later here).
-        settle_for_fork(release_pages=not self.config.burst)
+        settle_for_fork(thorough=not self.config.burst)
         self.aftercare.clear_previous_run(f"{self.host}.{self.config.pool_name}.")
         log.info(
             "pool %s started: pid %d, queues %s, %s",

@@ -1,6 +1,7 @@
 """Make the master's memory cheap to share with the workers it forks.
 
-Two things happen once the application is imported, before the first fork:
+Once the application is imported, before the first fork (in a burst run only
+the first of these: it is over before the rest would pay off):
 
 * the garbage collector is run and frozen: the objects imported so far move
   to a generation the collector never visits, so no collection in a worker
@@ -12,7 +13,9 @@ Two things happen once the application is imported, before the first fork:
   0.3 MB of private memory per idle worker (benchmarks/README.md);
 * the free pages of the C heap go back to the system (``malloc_trim``): what
   the start-up allocated and freed stays resident otherwise, counted in the
-  master's memory (1.5 MB on a Frappe v15 bench);
+  master's memory (1.5 MB on a Frappe v15 bench); then the heap's remaining
+  free chunks are taken, for the same reason as the free slots above (0.3 MB
+  per idle worker there);
 * the master lets go of the shared-library pages the start-up read: an
   application's extension modules (numpy's, pandas', a database driver's)
   run their initialisation code once, at import, and those pages would stay
@@ -41,38 +44,91 @@ log = logging.getLogger("rq_orchestrator")
 MADV_PAGEOUT = 21  # Linux 5.4+: reclaim these pages now
 
 
-# Objects that fill the allocator's free slots, kept for the master's lifetime.
+# What fills the allocators' free space, kept for the master's lifetime.
 _FILLERS: list[object] = []
+_TAKEN_CHUNKS: list[int] = []
+MAX_CHUNKS = 100_000  # a bound on the free heap chunks taken (a Frappe master has about 5,000)
 
 
-def settle_for_fork(release_pages: bool = True) -> None:
-    """Collect, fill the free slots, freeze the collector; then (unless told not to) release the file pages."""
+def settle_for_fork(thorough: bool = True) -> None:
+    """Collect and freeze the garbage collector; unless told not to (a burst run), also everything else.
+
+    A burst run is over before the memory the rest saves would matter, and the
+    pages released would be read back as the master exits.
+    """
     gc.collect()
-    if release_pages:
+    if thorough:
         for _ in range(2):  # the first round's own temporaries open new pools: fill those too
             _FILLERS.extend(free_slot_fillers(free_slots_by_size()))
     gc.freeze()
-    if not release_pages:
+    if not thorough:
         return
     trimmed = trim_malloc_heap()
-    if trimmed:
-        log.debug("returned %.1f MB of free malloc memory to the system", trimmed / 2**20)
+    taken = take_free_heap_chunks()
     released = release_file_pages()
-    if released:
-        log.debug("released %.1f MB of file pages read at start-up", released / 2**20)
+    log.debug("before forking: %.1f MB of the C heap returned to the system, %.1f MB of free chunks taken, "
+              "%.1f MB of file pages released", trimmed / 2**20, taken / 2**20, released / 2**20)
+
+
+# -- the C heap (glibc) ------------------------------------------------------
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = _MallInfo2
+        libc.malloc.restype = ctypes.c_void_p
+        libc.malloc.argtypes = [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        libc.malloc_trim  # noqa: B018 - glibc has it; other C libraries may not
+    except (OSError, AttributeError):  # not glibc (2.33+)
+        return None
+    return libc
 
 
 def trim_malloc_heap() -> int:
     """Give the C heap's free pages back to the system (glibc's ``malloc_trim``); the bytes the resident set shrank by."""
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc
+    libc = _glibc()
+    if libc is None:
         return 0
     before = resident_memory() or 0
-    malloc_trim(0)
+    libc.malloc_trim(0)
     return max(before - (resident_memory() or before), 0)
 
 
+def take_free_heap_chunks() -> int:
+    """Allocate the C heap's free chunks (all but its top), and keep them; the bytes taken.
+
+    Python objects over 512 bytes (large dicts' tables, lists, buffers) come
+    from ``malloc``, which would place a worker's first ones in these chunks,
+    on pages the workers share, copying them; with the chunks taken, they come
+    from fresh memory at the top of the heap. Sizes are tried from 128 KiB
+    down, halving; an allocation that came from the top is given back.
+    """
+    libc = _glibc()
+    if libc is None:
+        return 0
+    first = libc.mallinfo2()
+    size = 128 * 1024
+    while size >= 16 and len(_TAKEN_CHUNKS) < MAX_CHUNKS:
+        before = libc.mallinfo2()
+        address = libc.malloc(size)
+        after = libc.mallinfo2()
+        if not address or after.keepcost < before.keepcost or after.arena != before.arena:
+            libc.free(address)  # from the top of the heap (or a new one): not a free chunk
+            size //= 2
+            continue
+        _TAKEN_CHUNKS.append(address)
+    last = libc.mallinfo2()
+    return max((first.fordblks - first.keepcost) - (last.fordblks - last.keepcost), 0)
+
+
+# -- file pages --------------------------------------------------------------
 def release_file_pages(smaps: str = "/proc/self/smaps") -> int:
     """Page out this process's file-only mappings; the bytes its resident set shrank by (0 where unsupported)."""
     if not sys.platform.startswith("linux"):

@@ -66,8 +66,8 @@ def test_the_fillers_take_the_free_blocks_the_allocator_reported():
     slots = {int(k): v for k, v in figures["slots"].items()}
     grown = {int(k): v for k, v in figures["grown"].items()}
     assert sum(slots.values()) > 100  # an interpreter that imported the package has partly used pools
-    for size, free in slots.items():
-        assert grown[size] >= free, (size, free, grown[size])
+    for size, free in slots.items():  # (a temporary freed meanwhile may give a block back)
+        assert grown[size] >= free - 2, (size, free, grown[size])
 
 
 TRIM = textwrap.dedent("""
@@ -92,3 +92,28 @@ def test_free_memory_of_the_c_heap_goes_back_to_the_system():
     assert figures["freed"] > figures["before"] - 8 * 2**20, figures  # freeing alone kept most of it resident
     assert figures["trimmed"] >= 30 * 2**20, figures
     assert figures["after"] <= figures["freed"] - 30 * 2**20, figures
+
+
+TAKE = textwrap.dedent("""
+    import json
+    from rq_orchestrator.sharing import take_free_heap_chunks
+
+    blocks = [bytes(2000) for _ in range(5000)]  # 10 MB from the C heap (over the small-object limit)
+    pinned = bytes(2000)  # allocated last: the blocks freed below it leave free chunks inside the heap
+    freed = [id(b) for b in blocks]
+    del blocks
+    reused = bytes(2000)  # without taking: malloc reuses a freed chunk
+    taken = take_free_heap_chunks()
+    fresh = bytes(2000)  # with the chunks taken: from the top of the heap, past everything freed
+    print(json.dumps({"taken": taken, "reused_below_pin": id(reused) < id(pinned),
+                      "fresh_above_freed": id(fresh) > max(freed), "fresh_above_pin": id(fresh) > id(pinned)}))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_after_the_free_heap_chunks_are_taken_new_memory_comes_from_the_top_of_the_heap():
+    result = subprocess.run([sys.executable, "-c", TAKE], capture_output=True, text=True, env=child_env(), check=True)
+    figures = json.loads(result.stdout)
+    assert figures["reused_below_pin"], figures
+    assert figures["taken"] >= 9 * 2**20, figures
+    assert figures["fresh_above_freed"] and figures["fresh_above_pin"], figures
