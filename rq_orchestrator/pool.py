@@ -162,6 +162,7 @@ class Pool:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self._server_version = server_version(self.connection)
+        self.maintenance.run_due(self.clock())  # before the forks: its first-time work stays out of the copies
         settle_for_fork(thorough=not self.config.burst)
         self.aftercare.clear_previous_run(f"{self.host}.{self.config.pool_name}.")
         log.info(
