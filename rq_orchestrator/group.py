@@ -9,6 +9,8 @@ retired, with a warm stop, and a retiring worker no longer counts as capacity.
 
 from __future__ import annotations
 
+import itertools
+
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
@@ -287,8 +289,9 @@ class WorkerGroup:
 
     def free_slot(self) -> int:
         """The lowest slot number no live worker holds."""
+        return self.free_slots(1)[0]
+
+    def free_slots(self, count: int) -> list[int]:
+        """The ``count`` lowest slot numbers no live worker holds."""
         used = {w.slot for w in self.workers.values()}
-        slot = 1
-        while slot in used:
-            slot += 1
-        return slot
+        return list(itertools.islice((slot for slot in itertools.count(1) if slot not in used), count))

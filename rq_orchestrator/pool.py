@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -58,6 +58,15 @@ EVENT_BATCH_SECONDS = 0.05  # busy workers' events wake the master at most this 
 
 class PoolError(RuntimeError):
     """The pool cannot go on (e.g. workers fail at start-up)."""
+
+
+class PlannedWorker(NamedTuple):
+    """A worker about to be forked: its group, slot and cluster lease, and the worker object built for it."""
+
+    group: WorkerGroup
+    slot: int
+    lease: str | None
+    worker: Any
 
 
 class Pool:
@@ -294,22 +303,25 @@ class Pool:
             return
         if self.clock() < self._respawn_at:
             return
-        # Every worker of the round is built before the first fork and freed after the
-        # last: a worker built (and freed) between two forks would write to pages the
-        # children forked so far share, and each of them would keep a copy of its own
-        # (1.4 MB in all for 8 idle workers on a Frappe bench).
-        batches = [(group, [self._build_worker(group) for _ in range(group.deficit)]) for group in self.groups]
-        for group, workers in batches:
-            for worker in workers:
-                if not self._room_for_one_more(group):
-                    break
-                if self._spawn(group, worker) is None:
-                    return  # the cluster is full: try again next loop
+        self._fork(self._plan_missing())
 
-    def _room_for_one_more(self, needy: WorkerGroup) -> bool:
-        """Under --max-workers-total, a worker for ``needy`` if the cap allows; else make room for it."""
+    def _plan_missing(self) -> list[PlannedWorker]:
+        """The workers to fork now: each group's deficit, as far as --max-workers-total and the cluster allow."""
+        planned: list[PlannedWorker] = []
+        for group in self.groups:
+            for slot in group.free_slots(group.deficit):
+                if not self._room_for_one_more(group, len(planned)):
+                    break
+                plan = self._plan(group, slot)
+                if plan is None:
+                    return planned  # the cluster is full: try again next loop
+                planned.append(plan)
+        return planned
+
+    def _room_for_one_more(self, needy: WorkerGroup, pending: int) -> bool:
+        """Under --max-workers-total, a worker for ``needy`` (after ``pending`` others) if the cap allows; else make room."""
         cap = self.config.max_workers_total
-        if cap is None or len(self._owner) < cap:
+        if cap is None or len(self._owner) + pending < cap:
             return True
         self._move_capacity_to(needy)
         return False
@@ -342,34 +354,53 @@ class Pool:
         client = fresh_copy(self.connection)
         return build_worker(self.worker_class, group.queues, self.config.worker_kwargs, client, self._server_version)
 
-    def _spawn(self, group: WorkerGroup, worker: Any = None) -> int | None:
-        """Fork a worker (``worker``, or one built now); None when the cluster has no free slot (nothing forked)."""
-        threads = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
-        if threads:
-            raise PoolError(f"refusing to fork while threads run in the master: {', '.join(threads)}")
+    def _plan(self, group: WorkerGroup, slot: int) -> PlannedWorker | None:
+        """A worker for ``slot`` of ``group``, built, with its cluster lease; None when the cluster is full."""
         lease = self.leases.acquire() if self.leases is not None else None
         if self.leases is not None and lease is None:
             return None
-        slot = group.free_slot()
-        if worker is None:
-            worker = self._build_worker(group)
+        return PlannedWorker(group, slot, lease, self._build_worker(group))
+
+    def _spawn(self, group: WorkerGroup) -> int | None:
+        """Fork one worker; None when the cluster has no free slot (nothing forked)."""
+        plan = self._plan(group, group.free_slot())
+        return self._fork([plan])[0] if plan is not None else None
+
+    def _fork(self, planned: list[PlannedWorker]) -> list[int]:
+        """Fork the planned workers one right after another, then record them; their pids.
+
+        All were built before the first fork and are freed after the last, and
+        nothing is recorded between two forks: what the master wrote between
+        two forks, each child forked before would keep a copy of its own of
+        (2 MB in all for 8 idle workers on a Frappe bench).
+        """
+        if not planned:
+            return []
+        threads = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        if threads:
+            raise PoolError(f"refusing to fork while threads run in the master: {', '.join(threads)}")
         sys.stdout.flush()
         sys.stderr.flush()
-        # Until the child has dropped the master's handlers, a signal sent to it
+        pids: list[int] = []
+        # Until a child has dropped the master's handlers, a signal sent to it
         # would run them (and be lost): it waits, blocked, until then.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
-            pid = os.fork()
-            if pid == 0:
-                self._become_worker(group, slot, worker)  # never returns
-        finally:  # in the master, also when fork fails
+            for plan in planned:
+                pid = os.fork()
+                if pid == 0:
+                    self._become_worker(plan.group, plan.slot, plan.worker)  # never returns
+                pids.append(pid)
+        finally:  # in the master, also when a fork fails
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-        if lease is not None:
-            self._lease_of[pid] = lease
-        group.worker_born(pid, slot, self.clock(), self.worker_name(group, slot, pid))
-        self._owner[pid] = group
-        self.state.mark_dirty()
-        return pid
+            now = self.clock()
+            for plan, pid in zip(planned, pids):
+                if plan.lease is not None:
+                    self._lease_of[pid] = plan.lease
+                plan.group.worker_born(pid, plan.slot, now, self.worker_name(plan.group, plan.slot, pid))
+                self._owner[pid] = plan.group
+            self.state.mark_dirty()
+        return pids
 
     def worker_name(self, group: WorkerGroup, slot: int, pid: int) -> str:
         prefix = self.config.pool_name if len(self.groups) == 1 else f"{self.config.pool_name}.{group.name}"

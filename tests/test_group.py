@@ -78,6 +78,15 @@ def test_free_slot_reuses_the_lowest_free_slot():
     group.worker_born("new-b", group.free_slot(), 2.0)
     assert group.workers["new-b"].slot == 4
     assert group.free_slot() == 6
+
+
+def test_free_slots_for_a_round_skip_the_ones_held():
+    group = make_group()
+    populate(group, 5)
+    group.worker_exited("w4", 1.0)
+    group.worker_exited("w2", 1.0)
+    assert group.free_slots(4) == [2, 4, 6, 7]  # a round of forks takes these, none twice
+    assert group.free_slots(0) == []
     group.worker_exited("w1", 3.0)
     assert group.free_slot() == 1
 
