@@ -107,20 +107,21 @@ def take_free_heap_chunks() -> int:
     Python objects over 512 bytes (large dicts' tables, lists, buffers) come
     from ``malloc``, which would place a worker's first ones in these chunks,
     on pages the workers share, copying them; with the chunks taken, they come
-    from fresh memory at the top of the heap. Sizes are tried from 128 KiB
-    down, halving; an allocation that came from the top is given back.
+    from fresh memory at the top of the heap. Sizes are tried from 64 KiB
+    (under glibc's least mmap threshold) down, halving; an allocation that
+    came from anywhere but a free chunk is given back.
     """
     libc = _glibc()
     if libc is None:
         return 0
     first = libc.mallinfo2()
-    size = 128 * 1024
+    size = 64 * 1024
     while size >= 16 and len(_TAKEN_CHUNKS) < MAX_CHUNKS:
         before = libc.mallinfo2()
         address = libc.malloc(size)
         after = libc.mallinfo2()
-        if not address or after.keepcost < before.keepcost or after.arena != before.arena:
-            libc.free(address)  # from the top of the heap (or a new one): not a free chunk
+        if not address or after.keepcost < before.keepcost or after.arena != before.arena or after.hblks != before.hblks:
+            libc.free(address)  # from the top of the heap, a new heap or mmap: not a free chunk
             size //= 2
             continue
         _TAKEN_CHUNKS.append(address)

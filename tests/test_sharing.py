@@ -117,3 +117,27 @@ def test_after_the_free_heap_chunks_are_taken_new_memory_comes_from_the_top_of_t
     assert figures["reused_below_pin"], figures
     assert figures["taken"] >= 9 * 2**20, figures
     assert figures["fresh_above_freed"] and figures["fresh_above_pin"], figures
+
+
+FRESH = textwrap.dedent("""
+    import json
+    from rq_orchestrator.memory import resident_memory
+    from rq_orchestrator import sharing
+
+    libc = sharing._glibc()
+    before, mapped = resident_memory(), libc.mallinfo2().hblks
+    sharing.take_free_heap_chunks()
+    print(json.dumps({"grown": resident_memory() - before, "chunks": len(sharing._TAKEN_CHUNKS),
+                      "mapped": libc.mallinfo2().hblks - mapped}))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_taking_the_free_chunks_never_maps_new_memory():
+    # A fresh interpreter keeps glibc's default mmap threshold (128 KiB): an allocation
+    # that size gets new memory, not a free chunk, and must not be kept (nor retried).
+    result = subprocess.run([sys.executable, "-c", FRESH], capture_output=True, text=True, env=child_env(), check=True)
+    figures = json.loads(result.stdout)
+    assert figures["mapped"] == 0, figures
+    assert figures["grown"] < 2 * 2**20, figures
+    assert figures["chunks"] < 5000, figures
