@@ -356,6 +356,9 @@ class Pool:
 
     def _plan(self, group: WorkerGroup, slot: int) -> PlannedWorker | None:
         """A worker for ``slot`` of ``group``, built, with its cluster lease; None when the cluster is full."""
+        threads = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        if threads:
+            raise PoolError(f"refusing to fork while threads run in the master: {', '.join(threads)}")
         lease = self.leases.acquire() if self.leases is not None else None
         if self.leases is not None and lease is None:
             return None
@@ -376,9 +379,6 @@ class Pool:
         """
         if not planned:
             return []
-        threads = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
-        if threads:
-            raise PoolError(f"refusing to fork while threads run in the master: {', '.join(threads)}")
         sys.stdout.flush()
         sys.stderr.flush()
         pids: list[int] = []

@@ -45,3 +45,11 @@ def test_the_child_finishes_the_worker_with_its_name_pid_host_and_address(redis)
     registered = Worker.find_by_key(worker.key, connection=redis)
     assert (registered.pid, registered.ip_address) == (os.getpid(), worker.ip_address)
     worker.register_death()
+
+
+def test_a_master_with_a_thread_running_refuses_to_fork(start_pool, redis):
+    # A thread would be copied into no child, with whatever lock it holds at the fork.
+    pool = start_pool("--num-workers", "2", "--preload", "threaded_preload", "--no-prewarm")
+    assert pool.wait(30) == 1
+    assert "refusing to fork while threads run in the master: left-running" in pool.output()
+    assert Worker.all(connection=redis) == []
