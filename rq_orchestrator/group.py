@@ -10,7 +10,6 @@ retired, with a warm stop, and a retiring worker no longer counts as capacity.
 from __future__ import annotations
 
 import itertools
-
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, replace

@@ -165,10 +165,15 @@ def file_only_mappings(smaps: str) -> Iterator[tuple[int, int]]:
 
 def free_slots_by_size() -> dict[int, int]:
     """Free blocks in CPython's partly used small-object pools, by block size ({} where it cannot tell)."""
+    return {size: free for size, (_, free) in size_classes(debug_malloc_stats()).items()}
+
+
+def debug_malloc_stats() -> str:
+    """What ``sys._debugmallocstats()`` prints (to the C-level stderr), or "" where there is no such thing."""
     debug_stats = getattr(sys, "_debugmallocstats", None)
     if debug_stats is None or sys.implementation.name != "cpython":
-        return {}
-    with tempfile.TemporaryFile() as out:  # it writes to the C-level stderr
+        return ""
+    with tempfile.TemporaryFile() as out:
         sys.stderr.flush()
         saved = os.dup(2)
         try:
@@ -178,17 +183,17 @@ def free_slots_by_size() -> dict[int, int]:
             os.dup2(saved, 2)
             os.close(saved)
         out.seek(0)
-        return parse_free_slots(out.read().decode(errors="replace"))
+        return out.read().decode(errors="replace")
 
 
-def parse_free_slots(stats: str) -> dict[int, int]:
-    """{block size: available blocks} from ``sys._debugmallocstats()``'s table of size classes."""
-    slots = {}
+def size_classes(stats: str) -> dict[int, tuple[int, int]]:
+    """{block size: (blocks in use, available blocks)} from ``sys._debugmallocstats()``'s table of size classes."""
+    table = {}
     for line in stats.splitlines():
         fields = line.split()  # class, size, pools, blocks in use, available blocks
         if len(fields) == 5 and all(f.isdigit() for f in fields):
-            slots[int(fields[1])] = int(fields[4])
-    return slots
+            table[int(fields[1])] = (int(fields[3]), int(fields[4]))
+    return table
 
 
 def free_slot_fillers(slots: dict[int, int]) -> list[object]:

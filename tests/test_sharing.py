@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from conftest import child_env
-from rq_orchestrator.sharing import free_slot_fillers, parse_free_slots
+from rq_orchestrator.sharing import free_slot_fillers, size_classes
 
 # The head of `sys._debugmallocstats()`'s table (CPython 3.11), as it reads it.
 STATS = """\
@@ -26,9 +26,9 @@ class   size   num pools   blocks in use  avail blocks
 """
 
 
-def test_the_free_blocks_of_each_size_class_are_read_from_the_allocator_statistics():
-    assert parse_free_slots(STATS) == {16: 213, 32: 101, 512: 5}
-    assert parse_free_slots("no table here\n# arenas = 3\n") == {}
+def test_the_blocks_of_each_size_class_are_read_from_the_allocator_statistics():
+    assert size_classes(STATS) == {16: (803, 213), 32: (10651, 101), 512: (275, 5)}
+    assert size_classes("no table here\n# arenas = 3\n") == {}
 
 
 @pytest.mark.parametrize("size", range(16, 513, 16))
@@ -40,17 +40,11 @@ def test_each_filler_takes_a_block_of_the_size_it_is_made_for(size):
 
 
 IN_USE = textwrap.dedent("""
-    import json, os, sys, tempfile
-    from rq_orchestrator.sharing import free_slot_fillers, free_slots_by_size
+    import json
+    from rq_orchestrator.sharing import debug_malloc_stats, free_slot_fillers, free_slots_by_size, size_classes
 
     def in_use():
-        with tempfile.TemporaryFile() as out:
-            saved = os.dup(2); os.dup2(out.fileno(), 2)
-            sys._debugmallocstats()
-            os.dup2(saved, 2); os.close(saved)
-            out.seek(0)
-            rows = [line.split() for line in out.read().decode().splitlines()]
-        return {int(r[1]): int(r[3]) for r in rows if len(r) == 5 and all(f.isdigit() for f in r)}
+        return {size: used for size, (used, _) in size_classes(debug_malloc_stats()).items()}
 
     slots = free_slots_by_size()
     before = in_use()
