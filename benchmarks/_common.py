@@ -107,7 +107,7 @@ def app_facts(app: str = APP) -> dict[str, float]:
 # -- Redis -----------------------------------------------------------------
 @contextlib.contextmanager
 def redis_server() -> Iterator[Any]:
-    from rq_orchestrator.embedded_redis import RedisServer
+    from rq_orchestrator.infra.embedded_redis import RedisServer
 
     with RedisServer() as server:
         yield server

@@ -7,9 +7,9 @@ belong to:
 
 1. It plays the master: imports the application, then prepares to fork as our
    pool does, by running its ``Pool._setup``: the pre-fork rehearsal of a
-   worker (``rq_orchestrator.prewarm``, on by default as in the pool; skipped
+   worker (``rq_orchestrator.master.prewarm``, on by default as in the pool; skipped
    with ``--pool ours-no-prewarm``), then ``gc.collect()``, ``gc.freeze()`` and
-   the release of the start-up's file pages (``rq_orchestrator.sharing``);
+   the release of the start-up's file pages (``rq_orchestrator.master.sharing``);
    or as rq's ``WorkerPool`` does (``--pool rq``).
 2. It forks a *twin* that stops itself at once, so its pages keep the contents
    they had at the fork, and an *indexer* that records the address, extent
@@ -411,9 +411,9 @@ def prepare_ours(url: str, queue: str, prewarm: bool) -> tuple[Callable[[], int]
 
     Returns (fork one worker through `Pool._spawn`, drain its events).
     """
-    from rq_orchestrator.config import GroupSpec, PoolConfig
-    from rq_orchestrator.connection import from_url
-    from rq_orchestrator.pool import Pool
+    from rq_orchestrator.infra.config import GroupSpec, PoolConfig
+    from rq_orchestrator.infra.connection import from_url
+    from rq_orchestrator.master.pool import Pool
 
     config = PoolConfig(groups=(GroupSpec((queue,), 1, 1),), with_scheduler=False, prewarm=prewarm)
     pool = Pool(config, from_url(url))

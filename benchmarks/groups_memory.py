@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from rq_orchestrator.memory import total_pss
+from rq_orchestrator.infra.memory import total_pss
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_MASTER = [["--queue", "short,default:2", "--queue", "long,default,short:2"]]
@@ -86,7 +86,7 @@ def main() -> None:
     server = None
     url = None
     if args.bench is None:
-        from rq_orchestrator.embedded_redis import RedisServer
+        from rq_orchestrator.infra.embedded_redis import RedisServer
 
         server = RedisServer().start()
         url = server.url

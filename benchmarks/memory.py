@@ -1,7 +1,7 @@
 """Memory of 8 workers: our pool against 8 separate `rq worker` processes and `rq worker-pool -n 8`.
 
 "ours" is the pool as it is in the tree (the default pre-fork rehearsal in
-the master, rq_orchestrator.prewarm, on); "no-prewarm" is the same pool
+the master, rq_orchestrator.master.prewarm, on); "no-prewarm" is the same pool
 started with ``--no-prewarm``, so the two show what the rehearsal brings.
 The targets apply to "ours"; the no-prewarm ratios are reported without one.
 

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rq_orchestrator.simulate import (DEFAULT_SPAWN_DELAY, Result, TraceJob, read_trace, run_simulation,
-                                     settings_from_options, simulate)
+from rq_orchestrator.cli.simulate import settings_from_options, simulate
+from rq_orchestrator.policy.simulator import DEFAULT_SPAWN_DELAY, Result, TraceJob, read_trace, run_simulation
 
 HERE = Path(__file__).resolve().parent
 TRACES = HERE / "traces"
@@ -122,7 +122,7 @@ def variants(count: int, first: int = 0) -> dict[str, tuple[str, list[TraceJob]]
 
 
 def make_traces() -> None:
-    from rq_orchestrator.simulate import write_trace
+    from rq_orchestrator.policy.simulator import write_trace
 
     TRACES.mkdir(exist_ok=True)
     for name, build in SHIPPED.items():

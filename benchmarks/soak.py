@@ -29,8 +29,8 @@ import psutil
 from rq import Queue, Retry
 from rq.job import Job
 
-from rq_orchestrator.embedded_redis import RedisServer
-from rq_orchestrator.state import read_pools
+from rq_orchestrator.infra.embedded_redis import RedisServer
+from rq_orchestrator.master.state import read_pools
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

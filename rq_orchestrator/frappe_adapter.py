@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .group_specs import GroupRequest
-from .options import BadInput
+from .cli.group_specs import GroupRequest
+from .infra.errors import BadInput
 
 # The modules Frappe's own `start_worker_pool` imports before forking (v15 and
 # develop), plus the logger that every job's `frappe.connect()` would import.
@@ -61,6 +61,20 @@ def prepare_bench(requests: Sequence[GroupRequest], rq_username: str | None, rq_
         _call_if_present(background_jobs, "set_niceness")
     _stop_master_threads(frappe)
     return BenchInputs(connection, groups, worker_class(background_jobs))
+
+
+def bench_connection() -> Any:
+    """The bench's queue connection, as Frappe makes it (ACL credentials from the site config)."""
+    try:
+        import frappe
+        from frappe.utils import background_jobs
+    except ImportError:
+        raise BadInput("frappe is not importable: run this command inside a Frappe bench") from None
+    with frappe.init_site():
+        try:
+            return background_jobs.get_redis_conn()
+        except Exception as exc:  # noqa: BLE001 - Frappe raises plain Exception for config problems
+            raise BadInput(f"cannot connect to the bench's Redis queue: {type(exc).__name__}: {exc}") from None
 
 
 def longest_queue_timeout() -> int:

@@ -1,3 +1,5 @@
+"""The Frappe app's hooks: what bench and Frappe read about this app."""
+
 app_name = "rq_orchestrator"
 app_title = "RQ Orchestrator"
 app_publisher = "rq_orchestrator developers"

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from rq_orchestrator.embedded_redis import RedisServer
-from rq_orchestrator.state import read_pools
+from rq_orchestrator.infra.embedded_redis import RedisServer
+from rq_orchestrator.master.state import read_pools
 
 TESTS = Path(__file__).resolve().parent
 

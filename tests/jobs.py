@@ -67,7 +67,7 @@ class DiesAfterPop(Worker):
     """Dies (once) between popping a job and starting it: the job must not be lost."""
 
     def execute_job(self, job, queue):  # noqa: ANN001
-        # Not in the master's pre-fork rehearsal (rq_orchestrator.prewarm): this simulates
+        # Not in the master's pre-fork rehearsal (rq_orchestrator.master.prewarm): this simulates
         # a pool worker's crash, and the rehearsal runs in the master itself.
         if not self.name.startswith("rehearsal-") and self.connection.set("test:died-after-pop", 1, nx=True):
             os.kill(os.getpid(), 9)
@@ -75,7 +75,7 @@ class DiesAfterPop(Worker):
 
 
 class SlowRehearsal(Worker):
-    """Takes 3 s to register in the master's pre-fork rehearsal (rq_orchestrator.prewarm), and says when it starts."""
+    """Takes 3 s to register in the master's pre-fork rehearsal (rq_orchestrator.master.prewarm), and says when it starts."""
 
     def register_birth(self) -> None:
         mark = rehearsal_mark(os.getpid())

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from rq_orchestrator.commands import commands, worker_pool
-from rq_orchestrator.supervisor import program_block
+from rq_orchestrator.commands.supervisor import program_block
 
 FRAPPE_OPTIONS = ("--queue", "--num-workers", "--quiet", "--burst", "--rq-username", "--rq-password")
 POOL_OPTIONS = ("--min-workers", "--max-workers", "--scaling-period", "--utilization-threshold",

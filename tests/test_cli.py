@@ -87,7 +87,7 @@ def test_help_explains_every_option():
 
 def test_package_and_cli_do_not_need_frappe():
     code = (
-        "import sys, rq_orchestrator, rq_orchestrator.cli, rq_orchestrator.pool;"
+        "import sys, rq_orchestrator, rq_orchestrator.cli, rq_orchestrator.master.pool;"
         "assert 'frappe' not in sys.modules; print('ok')"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env())
@@ -95,7 +95,7 @@ def test_package_and_cli_do_not_need_frappe():
 
 
 def test_a_fixed_pool_from_num_workers(redis_url, redis):
-    from rq_orchestrator.options import resolve_bounds
+    from rq_orchestrator.cli.options import resolve_bounds
 
     assert resolve_bounds(None, None, 3) == (3, 3)
     assert resolve_bounds(None, None, None) == (2, 8)
@@ -121,7 +121,7 @@ def test_bad_recycling_input_is_rejected(redis_url, args, names):
 
 
 def test_sizes_parse():
-    from rq_orchestrator.sizes import parse_size
+    from rq_orchestrator.infra.sizes import parse_size
 
     assert parse_size("512MB") == 512 * 10**6
     assert parse_size("1.5GiB") == int(1.5 * 2**30)
@@ -134,7 +134,7 @@ def test_sizes_parse():
 def test_workers_resolve_redis_pys_driver_info_once():
     from redis import Redis
 
-    from rq_orchestrator.connection import fresh_copy
+    from rq_orchestrator.infra.connection import fresh_copy
 
     url = "redis://127.0.0.1:1"  # as the command line builds its client
     first = fresh_copy(Redis.from_url(url)).connection_pool.connection_kwargs

@@ -21,9 +21,9 @@ from rq import Queue
 
 from conftest import wait_until
 from rq_orchestrator.cli import worker_pool
-from rq_orchestrator.cluster import ClusterLeases, cluster_key, default_cluster_name, leases_in_use
-from rq_orchestrator.config import hostname
-from rq_orchestrator.state import read_pools
+from rq_orchestrator.master.cluster import ClusterLeases, cluster_key, default_cluster_name, leases_in_use
+from rq_orchestrator.infra.config import hostname
+from rq_orchestrator.master.state import read_pools
 from test_pool import FAST
 
 WIRED = "--cluster-max-workers" in [opt for param in worker_pool.params for opt in param.opts]

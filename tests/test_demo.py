@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rq_orchestrator.demo import DemoSettings, JobStats, Sample, draw, summarize, summary_lines
-from rq_orchestrator.embedded_redis import RedisServer
+from rq_orchestrator.cli.demo import DemoSettings, JobStats, Sample, draw, summarize, summary_lines
+from rq_orchestrator.infra.embedded_redis import RedisServer
 
 pytest.importorskip("matplotlib")
 

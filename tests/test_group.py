@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from rq_orchestrator.group import Plan, WorkerGroup, WorkerRecord
-from rq_orchestrator.scaling import Action, ScalingPolicy, ScalingSettings
+from rq_orchestrator.policy.group import Plan, WorkerGroup, WorkerRecord
+from rq_orchestrator.policy.scaling import Action, ScalingPolicy, ScalingSettings
 
 
 def make_group(min_workers=2, max_workers=8, threshold=0.5, window=30.0, now=0.0):

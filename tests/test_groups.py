@@ -7,8 +7,8 @@ import time
 import pytest
 from rq import Queue
 
-from rq_orchestrator.group_specs import GroupRequest, parse_group
-from rq_orchestrator.options import BadInput
+from rq_orchestrator.cli.group_specs import GroupRequest, parse_group
+from rq_orchestrator.infra.errors import BadInput
 from test_cli import run_cli
 from test_pool import FAST, finished
 

@@ -1,4 +1,4 @@
-"""The master cleans rq's registries for its workers (rq_orchestrator.maintenance), on a real Redis."""
+"""The master cleans rq's registries for its workers (rq_orchestrator.master.maintenance), on a real Redis."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from rq import Queue, Worker
 from rq.defaults import DEFAULT_MAINTENANCE_TASK_INTERVAL as INTERVAL
 from rq.registry import FinishedJobRegistry
 
-from rq_orchestrator.maintenance import RegistryMaintenance
+from rq_orchestrator.master.maintenance import RegistryMaintenance
 from test_pool import FAST
 
 

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rq_orchestrator import metrics
+from rq_orchestrator.master import metrics
 from rq_orchestrator.cli import worker_pool
-from rq_orchestrator.metrics import MetricsServer, MetricsUnavailable, render_metrics
+from rq_orchestrator.master.metrics import MetricsServer, MetricsUnavailable, render_metrics
 from test_pool import FAST
 
 WIRED = "--metrics-port" in [opt for param in worker_pool.params for opt in param.opts]

@@ -8,9 +8,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from rq_orchestrator.options import BadInput, OneLineErrors
-from rq_orchestrator.policy_options import PROFILES, describe_profile, policy_options, policy_settings
-from rq_orchestrator.scaling import ScalingSettings
+from rq_orchestrator.cli.options import OneLineErrors
+from rq_orchestrator.infra.errors import BadInput
+from rq_orchestrator.cli.policy_options import PROFILES, describe_profile, policy_options, policy_settings
+from rq_orchestrator.policy.scaling import ScalingSettings
 
 NONE_GIVEN = {"profile": None, "max_queue_wait": None, "max_step": None, "scale_down_delay": None,
               "max_pool_memory": None, "scale_on": None}

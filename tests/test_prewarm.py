@@ -13,7 +13,7 @@ from rq import Queue, Worker
 
 from conftest import child_env
 from jobs import rehearsal_mark
-from rq_orchestrator.sharing import file_only_mappings
+from rq_orchestrator.master.sharing import file_only_mappings
 from test_pool import FAST, finished
 
 
@@ -60,7 +60,7 @@ def test_a_stop_during_the_rehearsal_is_not_lost(start_pool, redis):
 
 RELEASE = textwrap.dedent("""
     import json, mmap, sys
-    from rq_orchestrator.sharing import release_file_pages
+    from rq_orchestrator.master.sharing import release_file_pages
 
     path = sys.argv[1]
 

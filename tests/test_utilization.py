@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from rq_orchestrator.utilization import BusyLedger
+from rq_orchestrator.policy.utilization import BusyLedger
 
 
 def brute_busy(intervals, open_starts, now, window):

@@ -8,8 +8,8 @@ import socket
 from redis import Redis
 from rq import Worker
 
-from rq_orchestrator.connection import fresh_copy, server_version
-from rq_orchestrator.worker_process import build_worker, prepare_for_work
+from rq_orchestrator.infra.connection import fresh_copy, server_version
+from rq_orchestrator.worker.process import build_worker, prepare_for_work
 
 
 def nobody_listens() -> Redis:

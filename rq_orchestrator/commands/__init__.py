@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..options import OneLineErrors, build_config, check_numbers, pool_options, setup_logging
+from ..cli.options import OneLineErrors, build_config, check_numbers, pool_options, setup_logging
 
 
 @click.command("worker-pool", cls=OneLineErrors)
@@ -29,8 +29,8 @@ def worker_pool(queue_groups: tuple[str, ...], rq_username: str | None, rq_passw
     --num-workers the pool scales between --min-workers and --max-workers.
     """
     from ..frappe_adapter import prepare_bench
-    from ..group_specs import parse_groups
-    from ..pool import Pool
+    from ..cli.group_specs import parse_groups
+    from ..master.pool import Pool
 
     check_numbers(opts)
     bench = prepare_bench(parse_groups(queue_groups), rq_username, rq_password)
@@ -54,7 +54,7 @@ def worker_pool_supervisor(name: str | None, user: str | None, pool_args: tuple[
     import shutil
 
     from ..frappe_adapter import longest_queue_timeout
-    from ..supervisor import program_block
+    from .supervisor import program_block
 
     bench_dir = os.path.dirname(os.path.abspath(os.getcwd()))  # bench runs commands from sites/
     bench_name = os.path.basename(bench_dir)

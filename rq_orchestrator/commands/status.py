@@ -1,6 +1,6 @@
 """`bench worker-pool-status`: `rq-orchestrator status` on the bench's own Redis queue.
 
-Importing this module must not import frappe: it is imported inside the command.
+Importing this module must not import frappe: the adapter does, inside the command.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from ..options import BadInput, OneLineErrors
-from ..status import show_status, status_options
+from ..cli.options import OneLineErrors
+from ..cli.status import show_status, status_options
 
 
 @click.command("worker-pool-status", cls=OneLineErrors)
@@ -22,18 +22,6 @@ def worker_pool_status(**opts: Any) -> None:
     Exit status: 0 all pools publishing, 1 one stopped publishing (stale),
     3 no pool found.
     """
+    from ..frappe_adapter import bench_connection
+
     sys.exit(show_status(bench_connection(), **opts))
-
-
-def bench_connection() -> Any:
-    """The bench's queue connection, as Frappe makes it (ACL credentials from the site config)."""
-    try:
-        import frappe
-        from frappe.utils import background_jobs
-    except ImportError:
-        raise BadInput("frappe is not importable: run `bench worker-pool-status` inside a Frappe bench") from None
-    with frappe.init_site():
-        try:
-            return background_jobs.get_redis_conn()
-        except Exception as exc:  # noqa: BLE001 - Frappe raises plain Exception for config problems
-            raise BadInput(f"cannot connect to the bench's Redis queue: {type(exc).__name__}: {exc}") from None

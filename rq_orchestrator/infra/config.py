@@ -39,7 +39,7 @@ class PoolConfig:
     logging_level: str = "INFO"
     name: str = ""
     with_scheduler: bool = True
-    prewarm: bool = True  # rehearse a worker in the master before forking (rq_orchestrator.prewarm)
+    prewarm: bool = True  # rehearse a worker in the master before forking (rq_orchestrator.master.prewarm)
     max_boot_failures: int = 3
     max_jobs_per_worker: int | None = None
     max_memory_per_worker: int | None = None  # bytes

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from .config import (
+from ..infra.config import (
     DEFAULT_MAX_WORKERS,
     DEFAULT_MIN_WORKERS,
     DEFAULT_SCALING_PERIOD,
@@ -23,16 +23,14 @@ from .config import (
     GroupSpec,
     PoolConfig,
 )
-from .cluster import default_cluster_name
-from .sizes import parse_size
+from ..master.cluster import default_cluster_name
+from ..master.metrics import require_client
+from .group_specs import check_total
+from .policy_options import policy_options, policy_settings
+from ..infra.sizes import parse_size
+from ..infra.errors import BadInput
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-class BadInput(click.ClickException):
-    """Bad command-line input: one line on stderr, exit status 2."""
-
-    exit_code = 2
 
 
 class OneLineErrors(click.Command):
@@ -101,7 +99,6 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for option in reversed(options):
         func = option(func)
-    from .policy_options import policy_options  # imports this module: import here, not at the top
 
     return policy_options(func)
 
@@ -161,15 +158,6 @@ def preload(modules: Iterable[str]) -> None:
             raise BadInput(f"--preload: cannot import {name}: {type(exc).__name__}: {exc}") from None
 
 
-def check_queues(queues: Iterable[str], option: str = "QUEUES") -> tuple[str, ...]:
-    names = tuple(q.strip() for q in queues)
-    if not names or any(not q for q in names):
-        raise BadInput(f"{option}: empty queue name")
-    if len(set(names)) != len(names):
-        raise BadInput(f"{option}: a queue is named twice in {','.join(names)}")
-    return names
-
-
 def logging_level(level: str, quiet: bool) -> str:
     if quiet:
         return "WARNING"
@@ -195,18 +183,6 @@ def check_numbers(opts: dict[str, Any]) -> tuple[int, int]:
     if opts["metrics_port"] is not None:
         require_client()
     return bounds
-
-
-def require_client() -> None:
-    from .metrics import require_client as require  # metrics imports this module
-
-    require()
-
-
-def policy_settings(opts: dict[str, Any]) -> dict[str, Any]:
-    from .policy_options import policy_settings as settings
-
-    return settings(opts)
 
 
 def check_cluster(name: str | None, max_workers: int | None, lease_ttl: float) -> None:
@@ -240,8 +216,6 @@ def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_cla
     from rq.queue import Queue
     from rq.serializers import resolve_serializer
     from rq.worker import BaseWorker, Worker
-
-    from .group_specs import check_total
 
     low, high = check_numbers(opts)
     level = logging_level(opts["logging_level"], opts["quiet"])

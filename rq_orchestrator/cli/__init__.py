@@ -6,14 +6,13 @@ import sys
 from typing import Any
 
 import click
-from redis.exceptions import RedisError
 
-from . import __version__
-from .connection import BadRedisURL, from_url, redact
-from .options import BadInput, OneLineErrors, build_config, check_queues, pool_options, setup_logging
-
-DEFAULT_URL = "redis://localhost:6379/0"
-
+from .. import __version__
+from . import demo, simulate, status
+from ..infra.connection import DEFAULT_URL, connect
+from ..infra.errors import BadInput
+from .group_specs import GroupRequest, check_queues, parse_groups
+from .options import OneLineErrors, build_config, pool_options, setup_logging
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rq-orchestrator")
@@ -21,22 +20,8 @@ def main() -> None:
     """An autoscaling, pre-forking pool of RQ workers."""
 
 
-def connect(url: str) -> Any:
-    """A Redis client for URL that answered PING, or BadInput naming the URL (password hidden)."""
-    try:
-        connection = from_url(url, socket_connect_timeout=5)
-        connection.ping()
-    except BadRedisURL as exc:
-        raise BadInput(f"--url: {exc}") from None
-    except RedisError as exc:
-        raise BadInput(f"--url: cannot reach Redis at {redact(url)}: {exc}") from None
-    return connection
-
-
 def requested_groups(queues: tuple[str, ...], queue_groups: tuple[str, ...]) -> list[Any]:
     """QUEUES arguments are one group; --queue may give several."""
-    from .group_specs import GroupRequest, parse_groups
-
     if queues and queue_groups:
         raise BadInput("give the queues either as arguments or with --queue, not both")
     if queue_groups:
@@ -67,7 +52,7 @@ def worker_pool(queues: tuple[str, ...], queue_groups: tuple[str, ...], url: str
     Signals: TERM/INT warm stop (a second one: cold stop), QUIT cold stop,
     TTIN/TTOU add/retire a worker and move both bounds by one.
     """
-    from .pool import Pool
+    from ..master.pool import Pool
 
     config = build_config(requested_groups(queues, queue_groups), opts)
     connection = connect(url)
@@ -75,14 +60,6 @@ def worker_pool(queues: tuple[str, ...], queue_groups: tuple[str, ...], url: str
     sys.exit(Pool(config, connection).run())
 
 
-from .demo import demo  # noqa: E402
-
-main.add_command(demo)
-
-from .status import status  # noqa: E402
-
-main.add_command(status)
-
-from .simulate import simulate  # noqa: E402
-
-main.add_command(simulate)
+main.add_command(demo.demo)
+main.add_command(status.status)
+main.add_command(simulate.simulate)

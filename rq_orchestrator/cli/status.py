@@ -22,10 +22,10 @@ import click
 from redis import Redis
 from redis.exceptions import RedisError
 
-from .cluster import leases_in_use
-from .connection import describe
+from ..master.cluster import leases_in_use
+from ..infra.connection import DEFAULT_URL, connect, describe
 from .options import OneLineErrors
-from .state import KEY_PREFIX, forget_pool, read_pools
+from ..master.state import KEY_PREFIX, forget_pool, read_pools
 
 HEALTHY, STALE, UNREACHABLE, NO_POOL = 0, 1, 2, 3
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
@@ -60,8 +60,6 @@ def status(url: str | None, **opts: Any) -> None:
     decision. Exit status: 0 all pools publishing, 1 one stopped publishing
     (stale), 3 no pool found.
     """
-    from .cli import DEFAULT_URL, connect  # here: cli imports this module
-
     sys.exit(show_status(connect(url or DEFAULT_URL), **opts))
 
 

@@ -32,19 +32,21 @@ import click
 from redis import Redis
 from redis.exceptions import RedisError
 
-from .config import (
+from ..infra.config import (
     DEFAULT_MAX_WORKERS,
     DEFAULT_MIN_WORKERS,
     DEFAULT_SCALING_PERIOD,
     DEFAULT_THRESHOLD,
     DEFAULT_WINDOW,
 )
-from .embedded_redis import NoRedisServer, RedisServer
-from .options import BadInput, OneLineErrors, check_timing, resolve_bounds
-from .state import read_pools
-from .worker_process import set_parent_death_signal
+from ..infra.embedded_redis import NoRedisServer, RedisServer
+from ..infra.connection import connect
+from ..infra.errors import BadInput
+from .options import OneLineErrors, check_timing, resolve_bounds
+from ..master.state import read_pools
+from ..worker.process import set_parent_death_signal
 
-JOB = "rq_orchestrator.demo_jobs.work"
+JOB = "rq_orchestrator.cli.demo_jobs.work"
 REFERENCE_WORKERS = 4  # the seed expects its load to settle at 4-5 workers
 READY_TIMEOUT = 30.0  # seconds for the pool's first workers to be ready
 STOP_GRACE = 10.0  # seconds a warm stop may take on top of one job
@@ -83,7 +85,7 @@ class DemoSettings:
             "--scaling-period", str(self.scaling_period),
             "--utilization-threshold", str(self.utilization_threshold),
             "--utilization-window", str(self.utilization_window),
-            "--preload", "rq_orchestrator.demo_jobs",
+            "--preload", "rq_orchestrator.cli.demo_jobs",
             "--logging-level", "WARNING",
         ]
 
@@ -162,8 +164,6 @@ def demo(url: str | None, plot_path: str, no_plot: bool, json_path: str | None, 
     if not no_plot:
         check_plot_path(plot_path)
     if url is not None:
-        from .cli import connect  # here: cli imports this module
-
         connect(url)
     queue = f"demo-{secrets.token_hex(4)}"
     try:

@@ -50,7 +50,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from .sizes import format_size
+from ..infra.sizes import format_size
 
 SCALE_ON = ("utilization", "queue-wait")
 REVERSAL_PERIODS = 3  # a change of direction within this many periods is a reversal

@@ -23,22 +23,22 @@ from typing import Any, NamedTuple, NoReturn
 from redis import Redis
 from redis.exceptions import RedisError
 
-from .config import PoolConfig, hostname
-from .connection import fresh_copy, server_version
+from ..infra.config import PoolConfig, hostname
+from ..infra.connection import fresh_copy, server_version
 from .dead_workers import Aftercare
 from .cluster import ClusterLeases
-from .events import BUSY, FAILED, IDLE, READY, RECYCLE, EventReader, Event, drain
-from .group import Plan, WorkerGroup, WorkerRecord
+from ..worker.events import BUSY, FAILED, IDLE, READY, RECYCLE, EventReader, Event, drain
+from ..policy.group import Plan, WorkerGroup, WorkerRecord
 from .maintenance import RegistryMaintenance
-from .master_scheduler import MasterScheduler
-from .memory import total_pss
+from .scheduler import MasterScheduler
+from ..infra.memory import total_pss
 from .metrics import MetricsServer, render_metrics
 from .queue_watch import QueueStats, observe_queues
 from .prewarm import prewarm
-from .scaling import ScalingPolicy, ScalingSettings
+from ..policy.scaling import ScalingPolicy, ScalingSettings
 from .sharing import settle_for_fork
 from .state import StatePublisher
-from .worker_process import WorkerLaunch, build_worker, run_worker, set_process_title
+from ..worker.process import WorkerLaunch, build_worker, run_worker, set_process_title
 
 log = logging.getLogger("rq_orchestrator")
 

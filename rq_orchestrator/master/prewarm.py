@@ -39,12 +39,22 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TYPE_CHECKING
 
-from .events import EventWriter, drain
+from ..worker.events import EventWriter, drain
 
 if TYPE_CHECKING:
-    from .pool import Pool
+    from ..infra.config import PoolConfig
+    from ..policy.group import WorkerGroup
+
+
+class RehearsedPool(Protocol):
+    """What a rehearsal reads of the master (``Pool``) that calls it."""
+
+    connection: Any
+    config: PoolConfig
+    groups: list[WorkerGroup]
+    worker_class: type
 
 log = logging.getLogger("rq_orchestrator")
 
@@ -58,7 +68,7 @@ def rehearsal_job() -> None:
     """The job a rehearsal worker runs."""
 
 
-def prewarm(pool: Pool, rounds: int = REHEARSAL_ROUNDS) -> None:
+def prewarm(pool: RehearsedPool, rounds: int = REHEARSAL_ROUNDS) -> None:
     """Rehearse the pool's workers in the master; a no-op (logged) when it cannot be done.
 
     A rehearsal that fails (an application's worker class that needs more
@@ -76,10 +86,10 @@ def prewarm(pool: Pool, rounds: int = REHEARSAL_ROUNDS) -> None:
 
 
 # -- rehearsal -------------------------------------------------------------
-def rehearse(pool: Pool, rounds: int) -> bool:
+def rehearse(pool: RehearsedPool, rounds: int) -> bool:
     """Run the pool's worker class, as a worker would run it, against a private Redis; False without one."""
-    from .embedded_redis import NoRedisServer, RedisServer
-    from .worker_process import pool_worker_class
+    from ..infra.embedded_redis import NoRedisServer, RedisServer
+    from ..worker.process import pool_worker_class
 
     try:
         server = RedisServer().start()

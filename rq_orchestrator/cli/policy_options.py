@@ -3,7 +3,7 @@
 Every option defaults to None so that an option given on the command line
 can be told from a profile's value: the profile fills in what was not given.
 ``policy_settings(opts)`` turns the parsed options into keyword arguments of
-:class:`~rq_orchestrator.scaling.ScalingSettings`, or raises BadInput (one
+:class:`~rq_orchestrator.policy.scaling.ScalingSettings`, or raises BadInput (one
 line naming the option, exit status 2).
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from .options import BadInput
-from .scaling import SCALE_ON
-from .sizes import parse_size
+from ..infra.errors import BadInput
+from ..policy.scaling import SCALE_ON
+from ..infra.sizes import parse_size
 
 # What each profile sets; options given explicitly win. "seed" is the seed's rule alone.
 PROFILES: dict[str, dict[str, Any]] = {

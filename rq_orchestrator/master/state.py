@@ -21,19 +21,28 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TYPE_CHECKING
 
 from redis import Redis
 from redis.exceptions import RedisError
 
-from .memory import total_pss
+from ..infra.memory import total_pss
 from .queue_watch import QueueStats, observe_queues
-from .scaling import Action, Decision
+from ..policy.scaling import Action, Decision
 
 if TYPE_CHECKING:
+    from ..infra.config import PoolConfig
+    from ..policy.group import WorkerGroup, WorkerRecord
     from .cluster import ClusterLeases
-    from .group import WorkerGroup, WorkerRecord
-    from .pool import Pool
+
+
+class PublishedPool(Protocol):
+    """What the publisher reads of the master (``Pool``), which owns it."""
+
+    host: str
+    pid: int
+    config: PoolConfig
+    groups: list[WorkerGroup]
 
 INDEX_KEY = "rq-orchestrator:pools"
 KEY_PREFIX = "rq-orchestrator:pool:"
@@ -104,7 +113,7 @@ class GroupLog:
 
 
 class StatePublisher:
-    def __init__(self, pool: Pool, connection: Redis) -> None:
+    def __init__(self, pool: PublishedPool, connection: Redis) -> None:
         self.pool = pool
         self.connection = connection
         self.key = pool_key(pool.host, pool.pid)

@@ -28,9 +28,9 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from .connection import share_server_version
+from ..infra.connection import share_server_version
 from .events import ALIVE, BUSY, FAILED, IDLE, READY, RECYCLE, EventWriter
-from .memory import resident_memory
+from ..infra.memory import resident_memory
 
 try:
     from setproctitle import setproctitle as _setproctitle

@@ -37,7 +37,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-from .memory import resident_memory
+from ..infra.memory import resident_memory
 
 log = logging.getLogger("rq_orchestrator")
 

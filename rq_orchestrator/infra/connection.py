@@ -9,7 +9,10 @@ from urllib.parse import urlsplit, urlunsplit
 from redis import Redis
 from redis.exceptions import RedisError
 
+from .errors import BadInput
+
 SCHEMES = ("redis", "rediss", "unix")
+DEFAULT_URL = "redis://localhost:6379/0"
 
 
 class BadRedisURL(ValueError):
@@ -46,6 +49,18 @@ def from_url(url: str, **kwargs: object) -> Redis:
         return Redis.from_url(url, **kwargs)
     except ValueError as exc:
         raise BadRedisURL(f"malformed Redis URL {redact(url)}: {exc}") from None
+
+
+def connect(url: str) -> Any:
+    """A Redis client for URL that answered PING, or BadInput naming the URL (password hidden)."""
+    try:
+        connection = from_url(url, socket_connect_timeout=5)
+        connection.ping()
+    except BadRedisURL as exc:
+        raise BadInput(f"--url: {exc}") from None
+    except RedisError as exc:
+        raise BadInput(f"--url: cannot reach Redis at {redact(url)}: {exc}") from None
+    return connection
 
 
 def describe(connection: Redis) -> str:

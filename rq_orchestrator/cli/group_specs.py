@@ -11,10 +11,19 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .options import BadInput, check_queues
+from ..infra.errors import BadInput
 
 SUFFIX = re.compile(r"^(?P<low>\d+)(?:-(?P<high>\d+))?$")
 
+
+
+def check_queues(queues: Iterable[str], option: str = "QUEUES") -> tuple[str, ...]:
+    names = tuple(q.strip() for q in queues)
+    if not names or any(not q for q in names):
+        raise BadInput(f"{option}: empty queue name")
+    if len(set(names)) != len(names):
+        raise BadInput(f"{option}: a queue is named twice in {','.join(names)}")
+    return names
 
 @dataclass(frozen=True)
 class GroupRequest:

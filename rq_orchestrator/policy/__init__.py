@@ -1,0 +1,1 @@
+"""The scaling decision and its simulator: the pure policy, its busy-time ledger and a group's bookkeeping (no I/O, no clock of their own), and the replay of job traces through them on a virtual clock."""

@@ -1,0 +1,1 @@
+"""What runs inside a forked worker, and its one-way channel to the master."""
