@@ -17,7 +17,8 @@ from rq import Queue
 from conftest import child_env, wait_until
 from rq_orchestrator.cli import status as status_module
 from rq_orchestrator.commands.status import worker_pool_status
-from rq_orchestrator.master.state import INDEX_KEY, KEY_PREFIX, history_length, read_history, read_pools
+from rq_orchestrator.infra.keys import POOL_PREFIX, POOLS
+from rq_orchestrator.master.state import history_length, read_history, read_pools
 from test_pool import FAST
 
 
@@ -84,13 +85,13 @@ def test_a_killed_pool_is_stale_then_expired_then_forgotten(start_pool, redis, r
 
 def test_read_pools_judges_staleness_by_redis_s_clock(redis):
     state = {"name": "p", "host": "h", "pid": 1, "ttl": 100, "stale_after": 3.0, "groups": [], "workers": []}
-    redis.set(f"{KEY_PREFIX}h:1", json.dumps(state), ex=100)  # just published
-    redis.set(f"{KEY_PREFIX}h:2", json.dumps({**state, "pid": 2}), ex=90)  # published 10 s ago
-    redis.zadd(INDEX_KEY, {f"{KEY_PREFIX}h:1": 1, f"{KEY_PREFIX}h:2": 2, f"{KEY_PREFIX}h:3": 3})  # h:3 expired
+    redis.set(f"{POOL_PREFIX}h:1", json.dumps(state), ex=100)  # just published
+    redis.set(f"{POOL_PREFIX}h:2", json.dumps({**state, "pid": 2}), ex=90)  # published 10 s ago
+    redis.zadd(POOLS, {f"{POOL_PREFIX}h:1": 1, f"{POOL_PREFIX}h:2": 2, f"{POOL_PREFIX}h:3": 3})  # h:3 expired
     fresh, late, gone = read_pools(redis)
     assert not fresh["stale"] and fresh["age_s"] < 1
     assert late["stale"] and 9 < late["age_s"] < 11 and late["stale_reason"].startswith("no update for 10")
-    assert gone == {"key": f"{KEY_PREFIX}h:3", "stale": True, "stale_reason": "its state expired", "last_seen": 3}
+    assert gone == {"key": f"{POOL_PREFIX}h:3", "stale": True, "stale_reason": "its state expired", "last_seen": 3}
     assert status_module.health([fresh]) == 0 and status_module.health([fresh, late]) == 1
     assert status_module.health([]) == 3
 
@@ -123,7 +124,7 @@ def test_the_history_keeps_a_sample_per_tick_and_every_scaling(start_pool, redis
     assert history_length(5, 1) == 720 and history_length(0.2, 1) == 3600 and history_length(5, 2) == 1440
     pool.send(signal.SIGTERM)
     assert pool.wait(20) == 0
-    assert not redis.exists(key, f"{key}:history") and redis.zcard(INDEX_KEY) == 0
+    assert not redis.exists(key, f"{key}:history") and redis.zcard(POOLS) == 0
 
 
 def test_watch_refreshes_in_place_on_a_terminal(redis, monkeypatch):

@@ -24,8 +24,9 @@ from redis.exceptions import RedisError
 
 from ..master.cluster import leases_in_use
 from ..infra.connection import DEFAULT_URL, connect, describe
+from ..infra.keys import pool_address
 from .options import OneLineErrors
-from ..master.state import KEY_PREFIX, forget_pool, read_pools
+from ..master.state import forget_pool, read_pools
 
 HEALTHY, STALE, UNREACHABLE, NO_POOL = 0, 1, 2, 3
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
@@ -132,7 +133,7 @@ def render_table(pools: list[dict[str, Any]], clusters: dict[str, dict[str, Any]
 def pool_rows(pool: dict[str, Any]) -> list[tuple[str, ...]]:
     """One row per group of the pool; a pool whose state expired is one row saying so."""
     if "name" not in pool:
-        host, _, pid = pool["key"].removeprefix(KEY_PREFIX).rpartition(":")
+        host, pid = pool_address(pool["key"])
         seen = f"stale: {pool['stale_reason']}, last seen {since(time.time() - pool['last_seen'])} ago"
         return [("?", host, pid, *["-"] * 7, seen)]
     state = f"stale: {pool['stale_reason']}" if pool["stale"] else "ok"

@@ -29,7 +29,8 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
-KEY_PREFIX = "rq-orchestrator:cluster:"
+from ..infra.keys import cluster_key
+
 RETRY_SECONDS = 0.5  # after a refusal, the next acquire waits this long before asking Redis again
 RENEW_SECONDS = 1.0  # how often leases are renewed (more often if the ttl is short)
 
@@ -63,10 +64,6 @@ for i = 3, #ARGV do
   end
 end
 """ + _EXPIRE_WITH_LAST_LEASE + "return lost"
-
-
-def cluster_key(cluster: str) -> str:
-    return f"{KEY_PREFIX}{cluster}:leases"
 
 
 def default_cluster_name(queues: Iterable[str]) -> str:

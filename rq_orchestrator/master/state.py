@@ -26,6 +26,7 @@ from typing import Any, Protocol, TYPE_CHECKING
 from redis import Redis
 from redis.exceptions import RedisError
 
+from ..infra.keys import POOLS, history_key, pool_key
 from ..infra.memory import total_pss
 from .queue_watch import QueueStats, observe_queues
 from ..policy.scaling import Action, Decision
@@ -44,9 +45,6 @@ class PublishedPool(Protocol):
     config: PoolConfig
     groups: list[WorkerGroup]
 
-INDEX_KEY = "rq-orchestrator:pools"
-KEY_PREFIX = "rq-orchestrator:pool:"
-HISTORY_SUFFIX = ":history"
 MIN_INTERVAL = 0.5
 HISTORY_SECONDS = 3600.0  # samples kept: one hour of ticks...
 HISTORY_MAX_SAMPLES = 3600  # ...but never more than this many per group (fast periods)
@@ -55,14 +53,6 @@ STALE_PERIODS = 3  # a pool that has not published for this many periods (at lea
 MEMORY_SECONDS = 30.0  # the pool's memory (PSS: the kernel walks every page of every worker) is measured this often
 
 log = logging.getLogger("rq_orchestrator")
-
-
-def pool_key(host: str, pid: int) -> str:
-    return f"{KEY_PREFIX}{host}:{pid}"
-
-
-def history_key(key: str) -> str:
-    return key + HISTORY_SUFFIX
 
 
 def stale_after(scaling_period: float) -> float:
@@ -179,7 +169,7 @@ class StatePublisher:
         try:
             with self.connection.pipeline(transaction=False) as pipe:
                 pipe.set(self.key, json.dumps(self.snapshot(now)), ex=self.ttl)
-                pipe.zadd(INDEX_KEY, {self.key: time.time()})
+                pipe.zadd(POOLS, {self.key: time.time()})
                 if history:
                     self._append_history(pipe, history)
                 pipe.execute()
@@ -193,7 +183,7 @@ class StatePublisher:
         pipe.ltrim(key, 0, length - 1)
         pipe.expire(key, self.ttl)
         # Pools that died without cleaning up leave an index entry; forget the old ones.
-        pipe.zremrangebyscore(INDEX_KEY, "-inf", time.time() - FORGET_AFTER)
+        pipe.zremrangebyscore(POOLS, "-inf", time.time() - FORGET_AFTER)
 
     def remove(self) -> None:
         try:
@@ -318,7 +308,7 @@ def read_pools(connection: Redis) -> list[dict[str, Any]]:
     key's remaining time to live, measured by Redis's clock, so clocks that
     differ between hosts do not matter.
     """
-    entries = [(_text(key), score) for key, score in connection.zrange(INDEX_KEY, 0, -1, withscores=True)]
+    entries = [(_text(key), score) for key, score in connection.zrange(POOLS, 0, -1, withscores=True)]
     with connection.pipeline(transaction=False) as pipe:
         for key, _ in entries:
             pipe.get(key)
@@ -352,5 +342,5 @@ def forget_pool(connection: Redis, key: str) -> None:
     """Drop a stopped pool's entry (and whatever is left of it) from the index."""
     with connection.pipeline(transaction=False) as pipe:
         pipe.delete(key, history_key(key))
-        pipe.zrem(INDEX_KEY, key)
+        pipe.zrem(POOLS, key)
         pipe.execute()

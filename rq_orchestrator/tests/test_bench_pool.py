@@ -21,6 +21,8 @@ try:
 except ImportError:  # pragma: no cover - outside a bench
     frappe = None
 
+from rq_orchestrator.infra.keys import POOLS
+
 TEST_FUNC = "frappe.core.doctype.rq_job.test_rq_job.test_func"
 
 
@@ -78,5 +80,5 @@ class TestBenchWorkerPool(unittest.TestCase):
         finally:
             os.killpg(pool.pid, signal.SIGTERM)
             pool.wait(60)
-        states = [json.loads(v) for v in self.connection.mget(self.connection.zrange("rq-orchestrator:pools", 0, -1)) if v]
+        states = [json.loads(v) for v in self.connection.mget(self.connection.zrange(POOLS, 0, -1)) if v]
         self.assertFalse([s for s in states if s["pid"] == pool.pid], "a stopped pool removes its state")
