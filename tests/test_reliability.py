@@ -167,21 +167,44 @@ def test_a_job_popped_by_a_worker_that_dies_before_starting_it_is_requeued(start
     assert "back at the front" in pool.output()
 
 
+# openssl's settings for the throwaway certificates, nothing taken from the system's openssl.cnf.
+# Python 3.13 verifies strictly (VERIFY_X509_STRICT): the CA must say it signs certificates
+# (keyUsage keyCertSign) and the server's must name its issuer's key (authorityKeyIdentifier).
+TLS_CONFIG = """\
+[req]
+distinguished_name = name
+prompt = no
+[name]
+CN = unused
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+"""
+
+
 def make_tls_files(folder: Path) -> dict[str, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl, valid for every Python's checks."""
     import subprocess
 
     files = {name: folder / f"{name}.pem" for name in ("ca", "ca-key", "server", "server-key")}
+    config = folder / "openssl.cnf"
+    config.write_text(TLS_CONFIG)
     run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-        "-keyout", str(files["ca-key"]), "-out", str(files["ca"]))
+    run("req", "-config", str(config), "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+        "-extensions", "ca", "-keyout", str(files["ca-key"]), "-out", str(files["ca"]))
     csr = folder / "server.csr"
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+    run("req", "-config", str(config), "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
         "-keyout", str(files["server-key"]), "-out", str(csr))
-    ext = folder / "ext.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
     run("x509", "-req", "-in", str(csr), "-CA", str(files["ca"]), "-CAkey", str(files["ca-key"]),
-        "-CAcreateserial", "-days", "1", "-extfile", str(ext), "-out", str(files["server"]))
+        "-CAcreateserial", "-days", "1", "-extfile", str(config), "-extensions", "server", "-out", str(files["server"]))
     return files
 
 
