@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from conftest import child_env
-from rq_orchestrator.master.sharing import free_slot_fillers, size_classes
+from rq_orchestrator.master.sharing import free_slot_fillers, glibc_off_reason, pymalloc_off_reason, size_classes
 
 # The head of `sys._debugmallocstats()`'s table (CPython 3.11), as it reads it.
 STATS = """\
@@ -135,3 +135,23 @@ def test_taking_the_free_chunks_never_maps_new_memory():
     assert figures["mapped"] == 0, figures
     assert figures["grown"] < 2 * 2**20, figures
     assert figures["chunks"] < 5000, figures
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.skipif("PYTHONMALLOC" in __import__("os").environ or sys.flags.dev_mode,
+                    reason="the suite runs with another allocator set up (PYTHONMALLOC or -X dev)")
+def test_every_allocator_step_is_on_for_this_python():
+    # CPython 3.10-3.13 with pymalloc and glibc: the statistics parse and glibc answers.
+    assert pymalloc_off_reason() is None
+    assert glibc_off_reason() is None
+
+
+@pytest.mark.parametrize(("setting", "why"), [("malloc", "PYTHONMALLOC=malloc"), ("pymalloc_debug", "debug hooks")])
+def test_the_master_says_at_start_that_the_slots_are_not_filled_and_why(start_pool, monkeypatch, setting, why):
+    monkeypatch.setenv("PYTHONMALLOC", setting)
+    pool = start_pool("--num-workers", "1", "--no-prewarm")
+    pool.wait_until(lambda: "started: pid" in pool.output(), 30, "the pool to start")
+    head = pool.output().split("started: pid")[0]
+    assert "memory sharing: filling the small-object allocator's free slots is off" in head
+    assert why in head
+    assert "C heap" not in head  # glibc's steps still run

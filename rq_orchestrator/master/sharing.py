@@ -25,6 +25,11 @@ the first of these: it is over before the rest would pay off):
   then shared between the workers through the page cache. Only mappings that
   hold nothing but file pages are touched (no ``Anonymous`` pages: nothing
   that would go to swap), and only on Linux 5.4 or newer.
+
+The allocator steps read CPython's own statistics and glibc's: each works on
+CPython 3.10 to 3.13 with pymalloc and glibc 2.33+; where one cannot (another
+interpreter or C library, ``PYTHONMALLOC``, ``-X dev``), the master says at
+start, in one warning line, that it is off and why.
 """
 
 from __future__ import annotations
@@ -57,12 +62,17 @@ def settle_for_fork(thorough: bool = True) -> None:
     pages released would be read back as the master exits.
     """
     gc.collect()
-    if thorough:
+    slots_off = pymalloc_off_reason() if thorough else None
+    if thorough and slots_off is None:
         for _ in range(2):  # the first round's own temporaries open new pools: fill those too
             _FILLERS.extend(free_slot_fillers(free_slots_by_size()))
     gc.freeze()
     if not thorough:
         return
+    for step, why in (("filling the small-object allocator's free slots", slots_off),
+                      ("trimming the C heap and taking its free chunks", glibc_off_reason())):
+        if why is not None:
+            log.warning("memory sharing: %s is off: %s", step, why)
     trimmed = trim_malloc_heap()
     taken = take_free_heap_chunks()
     released = release_file_pages()
@@ -89,6 +99,13 @@ def _glibc() -> ctypes.CDLL | None:
     except (OSError, AttributeError):  # not glibc (2.33+)
         return None
     return libc
+
+
+def glibc_off_reason() -> str | None:
+    """Why the C heap steps cannot run here, or None when they can."""
+    if _glibc() is not None:
+        return None
+    return f"they need glibc 2.33 or newer (mallinfo2, malloc_trim), which this process ({sys.platform}) does not have"
 
 
 def trim_malloc_heap() -> int:
@@ -161,6 +178,19 @@ def file_only_mappings(smaps: str) -> Iterator[tuple[int, int]]:
                     yield mapping
                 mapping = None
 
+
+def pymalloc_off_reason() -> str | None:
+    """Why the free slots cannot be filled here, or None when they can."""
+    if getattr(sys, "_debugmallocstats", None) is None or sys.implementation.name != "cpython":
+        return f"it reads CPython's sys._debugmallocstats(), which {sys.implementation.name} does not have"
+    setting = os.environ.get("PYTHONMALLOC", "")
+    if "debug" in setting or sys.flags.dev_mode:
+        return (f"the allocator's debug hooks are on ({f'PYTHONMALLOC={setting}' if setting else '-X dev'}): "
+                "each block is larger than its object, so the fillers would not fit the slots")
+    if not size_classes(debug_malloc_stats()):
+        cause = f"PYTHONMALLOC={setting}" if setting else "a build without pymalloc, or a free-threaded one"
+        return f"sys._debugmallocstats() shows no pymalloc size classes ({cause}): objects come from another allocator"
+    return None
 
 
 def free_slots_by_size() -> dict[int, int]:
