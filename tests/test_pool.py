@@ -14,6 +14,8 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from conftest import run_counts
+from rq_orchestrator.infra.config import hostname
+from rq_orchestrator.master.worker_names import parse_worker_name
 
 FAST = ("--scaling-period", "0.2", "--utilization-window", "1")
 
@@ -26,7 +28,7 @@ def pool_processes(pool_name: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if f".{pool_name}.w" in cmdline or f"master {pool_name} " in cmdline:
+        if any(f".{pool_name}{end}" in cmdline for end in (" ", ":", ".")) or f"master {pool_name} " in cmdline:
             found.append(proc)
     return found
 
@@ -144,8 +146,9 @@ def test_workers_are_registered_with_readable_names(start_pool, redis):
     pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two ready workers")
     names = sorted(w.name for w in Worker.all(connection=redis))
     assert len(names) == 2
-    assert all(".names.w" in name for name in names)
-    assert {name.split(".names.")[1].split(".")[0] for name in names} == {"w1", "w2"}
+    parsed = [parse_worker_name(name) for name in names]
+    assert [(p.slot, p.origin) for p in parsed] == [(1, f"{hostname()}.names"), (2, f"{hostname()}.names")]
+    assert {p.pid for p in parsed} == {int(pid) for pid in pool.ready_pids()}
 
 
 def test_the_pool_counts_finished_and_failed_jobs(start_pool, redis):

@@ -17,6 +17,8 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
+from .worker_names import of_pool, parse_worker_name
+
 log = logging.getLogger("rq_orchestrator")
 
 WORKER_KEY = "rq:worker:{}"
@@ -134,7 +136,7 @@ def settle_dead_worker(
     return True
 
 
-def clear_previous_run(connection: Redis, name_prefix: str, worker_kwargs: dict[str, Any]) -> int:
+def clear_previous_run(connection: Redis, host: str, pool: str, worker_kwargs: dict[str, Any]) -> int:
     """Settle workers a killed earlier run of this pool left registered (same host and pool name).
 
     Only registrations whose process is gone are touched: a worker of the
@@ -146,7 +148,7 @@ def clear_previous_run(connection: Redis, name_prefix: str, worker_kwargs: dict[
     for raw in connection.smembers(WORKERS_KEY):
         key = raw.decode() if isinstance(raw, bytes) else raw
         name = key.removeprefix(WORKER_KEY.format(""))
-        if not name.startswith(name_prefix) or _process_alive(name):
+        if not of_pool(name, host, pool) or _process_alive(name):
             continue
         worker = Worker.find_by_key(key, connection=connection, **_lookup_kwargs(worker_kwargs))
         job_id = worker.get_current_job_id() if worker else None
@@ -161,11 +163,11 @@ def clear_previous_run(connection: Redis, name_prefix: str, worker_kwargs: dict[
 
 
 def _process_alive(worker_name: str) -> bool:
-    """Pool worker names end in their pid; is that process still running (a zombie is not)?"""
-    try:
-        pid = int(worker_name.rsplit(".", 1)[-1])
-    except ValueError:
+    """Pool worker names carry their pid; is that process still running (a zombie is not)?"""
+    parsed = parse_worker_name(worker_name)
+    if parsed is None:
         return True  # not one of our names: leave it alone
+    pid = parsed.pid
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
@@ -220,8 +222,8 @@ class Aftercare:
         except RedisError:
             pass  # the master logs the outage once
 
-    def clear_previous_run(self, name_prefix: str) -> None:
+    def clear_previous_run(self, host: str, pool: str) -> None:
         try:
-            clear_previous_run(self.connection, name_prefix, self.worker_kwargs)
+            clear_previous_run(self.connection, host, pool, self.worker_kwargs)
         except RedisError as exc:
             log.warning("could not look for an earlier run's leftovers: %s", exc)

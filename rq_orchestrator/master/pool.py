@@ -38,6 +38,7 @@ from .prewarm import prewarm
 from ..policy.scaling import ScalingPolicy, ScalingSettings
 from .sharing import settle_for_fork
 from .state import StatePublisher
+from .worker_names import worker_name
 from ..worker.process import WorkerLaunch, build_worker, run_worker, set_process_title
 
 log = logging.getLogger("rq_orchestrator")
@@ -173,7 +174,7 @@ class Pool:
         self._server_version = server_version(self.connection)
         self.maintenance.run_due(self.clock())  # before the forks: its first-time work stays out of the copies
         settle_for_fork(thorough=not self.config.burst)
-        self.aftercare.clear_previous_run(f"{self.host}.{self.config.pool_name}.")
+        self.aftercare.clear_previous_run(self.host, self.config.pool_name)
         log.info(
             "pool %s started: pid %d, queues %s, %s",
             self.config.pool_name,
@@ -403,8 +404,8 @@ class Pool:
         return pids
 
     def worker_name(self, group: WorkerGroup, slot: int, pid: int) -> str:
-        prefix = self.config.pool_name if len(self.groups) == 1 else f"{self.config.pool_name}.{group.name}"
-        return f"{self.host}.{prefix}.w{slot}.{pid}"
+        pool = self.config.pool_name if len(self.groups) == 1 else f"{self.config.pool_name}.{group.name}"
+        return worker_name(self.host, pool, slot, pid)
 
     def _become_worker(self, group: WorkerGroup, slot: int, worker: Any) -> NoReturn:
         status = 1
@@ -485,7 +486,7 @@ class Pool:
             group.mark_retiring(event.pid)
             self.state.counters.restarts["max_jobs" if "jobs done" in (event.job_id or "") else "max_memory"] += 1
         else:
-            return  # ALIVE: nothing to publish
+            return  # a kind this master does not know: nothing to publish
         self.state.mark_dirty()
 
     def _finish_reload_step(self, group: WorkerGroup, new_pid: int) -> None:
