@@ -12,7 +12,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from rq_orchestrator.commands import commands, worker_pool
+from rq_orchestrator.commands import commands, worker_pool, worker_pool_setup
 from rq_orchestrator.commands.supervisor import program_block
 
 FRAPPE_OPTIONS = ("--queue", "--num-workers", "--quiet", "--burst", "--rq-username", "--rq-password")
@@ -66,8 +66,56 @@ def test_outside_a_bench_the_error_says_so():
 
 def test_supervisor_block_waits_for_the_longest_job():
     block = program_block("b-frappe-worker-pool", ["/b/env/bin/bench", "worker-pool", "--min-workers", "2"],
-                          directory="/b", log_dir="/b/logs", longest_job=1500)
+                          directory="/b", stdout_logfile="/b/logs/worker.log",
+                          stderr_logfile="/b/logs/worker.error.log", longest_job=1500)
     assert block.startswith("[program:b-frappe-worker-pool]\n")
     assert "command=/b/env/bin/bench worker-pool --min-workers 2\n" in block
     assert "stopwaitsecs=1560\n" in block
     assert "stopsignal=TERM\n" in block and "directory=/b\n" in block
+
+
+def fake_bench(tmp_path):
+    """A bench directory with bench's worker programs; returns its sites/ folder (where bench runs app commands)."""
+    (tmp_path / "sites").mkdir()
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/supervisor.conf").write_text(
+        "[program:b-frappe-short-worker]\ncommand=/b/env/bin/bench worker --queue short,default\n"
+        "[group:b-workers]\nprograms=b-frappe-short-worker\n")
+    (tmp_path / "Procfile").write_text("worker: bench worker 1>> logs/worker.log\n")
+    return tmp_path / "sites"
+
+
+def test_the_app_exports_the_setup_command():
+    assert "worker-pool-setup" in [c.name for c in commands]
+    result = CliRunner().invoke(worker_pool_setup, ["--help"])
+    assert result.exit_code == 0 and "--dry-run" in result.output and "--program-name" in result.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--min-workers", "4", "--max-workers", "2"], "--min-workers"),
+        (["--no-such-option"], "--no-such-option"),
+        (["--queue", "short:0-0"], "--queue"),
+    ],
+)
+def test_setup_rejects_what_the_pool_would_reject_and_writes_nothing(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(fake_bench(tmp_path))
+    before = (tmp_path / "config/supervisor.conf").read_text(), (tmp_path / "Procfile").read_text()
+    result = CliRunner().invoke(worker_pool_setup, args)
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert ((tmp_path / "config/supervisor.conf").read_text(), (tmp_path / "Procfile").read_text()) == before
+    assert not list(tmp_path.rglob("*.bak"))
+
+
+def test_setup_outside_a_bench_says_so_and_writes_nothing(tmp_path, monkeypatch):
+    try:
+        import frappe  # noqa: F401
+    except ImportError:
+        monkeypatch.chdir(fake_bench(tmp_path))
+        result = CliRunner().invoke(worker_pool_setup, ["--min-workers", "2"])
+        assert result.exit_code == 2 and "inside a Frappe bench" in result.output
+        assert not list(tmp_path.rglob("*.bak"))
+    else:
+        pytest.skip("frappe is installed here")

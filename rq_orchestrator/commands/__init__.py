@@ -10,7 +10,9 @@ from typing import Any
 
 import click
 
+from ..cli.group_specs import GroupRequest, parse_groups
 from ..cli.options import OneLineErrors, build_config, check_numbers, pool_options, setup_logging
+from ..infra.errors import BadInput
 
 
 @click.command("worker-pool", cls=OneLineErrors)
@@ -29,7 +31,6 @@ def worker_pool(queue_groups: tuple[str, ...], rq_username: str | None, rq_passw
     --num-workers the pool scales between --min-workers and --max-workers.
     """
     from ..frappe_adapter import prepare_bench
-    from ..cli.group_specs import parse_groups
     from ..master.pool import Pool
 
     check_numbers(opts)
@@ -46,32 +47,96 @@ def worker_pool(queue_groups: tuple[str, ...], rq_username: str | None, rq_passw
 def worker_pool_supervisor(name: str | None, user: str | None, pool_args: tuple[str, ...]) -> None:
     """Print a supervisor [program] block that runs `bench worker-pool POOL_ARGS...`.
 
-    Replace the `bench worker` programs of your supervisor.conf with it. Its
-    stopwaitsecs covers the longest queue timeout, so a warm stop lets every
-    running job finish before supervisor would kill the pool.
+    For a supervisor config written by hand; `bench worker-pool-setup` rewrites
+    the one `bench setup supervisor` wrote. Its stopwaitsecs covers the longest
+    queue timeout, so a warm stop lets every running job finish before
+    supervisor would kill the pool.
     """
     import os
     import shutil
 
-    from ..frappe_adapter import longest_queue_timeout
     from .supervisor import program_block
 
-    bench_dir = os.path.dirname(os.path.abspath(os.getcwd()))  # bench runs commands from sites/
-    bench_name = os.path.basename(bench_dir)
+    check_pool_args(pool_args)
+    bench_dir = bench_directory()
+    name = name or f"{os.path.basename(bench_dir)}-frappe-worker-pool"
+    log_dir = os.path.join(bench_dir, "logs")
     command = [shutil.which("bench") or "bench", "worker-pool", *pool_args]
     click.echo(
         program_block(
-            name or f"{bench_name}-frappe-worker-pool",
+            name,
             command,
             directory=bench_dir,
-            log_dir=os.path.join(bench_dir, "logs"),
-            longest_job=longest_queue_timeout(),
+            stdout_logfile=os.path.join(log_dir, f"{name}.log"),
+            stderr_logfile=os.path.join(log_dir, f"{name}.error.log"),
+            longest_job=bench_longest_job(),
             user=user,
         ),
         nl=False,
     )
 
 
+@click.command("worker-pool-setup", cls=OneLineErrors, context_settings={"ignore_unknown_options": True})
+@click.option("--dry-run", is_flag=True, help="Print the changes as a unified diff; write nothing.")
+@click.option("--program-name", default=None, metavar="NAME",
+              help="Supervisor program of the pool (default: <bench>-frappe-worker-pool).")
+@click.argument("pool_args", nargs=-1, type=click.UNPROCESSED)
+def worker_pool_setup(dry_run: bool, program_name: str | None, pool_args: tuple[str, ...]) -> None:
+    """Make what `bench setup supervisor` / `bench setup procfile` wrote run one `bench worker-pool POOL_ARGS...`.
+
+    In config/supervisor.conf the `bench worker` programs (and a `bench
+    worker-pool` program) become one pool program, in their place in the
+    workers group, with a stopwaitsecs that covers the longest queue timeout;
+    in Procfile the `bench worker` lines become one `worker:` line. Every other
+    program and line stays as it was. A changed file is first copied to
+    FILE.bak; running it again with the same options changes nothing.
+    """
+    from .bench_setup import left_out_queues, setup_bench
+
+    groups = check_pool_args(pool_args)
+    bench_dir = bench_directory()
+    left_out = left_out_queues(bench_dir, groups)
+    outcomes = setup_bench(bench_dir, pool_args, bench_longest_job(), program_name, dry_run)
+    for outcome in outcomes:
+        if outcome.diff:
+            click.echo(outcome.diff, nl=False)
+        elif not outcome.changed:
+            click.echo(f"{outcome.path}: already runs `bench worker-pool` with these options; unchanged")
+        else:
+            click.echo(f"{outcome.path}: rewritten (the old file is {outcome.backup})")
+    if left_out:
+        click.echo(f"warning: no --queue names {', '.join(left_out)}, which the replaced workers consumed", err=True)
+    if not dry_run and any(o.changed and o.path.endswith("supervisor.conf") for o in outcomes):
+        click.echo("To apply: sudo supervisorctl reread && sudo supervisorctl update")
+
+
+def check_pool_args(pool_args: tuple[str, ...]) -> list[GroupRequest]:
+    """Reject what `bench worker-pool POOL_ARGS` would reject, before anything is written or printed."""
+    params = worker_pool.make_context("worker-pool", list(pool_args)).params
+    groups = parse_groups(params["queue_groups"])
+    check_numbers(params)
+    return groups
+
+
+def bench_directory() -> str:
+    """The bench's directory: bench runs app commands from its sites/ folder."""
+    import os
+
+    return os.path.dirname(os.path.abspath(os.getcwd()))
+
+
+def bench_longest_job() -> int:
+    """The bench's longest queue timeout, from Frappe."""
+    from ..frappe_adapter import longest_queue_timeout
+
+    try:
+        return longest_queue_timeout()
+    except ModuleNotFoundError as exc:
+        if exc.name != "frappe":
+            raise
+        raise BadInput("frappe is not importable: run this command inside a Frappe bench") from None
+
+
 from .status import worker_pool_status  # noqa: E402
 
-commands = [worker_pool, worker_pool_supervisor, worker_pool_status]
+commands = [worker_pool, worker_pool_supervisor, worker_pool_setup, worker_pool_status]

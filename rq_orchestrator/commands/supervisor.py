@@ -10,24 +10,32 @@ STOP_MARGIN = 60
 
 
 def program_block(
-    name: str, command: Sequence[str], directory: str, log_dir: str, longest_job: int, user: str | None = None
+    name: str,
+    command: Sequence[str],
+    directory: str | None,
+    stdout_logfile: str,
+    stderr_logfile: str,
+    longest_job: int,
+    user: str | None = None,
+    startretries: str | None = None,
 ) -> str:
     """A `[program:...]` block whose stopwaitsecs lets the longest job finish on a warm stop."""
     lines = [
         f"[program:{name}]",
-        f"command={shlex.join(command)}",
+        f"command={shlex.join(command).replace('%', '%%')}",  # supervisor expands %(name)s in commands
         "priority=4",
         "autostart=true",
         "autorestart=true",
-        f"stdout_logfile={log_dir}/{name}.log",
-        f"stderr_logfile={log_dir}/{name}.error.log",
+        f"stdout_logfile={stdout_logfile}",
+        f"stderr_logfile={stderr_logfile}",
         *([f"user={user}"] if user else []),
         "stopsignal=TERM",
         f"stopwaitsecs={longest_job + STOP_MARGIN}",
-        f"directory={directory}",
+        *([f"directory={directory}"] if directory else []),
         "killasgroup=true",
         "stopasgroup=false",
         "numprocs=1",
         "process_name=%(program_name)s",
+        *([f"startretries={startretries}"] if startretries else []),
     ]
     return "\n".join(lines) + "\n"
