@@ -22,6 +22,15 @@ def noop() -> None:
     _record("noop")
 
 
+_held: list[bytes] = []
+
+
+def hold_memory(megabytes: int) -> None:
+    """Keep ``megabytes`` of written memory in the process that runs the job (the worker, with SimpleWorker)."""
+    _held.append(b"\x01" * (megabytes * 2**20))
+    _record("hold_memory")
+
+
 def fail() -> None:
     raise ValueError("this job fails")
 

@@ -11,10 +11,10 @@ from rq import Worker
 from conftest import child_env
 
 
-def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 30, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rq_orchestrator", *args],
-        capture_output=True, text=True, timeout=timeout, env=child_env(),
+        capture_output=True, text=True, timeout=timeout, env={**child_env(), **(env or {})},
     )
 
 
@@ -147,3 +147,79 @@ def test_workers_resolve_redis_pys_driver_info_once():
     assert isinstance(first["driver_info"], DriverInfo) and first["driver_info"] is second["driver_info"]
     own = Redis(host="127.0.0.1", port=1)  # a client that resolved its own is left as it is
     assert fresh_copy(own).connection_pool.connection_kwargs["driver_info"] is own.connection_pool.connection_kwargs["driver_info"]
+
+
+# Numbers a user may type by mistake: more workers than any machine here holds, sizes and periods below sense.
+HOSTILE_NUMBERS = [
+    (["--num-workers", "100000"], "--num-workers"),
+    (["--min-workers", "5000", "--max-workers", "5000"], "--min-workers"),
+    (["--max-workers", "5000"], "--max-workers"),
+    (["--min-workers", "5000"], "--min-workers"),
+    (["--queue", "a:99999999"], "--queue a:99999999"),
+    (["--queue", "a:1-5000"], "--queue a:1-5000"),
+    (["--queue", "a", "--queue", "b", "--max-workers-total", "100000"], "--max-workers-total"),
+    (["--max-memory-per-worker", "1"], "--max-memory-per-worker"),
+    (["--max-memory-per-worker", "1MB"], "--max-memory-per-worker"),
+    (["--scaling-period", "0.0001"], "--scaling-period"),
+    (["--scaling-period", "nan"], "--scaling-period"),
+    (["--scaling-period", "inf"], "--scaling-period"),
+    (["--utilization-window", "1e9"], "--utilization-window"),
+    (["--graceful-timeout", "inf"], "--graceful-timeout"),
+    (["--graceful-timeout", "nan"], "--graceful-timeout"),
+    (["--stuck-margin", "0.01"], "--stuck-margin"),
+    (["--stuck-margin", "inf"], "--stuck-margin"),
+    (["--cluster-max-workers", "2", "--cluster-lease-ttl", "1e12"], "--cluster-lease-ttl"),
+    (["--max-queue-wait", "inf"], "--max-queue-wait"),
+    (["--scale-down-delay", "inf"], "--scale-down-delay"),
+]
+
+
+@pytest.mark.parametrize("args,names", HOSTILE_NUMBERS, ids=[" ".join(a) for a, _ in HOSTILE_NUMBERS])
+def test_hostile_numbers_are_refused_in_one_line(redis_url, redis, args, names):
+    result = run_cli("worker-pool", "--url", redis_url, *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and names in lines[0], result.stderr
+    assert Worker.all(connection=redis) == []
+
+
+def test_the_worker_bound_says_how_to_raise_it_and_the_variable_does(redis_url):
+    refused = run_cli("worker-pool", "--url", redis_url, "--num-workers", "3",
+                      env={"RQ_ORCHESTRATOR_MAX_WORKERS": "2"})
+    assert refused.returncode == 2
+    assert "at most 2 (set by RQ_ORCHESTRATOR_MAX_WORKERS)" in refused.stderr
+    assert "RQ_ORCHESTRATOR_MAX_WORKERS=3" in refused.stderr
+    together = run_cli("worker-pool", "--url", redis_url, "--queue", "a:2", "--queue", "b:1-2",
+                       env={"RQ_ORCHESTRATOR_MAX_WORKERS": "3"})
+    assert together.returncode == 2 and "cap them with --max-workers-total" in together.stderr
+    bad = run_cli("worker-pool", "--url", redis_url, "-n", "1", env={"RQ_ORCHESTRATOR_MAX_WORKERS": "lots"})
+    assert bad.returncode == 2 and "RQ_ORCHESTRATOR_MAX_WORKERS" in bad.stderr
+    raised = run_cli("worker-pool", "--url", redis_url, "--num-workers", "3", "--burst", "--no-prewarm",
+                     "--without-scheduler", "--name", "raised", env={"RQ_ORCHESTRATOR_MAX_WORKERS": "3"})
+    assert raised.returncode == 0, raised.stderr  # burst on empty queues: three workers came and went
+
+
+def test_the_worker_bound_comes_from_the_machine(monkeypatch):
+    from rq_orchestrator.cli.limits import MAX_WORKERS_ENV, WORKER_CEILING, worker_bound
+
+    monkeypatch.delenv(MAX_WORKERS_ENV, raising=False)
+    bound, source = worker_bound()
+    assert 1 <= bound <= WORKER_CEILING and source
+    monkeypatch.setenv(MAX_WORKERS_ENV, "5000")
+    assert worker_bound() == (5000, f"set by {MAX_WORKERS_ENV}")
+
+
+@pytest.mark.parametrize("args,names", [
+    (["--num-workers", "100000"], "--num-workers"),
+    (["--queue", "short:99999999"], "--queue short:99999999"),
+    (["--scaling-period", "0.0001"], "--scaling-period"),
+    (["--utilization-window", "1e9"], "--utilization-window"),
+])
+def test_bench_worker_pool_refuses_the_same_numbers(args, names):
+    from click.testing import CliRunner
+
+    from rq_orchestrator.commands import worker_pool
+
+    result = CliRunner().invoke(worker_pool, args)
+    assert result.exit_code == 2
+    assert names in result.output and len(result.output.strip().splitlines()) == 1

@@ -214,10 +214,12 @@ def test_workers_recycle_after_max_jobs_without_losing_jobs(start_pool, redis):
 
 
 def test_workers_recycle_over_the_memory_limit(start_pool, redis):
-    pool = start_pool("--num-workers", "1", "--max-memory-per-worker", "1MB", "--worker-class", "rq.SimpleWorker", *FAST)
+    # The limit must be above a fresh worker's resident memory (the master's), so the job grows the worker past it.
+    pool = start_pool("--num-workers", "1", "--max-memory-per-worker", "200MB", "--worker-class", "rq.SimpleWorker",
+                      *FAST)
     pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
     first = pool.ready_pids()[0]
-    job = Queue(connection=redis).enqueue("jobs.noop")
+    job = Queue(connection=redis).enqueue("jobs.hold_memory", 256)
     pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 15, "the job")
     pool.wait_until(lambda: pool.ready_pids() and pool.ready_pids()[0] != first, 15, "a fresh worker")
     assert "resident memory" in pool.output()

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..infra.errors import BadInput
+from .limits import check_workers
 
 SUFFIX = re.compile(r"^(?P<low>\d+)(?:-(?P<high>\d+))?$")
-
 
 
 def check_queues(queues: Iterable[str], option: str = "QUEUES") -> tuple[str, ...]:
@@ -44,6 +44,7 @@ def parse_group(spec: str, option: str = "--queue") -> GroupRequest:
             raise BadInput(f"{option} {spec}: minimum {low} is greater than maximum {high}")
         if high < 1:
             raise BadInput(f"{option} {spec}: a group needs a maximum of at least 1")
+        check_workers(high, f"{option} {spec}")
         names, bounds = head, (low, high)
     return GroupRequest(check_queues(names.split(","), f"{option} {spec}"), bounds)
 
@@ -57,8 +58,10 @@ def parse_groups(specs: Iterable[str], option: str = "--queue") -> list[GroupReq
 
 
 def check_total(groups: Sequence[tuple[int, int]], total: int | None) -> None:
-    """--max-workers-total must leave room for every group's minimum."""
+    """--max-workers-total must leave room for every group's minimum; all groups together must fit the machine."""
     if total is None:
+        check_workers(sum(high for _, high in groups), "--queue (the groups' maximums together; cap them with "
+                                                        "--max-workers-total)")
         return
     if total < 1:
         raise BadInput(f"--max-workers-total must be at least 1, got {total}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -26,6 +27,8 @@ from ..infra.config import (
 from ..master.cluster import default_cluster_name
 from ..master.metrics import require_client
 from .group_specs import check_total
+from .limits import (MAX_LEASE_TTL, MAX_WINDOW, MAX_WORKERS_ENV, MIN_SCALING_PERIOD, MIN_STUCK_MARGIN, WORKER_CEILING,
+                     WORKER_MEMORY, check_period_and_window, check_worker_memory, check_workers)
 from .policy_options import policy_options, policy_settings
 from ..infra.sizes import parse_size
 from ..infra.errors import BadInput
@@ -49,18 +52,19 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--min-workers", type=int, default=None, show_default=f"{DEFAULT_MIN_WORKERS}",
                      help="Fewest workers the pool keeps (0 scales to zero)."),
         click.option("--max-workers", type=int, default=None, show_default=f"{DEFAULT_MAX_WORKERS}",
-                     help="Most workers the pool runs."),
+                     help=f"Most workers the pool runs; at most what the machine holds (the least of {WORKER_CEILING}, "
+                          f"memory / {WORKER_MEMORY // 2**20} MiB, RLIMIT_NPROC / 2; ${MAX_WORKERS_ENV} sets it)."),
         click.option("--num-workers", "-n", type=int, default=None,
                      help="A fixed pool of N workers (min = max = N); not with --min/--max-workers."),
         click.option("--max-workers-total", type=int, default=None, metavar="N",
                      help="With several --queue groups: the most workers of all groups together; a group "
                           "that needs one takes it from an idle group below its threshold."),
         click.option("--scaling-period", type=float, default=DEFAULT_SCALING_PERIOD, show_default=True,
-                     help="Seconds between scaling decisions (fractions allowed)."),
+                     help=f"Seconds between scaling decisions, from {MIN_SCALING_PERIOD:g} (fractions allowed)."),
         click.option("--utilization-threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
                      help="Add a worker above this utilization, retire one below half of it; in (0, 1]."),
         click.option("--utilization-window", type=float, default=DEFAULT_WINDOW, show_default=True,
-                     help="Seconds of history utilization is averaged over; at least the scaling period."),
+                     help=f"Seconds of history utilization is averaged over; at least the scaling period, at most {MAX_WINDOW:g}."),
         click.option("--burst", is_flag=True, help="Workers exit when the queues are empty; the pool exits when all have."),
         click.option("--preload", multiple=True, metavar="MODULE",
                      help="Import MODULE in the master before forking, so workers share it (repeatable)."),
@@ -76,11 +80,12 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-jobs-per-worker", type=int, default=None, metavar="N",
                      help="Recycle a worker after about N jobs (up to 10% jitter); its replacement starts first."),
         click.option("--max-memory-per-worker", default=None, metavar="SIZE",
-                     help="Recycle a worker whose resident memory exceeds SIZE (e.g. 512MB), checked between jobs."),
+                     help="Recycle a worker whose resident memory exceeds SIZE (e.g. 512MB), checked between jobs; "
+                          "must be above the master's resident memory after preload (a fresh worker's)."),
         click.option("--graceful-timeout", type=float, default=None, metavar="SECONDS",
                      help="On TERM/INT, wait this long for running jobs, then stop cold (default: wait for them)."),
         click.option("--stuck-margin", type=float, default=90.0, show_default=True, metavar="SECONDS",
-                     help="Kill (and replace) a worker whose job runs this long past its timeout."),
+                     help=f"Kill (and replace) a worker whose job runs this long past its timeout; at least {MIN_STUCK_MARGIN:g}."),
         click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
                      help="Serve Prometheus metrics on PORT (0: any free port); needs prometheus-client."),
         click.option("--metrics-host", default="127.0.0.1", show_default=True,
@@ -90,7 +95,7 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--cluster-max-workers", type=int, default=None, metavar="N",
                      help="Most workers all pools of the cluster run together, on any host (a lease in Redis each)."),
         click.option("--cluster-lease-ttl", type=float, default=15.0, show_default=True, metavar="SECONDS",
-                     help="A dead pool's worker slots return to the cluster after this long."),
+                     help=f"A dead pool's worker slots return to the cluster after this long; from 2 to {MAX_LEASE_TTL:g}."),
         click.option("--with-scheduler/--without-scheduler", default=True, show_default=True,
                      help="Run RQ's scheduler (enqueue_at/enqueue_in, retry intervals) once, in the master."),
         click.option("--name", default="", help="Pool name in worker names and status (default: from the queues)."),
@@ -169,16 +174,23 @@ def logging_level(level: str, quiet: bool) -> str:
 def check_numbers(opts: dict[str, Any]) -> tuple[int, int]:
     """Validate every option that needs no import and no connection; returns (min, max)."""
     bounds = resolve_bounds(opts["min_workers"], opts["max_workers"], opts["num_workers"])
+    for option in ("num_workers", "min_workers", "max_workers"):
+        if opts[option] is not None:
+            check_workers(opts[option], "--" + option.replace("_", "-"))
+    if opts["max_workers_total"] is not None:
+        check_workers(opts["max_workers_total"], "--max-workers-total")
+    check_period_and_window(opts["scaling_period"], opts["utilization_window"])
     check_timing(opts["utilization_threshold"], opts["scaling_period"], opts["utilization_window"])
     logging_level(opts["logging_level"], opts["quiet"])
     if opts["max_jobs_per_worker"] is not None and opts["max_jobs_per_worker"] < 1:
         raise BadInput(f"--max-jobs-per-worker must be at least 1, got {opts['max_jobs_per_worker']}")
-    if opts["graceful_timeout"] is not None and not opts["graceful_timeout"] >= 0:
-        raise BadInput(f"--graceful-timeout must be 0 or more seconds, got {opts['graceful_timeout']}")
+    if opts["graceful_timeout"] is not None and not 0 <= opts["graceful_timeout"] < math.inf:
+        raise BadInput(f"--graceful-timeout must be 0 or more seconds (finite; leave it out to wait for the jobs), "
+                       f"got {opts['graceful_timeout']}")
     memory_limit(opts["max_memory_per_worker"])
     policy_settings(opts)
-    if not opts["stuck_margin"] > 0:
-        raise BadInput(f"--stuck-margin must be greater than 0, got {opts['stuck_margin']}")
+    if not MIN_STUCK_MARGIN <= opts["stuck_margin"] < math.inf:
+        raise BadInput(f"--stuck-margin must be at least {MIN_STUCK_MARGIN:g} second (finite), got {opts['stuck_margin']:g}")
     check_cluster(opts["cluster"], opts["cluster_max_workers"], opts["cluster_lease_ttl"])
     if opts["metrics_port"] is not None:
         require_client()
@@ -192,8 +204,8 @@ def check_cluster(name: str | None, max_workers: int | None, lease_ttl: float) -
         raise BadInput("--cluster: empty cluster name")
     if max_workers is not None and max_workers < 1:
         raise BadInput(f"--cluster-max-workers must be at least 1, got {max_workers}")
-    if not lease_ttl >= 2:
-        raise BadInput(f"--cluster-lease-ttl must be at least 2 seconds, got {lease_ttl}")
+    if not 2 <= lease_ttl <= MAX_LEASE_TTL:
+        raise BadInput(f"--cluster-lease-ttl must be from 2 to {MAX_LEASE_TTL:g} seconds, got {lease_ttl:g}")
 
 
 def memory_limit(text: str | None) -> int | None:
@@ -227,6 +239,7 @@ def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_cla
         worker_class = import_class(opts["worker_class"], "--worker-class", BaseWorker)
     else:
         worker_class = default_worker_class or Worker
+    check_worker_memory(memory_limit(opts["max_memory_per_worker"]), opts["max_memory_per_worker"])  # after every import the master makes
     if opts["job_class"]:
         worker_kwargs["job_class"] = import_class(opts["job_class"], "--job-class", Job)
     if opts["queue_class"]:

@@ -9,6 +9,7 @@ line naming the option, exit status 2).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -101,11 +102,11 @@ def _size(text: str) -> int:
 
 def _check(values: dict[str, Any]) -> None:
     wait, step, delay = values["max_queue_wait"], values["max_step"], values["scale_down_delay"]
-    if wait is not None and not wait >= 0:
-        raise BadInput(f"--max-queue-wait must be 0 or more seconds, got {wait}")
+    if wait is not None and not 0 <= wait < math.inf:
+        raise BadInput(f"--max-queue-wait must be 0 or more seconds (finite), got {wait}")
     if step < 1:
         raise BadInput(f"--max-step must be at least 1, got {step}")
-    if not delay >= 0:
-        raise BadInput(f"--scale-down-delay must be 0 or more seconds, got {delay}")
+    if not 0 <= delay < math.inf:
+        raise BadInput(f"--scale-down-delay must be 0 or more seconds (finite), got {delay}")
     if values["scale_on"] == "queue-wait" and wait is None:
         raise BadInput("--scale-on queue-wait needs --max-queue-wait")
