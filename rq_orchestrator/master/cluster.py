@@ -150,6 +150,10 @@ class ClusterLeases:
         self.held.difference_update(lost)
         return lost
 
+    def check(self) -> None:
+        """Run the renewal script with no lease to renew: raises what a real renewal would meet."""
+        self._renew(keys=[self.key], args=[self.limit, self._ttl_ms])
+
     def renew_if_due(self) -> list[str]:
         """`renew`, at most every `renew_every` seconds: call it on every loop iteration."""
         now = self.clock()

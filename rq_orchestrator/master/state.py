@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TYPE_CHECKING
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from ..infra.keys import POOLS, history_key, pool_key
 from ..infra.memory import total_pss
+from .access import redis_user
 from .queue_watch import QueueStats, observe_queues
 from ..policy.scaling import Action, Decision
 
@@ -117,6 +118,7 @@ class StatePublisher:
         self._pending: list[dict[str, Any]] = []  # decision entries for the history, sent with the next publish
         self._dirty = True
         self._last = float("-inf")
+        self._refused = False  # the Redis user may not write the state: said once
 
     @property
     def ttl(self) -> int:
@@ -173,8 +175,16 @@ class StatePublisher:
                 if history:
                     self._append_history(pipe, history)
                 pipe.execute()
+        except NoPermissionError as exc:
+            self._warn_refused(exc)
         except RedisError as exc:
             log.debug("could not publish pool state: %s", exc)
+
+    def _warn_refused(self, exc: NoPermissionError) -> None:
+        if not self._refused:
+            self._refused = True
+            log.warning("the Redis user %r may not write this pool's state (%s: %s): `status`, the history "
+                        "and dashboards will not show this pool", redis_user(self.connection), self.key, exc)
 
     def _append_history(self, pipe: Any, samples: list[dict[str, Any]]) -> None:
         key = history_key(self.key)

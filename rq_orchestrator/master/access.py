@@ -1,0 +1,70 @@
+"""What the pool's Redis user may do, tried once at start with the pool's own operations.
+
+A restricted user (Frappe's bench rq user: keys ``~rq:[^q]* ~rq:queues
+~rq:queue:<bench_id>:*``, commands ``+@all -@admin``, no channels) refuses
+some operations with ``NoPermissionError``. No ``ACL DRYRUN`` (it is an admin
+command): the master tries the real operations, harmless ones, before it
+forks anything, and a pool that could not do its work stops there with one
+line (exit status 2):
+
+* a queue whose key the user may not read and write (workers could take no
+  job from it, and would be replaced in a loop);
+* a cluster cap (``--cluster-max-workers``) whose leases the user may not
+  keep: the cap could not be enforced.
+
+The pool's own keys (``infra/keys.py``) are inside Frappe's rules; where a
+stricter user refuses them, the state publisher warns once (`state.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from ..infra.errors import BadInput
+from .cluster import ClusterLeases
+from .queue_watch import QUEUE_KEY
+
+
+def redis_user(connection: Any) -> str:
+    """The Redis user a client logs in as (``default`` without one)."""
+    return connection.connection_pool.connection_kwargs.get("username") or "default"
+
+
+def check_access(connection: Any, queues: Sequence[str], leases: ClusterLeases | None) -> None:
+    """Raise BadInput (one line) when the pool's user may not use a queue or the cluster's leases."""
+    check_queues(connection, queues)
+    if leases is not None:
+        check_leases(connection, leases)
+
+
+def check_queues(connection: Any, queues: Sequence[str]) -> None:
+    """Read and write each queue's list without changing it: LLEN, and LTRIM over the whole list."""
+    for queue in queues:
+        key = QUEUE_KEY.format(queue)
+        try:
+            with connection.pipeline(transaction=False) as pipe:
+                pipe.llen(key)
+                pipe.ltrim(key, 0, -1)
+                pipe.execute()
+        except ResponseError as exc:
+            raise BadInput(f"queue {queue}: the Redis user {redis_user(connection)!r} may not use its key "
+                           f"{key} ({_reason(exc)}); Frappe's rq user may only use queues named "
+                           "<bench_id>:<queue>") from None
+
+
+def check_leases(connection: Any, leases: ClusterLeases) -> None:
+    """Run the lease renewal (with no lease to renew): the script, its clock and its writes."""
+    try:
+        leases.check()
+    except ResponseError as exc:
+        raise BadInput(f"--cluster-max-workers: the cap cannot be enforced: the Redis user "
+                       f"{redis_user(connection)!r} may not keep leases in {leases.key} ({_reason(exc)})") from None
+
+
+def _reason(exc: Exception) -> str:
+    """Redis's error on one line, without redis-py's pipeline preamble."""
+    text = " ".join(str(exc).split())
+    return text.split(" caused error: ", 1)[-1]
