@@ -51,7 +51,7 @@ def check_queues(connection: Any, queues: Sequence[str]) -> None:
                 pipe.execute()
         except ResponseError as exc:
             raise BadInput(f"queue {queue}: the Redis user {redis_user(connection)!r} may not use its key "
-                           f"{key} ({_reason(exc)}); Frappe's rq user may only use queues named "
+                           f"{key} ({refusal(exc)}); Frappe's rq user may only use queues named "
                            "<bench_id>:<queue>") from None
 
 
@@ -61,10 +61,10 @@ def check_leases(connection: Any, leases: ClusterLeases) -> None:
         leases.check()
     except ResponseError as exc:
         raise BadInput(f"--cluster-max-workers: the cap cannot be enforced: the Redis user "
-                       f"{redis_user(connection)!r} may not keep leases in {leases.key} ({_reason(exc)})") from None
+                       f"{redis_user(connection)!r} may not keep leases in {leases.key} ({refusal(exc)})") from None
 
 
-def _reason(exc: Exception) -> str:
+def refusal(exc: Exception) -> str:
     """Redis's error on one line, without redis-py's pipeline preamble."""
     text = " ".join(str(exc).split())
     return text.split(" caused error: ", 1)[-1]

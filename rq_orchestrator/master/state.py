@@ -28,7 +28,7 @@ from redis.exceptions import NoPermissionError, RedisError
 
 from ..infra.keys import POOLS, history_key, pool_key
 from ..infra.memory import total_pss
-from .access import redis_user
+from .access import redis_user, refusal
 from .queue_watch import QueueStats, observe_queues
 from ..policy.scaling import Action, Decision
 
@@ -184,7 +184,7 @@ class StatePublisher:
         if not self._refused:
             self._refused = True
             log.warning("the Redis user %r may not write this pool's state (%s: %s): `status`, the history "
-                        "and dashboards will not show this pool", redis_user(self.connection), self.key, exc)
+                        "and dashboards will not show this pool", redis_user(self.connection), self.key, refusal(exc))
 
     def _append_history(self, pipe: Any, samples: list[dict[str, Any]]) -> None:
         key = history_key(self.key)
