@@ -1,6 +1,6 @@
 """Pools run under Frappe's bench rq user (`use_rq_auth`): keys ~rq:[^q]* ~rq:queues ~rq:queue:<bench>:*, +@all -@admin.
 
-Jobs, `status`, the history, the cluster cap and queue groups all work under
+Jobs, scheduled jobs, `status`, the history, the cluster cap and queue groups work under
 that user; what a stricter user refuses is said at start, once.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
+from datetime import timedelta
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -70,7 +71,9 @@ def test_the_fixture_user_has_frappe_s_rules_and_no_more(frappe_redis, redis):
 def test_jobs_status_and_history_work_under_frappe_s_user(start_pool_as, frappe_url, frappe_redis, redis):
     pool = start_pool_as(frappe_url, DEFAULT, "--min-workers", "1", "--max-workers", "3", *FAST)
     pool.wait_until(lambda: pool.ready_pids(), 20, "a ready worker")
+    later = Queue(DEFAULT, connection=frappe_redis).enqueue_in(timedelta(seconds=1), "operator.add", 2, 2)
     run_jobs(frappe_redis, DEFAULT, 20)
+    pool.wait_until(lambda: later.get_status(refresh=True) == "finished", 15, "the scheduled job (rq's scheduler)")
     code, document = status_json(frappe_url)
     assert code == 0 and [p["pid"] for p in document["pools"]] == [pool.pid]
     assert run_status(frappe_url).returncode == 0
