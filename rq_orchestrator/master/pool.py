@@ -52,6 +52,8 @@ HANDLED_SIGNALS = (
     signal.SIGTTIN,
     signal.SIGTTOU,
 )
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+ROUND_SIZE = 16  # most workers built and forked back to back; a stop is looked for between forks
 OBSERVE_SECONDS = 1.0  # queues are observed (and the master wakes) at least this often
 CRASH_BACKOFF_MAX = 10.0
 EVENT_BATCH_SECONDS = 0.05  # busy workers' events wake the master at most this often
@@ -300,17 +302,20 @@ class Pool:
 
     # -- workers ----------------------------------------------------------
     def _spawn_missing(self) -> None:
-        if self._stopping or (self.config.burst and self._draining):
-            return
-        if self.clock() < self._respawn_at:
-            return
-        self._fork(self._plan_missing())
+        """Fork every group's deficit, a round of at most ROUND_SIZE at a time, until a stop is asked for."""
+        while not (self._stopping or (self.config.burst and self._draining)) and self.clock() >= self._respawn_at:
+            if not self._fork(self._plan_missing()) or self._stop_asked():
+                return
+
+    def _stop_asked(self) -> bool:
+        """A TERM, INT or QUIT came and the loop has not handled it yet."""
+        return any(signum in STOP_SIGNALS for signum in self._signals)
 
     def _plan_missing(self) -> list[PlannedWorker]:
-        """The workers to fork now: each group's deficit, as far as --max-workers-total and the cluster allow."""
+        """The next round to fork: each group's deficit, as far as --max-workers-total, the cluster and ROUND_SIZE allow."""
         planned: list[PlannedWorker] = []
         for group in self.groups:
-            for slot in group.free_slots(group.deficit):
+            for slot in group.free_slots(min(group.deficit, ROUND_SIZE - len(planned))):
                 if not self._room_for_one_more(group, len(planned)):
                     break
                 plan = self._plan(group, slot)
@@ -368,7 +373,8 @@ class Pool:
     def _spawn(self, group: WorkerGroup) -> int | None:
         """Fork one worker; None when the cluster has no free slot (nothing forked)."""
         plan = self._plan(group, group.free_slot())
-        return self._fork([plan])[0] if plan is not None else None
+        pids = self._fork([plan]) if plan is not None else []
+        return pids[0] if pids else None
 
     def _fork(self, planned: list[PlannedWorker]) -> list[int]:
         """Fork the planned workers one right after another, then record them; their pids.
@@ -376,32 +382,48 @@ class Pool:
         All were built before the first fork and are freed after the last, and
         nothing is recorded between two forks: what the master wrote between
         two forks, each child forked before would keep a copy of its own of
-        (2 MB in all for 8 idle workers on a Frappe bench).
+        (2 MB in all for 8 idle workers on a Frappe bench). A stop asked for
+        before a fork ends the round there: the rest is not forked.
         """
         if not planned:
             return []
         sys.stdout.flush()
         sys.stderr.flush()
         pids: list[int] = []
-        # Until a child has dropped the master's handlers, a signal sent to it
-        # would run them (and be lost): it waits, blocked, until then.
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             for plan in planned:
-                pid = os.fork()
-                if pid == 0:
-                    self._become_worker(plan.group, plan.slot, plan.worker)  # never returns
-                pids.append(pid)
+                if self._stop_asked():
+                    break
+                pids.append(self._fork_one(plan))
         finally:  # in the master, also when a fork fails
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             now = self.clock()
             for plan, pid in zip(planned, pids):
                 if plan.lease is not None:
                     self._lease_of[pid] = plan.lease
                 plan.group.worker_born(pid, plan.slot, now, self.worker_name(plan.group, plan.slot, pid))
                 self._owner[pid] = plan.group
+            for plan in planned[len(pids):]:
+                if plan.lease is not None and self.leases is not None:
+                    self.leases.release(plan.lease)
             self.state.mark_dirty()
         return pids
+
+    def _fork_one(self, plan: PlannedWorker) -> int:
+        """Fork one planned worker; in the master, its pid, with the master's pending signals handled.
+
+        Until a child has dropped the master's handlers, a signal sent to it
+        would run them (and be lost): it is forked with them blocked, and they
+        wait until then. The master unblocks them after each fork, so its own
+        handlers run (and queue a stop) between two forks.
+        """
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker(plan.group, plan.slot, plan.worker)  # never returns
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)  # runs the handlers of what came meanwhile
+        return pid
 
     def worker_name(self, group: WorkerGroup, slot: int, pid: int) -> str:
         pool = self.config.pool_name if len(self.groups) == 1 else f"{self.config.pool_name}.{group.name}"
