@@ -303,3 +303,23 @@ def test_memory_ceiling_also_holds_back_growth_between_periods(start_pool, redis
         time.sleep(0.1)
     assert max(sizes) == 1
     pool.wait_until(lambda: finished(jobs), 20, "the jobs, on the one worker")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGQUIT])
+def test_a_stop_during_a_huge_round_is_answered_and_leaves_no_process(start_pool, monkeypatch, signum):
+    """A pool asked for far more workers than it can fork at once answers a stop between forks."""
+    monkeypatch.setenv("RQ_ORCHESTRATOR_MAX_WORKERS", "100000")  # past the machine's bound, on purpose
+    pool = start_pool("--num-workers", "100000", "--name", "hugeround", "--no-prewarm", *FAST)
+    master = psutil.Process(pool.pid)
+    pool.wait_until(lambda: len(master.children()) > 40, 30, "the master to be forking its rounds")
+    children = master.children(recursive=True)
+    asked = time.monotonic()
+    pool.send(signum)
+    pool.wait(30)
+    stopped_in = time.monotonic() - asked
+    assert stopped_in < 20, stopped_in  # a few seconds on a busy machine; it spun for good before
+    from conftest import wait_until
+
+    wait_until(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 10,
+               "every forked worker to be gone")
+    assert not pool_processes("hugeround")

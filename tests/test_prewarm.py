@@ -56,6 +56,7 @@ def test_a_stop_during_the_rehearsal_is_not_lost(start_pool, redis):
             os.remove(mark)
     assert Worker.all(connection=redis) == []
     assert "started with PID" not in pool.output()  # no worker was forked
+    assert "prewarm: stopped after 1 of 10 rehearsal rounds" in pool.output()  # not all ten: answered early
 
 
 RELEASE = textwrap.dedent("""

@@ -80,14 +80,22 @@ def prewarm(pool: RehearsedPool, rounds: int = REHEARSAL_ROUNDS) -> None:
     except Exception as exc:  # noqa: BLE001 - never keep a pool from starting
         log.warning("prewarm skipped, workers start cold: %s: %s", type(exc).__name__, exc)
         return
-    if rehearsed:
+    if rehearsed == rounds:
         log.info("prewarm: %d rehearsal rounds of a worker in the master took %.2f s",
                  rounds, time.monotonic() - started)
+    elif rehearsed is not None:
+        log.info("prewarm: stopped after %d of %d rehearsal rounds (%.2f s): a stop signal came",
+                 rehearsed, rounds, time.monotonic() - started)
 
 
 # -- rehearsal -------------------------------------------------------------
-def rehearse(pool: RehearsedPool, rounds: int) -> bool:
-    """Run the pool's worker class, as a worker would run it, against a private Redis; False without one."""
+def rehearse(pool: RehearsedPool, rounds: int) -> int | None:
+    """Run the pool's worker class, as a worker would run it, against a private Redis; the rounds run, None without one.
+
+    The master's stop signals are blocked meanwhile (see Pool._setup): one
+    that is pending ends the rehearsal before the next round, so the master
+    answers it within one round (a worker per group, about 0.1 s each).
+    """
     from ..infra.embedded_redis import NoRedisServer, RedisServer
     from ..worker.process import pool_worker_class
 
@@ -95,12 +103,15 @@ def rehearse(pool: RehearsedPool, rounds: int) -> bool:
         server = RedisServer().start()
     except (NoRedisServer, OSError) as exc:
         log.info("prewarm skipped, workers start cold: no private redis-server (%s)", exc)
-        return False
+        return None
     source, sink = os.pipe()  # where the rehearsal's worker sends its events, as to a master
     os.set_blocking(source, False)
+    done = 0
     try:
         with _master_state_kept():
             for round_ in range(rounds):
+                if _stop_pending():
+                    break
                 connection = _private_client(pool.connection, server.port)
                 for group in pool.groups:
                     _enqueue_rehearsal_jobs(connection, group.queues[0], pool.config.worker_kwargs)
@@ -115,13 +126,19 @@ def rehearse(pool: RehearsedPool, rounds: int) -> bool:
                     worker.work(burst=False, logging_level=pool.config.logging_level, with_scheduler=False)
                     drain(source)
                 connection.close()
+                done += 1
     finally:
         # Killed, not asked: it was started with the master's stop signals blocked
         # (see Pool._setup), so it would not hear a SIGTERM; it holds nothing to save.
         server.close(grace=0)
         os.close(source)
         os.close(sink)
-    return True
+    return done
+
+
+def _stop_pending() -> bool:
+    """A TERM, INT or QUIT waits, blocked, for the master's handler."""
+    return bool({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT} & signal.sigpending())
 
 
 
