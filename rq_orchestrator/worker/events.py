@@ -18,7 +18,6 @@ BUSY = "busy"  # took a job
 IDLE = "idle"  # finished it
 RECYCLE = "recycle"  # will exit after this job (max jobs or memory reached): start a replacement now
 FAILED = "failed"  # the job that just ended did not finish (sent just before its IDLE)
-ALIVE = "alive"  # an idle worker's poll: it is not wedged
 MAX_LINE = 4000  # < PIPE_BUF (4096 on Linux): one write() is atomic
 
 

@@ -6,12 +6,13 @@ user's) in a subclass that:
 * reports busy/idle to the master through the event pipe (exact utilization);
 * never loses a job to a stop request: rq raises ``StopRequested`` from its
   signal handler when the worker looks idle, which can land after BLPOP popped
-  a job but before the worker marks itself busy. Here a stop only sets a flag,
-  and the idle wait is cut into short polls that check it;
+  a job but before the worker marks itself busy. Here a stop only sets a flag
+  and ends the idle wait safely (``idle_wait``): the worker blocks on
+  Redis for rq's whole ``dequeue_timeout``, not in one-second polls;
 * starts no pubsub thread, so no thread is alive when the worker forks the
   process that runs a job (the cause of Frappe's pool deadlocks);
-* stops when the master dies (parent-death signal, plus a parent-pid check in
-  every poll), after finishing the job it is running.
+* stops when the master dies (the parent-death signal ends its wait, and a
+  parent-pid check runs between waits), after finishing the job it is running.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from ..infra.connection import share_server_version
-from .events import ALIVE, BUSY, FAILED, IDLE, READY, RECYCLE, EventWriter
+from ..infra.keys import wake_key
+from .events import BUSY, FAILED, IDLE, READY, RECYCLE, EventWriter
+from .idle_wait import idle_wait, wakeable_queue_class
 from ..infra.memory import resident_memory
 
 try:
@@ -38,7 +41,6 @@ except ImportError:  # the `process` extra is not installed: process titles stay
     _setproctitle = None
 
 PR_SET_PDEATHSIG = 1
-POLL_SECONDS = 1  # longest an idle worker waits before re-checking for a stop
 
 
 def _libc_prctl() -> Callable[..., int] | None:
@@ -69,8 +71,8 @@ class PoolWorkerMixin:
     pool_master_pid: int = 0
     pool_max_jobs: int | None = None
     pool_max_memory: int | None = None
-    pool_poll_seconds: float = POLL_SECONDS
-    pool_polls_left: int | None = None  # stop after this many empty polls (the master's rehearsal)
+    pool_poll_seconds: float | None = None  # one idle wait's length; None: rq's dequeue_timeout (~400 s)
+    pool_polls_left: int | None = None  # stop after this many empty waits (the master's rehearsal)
     _pool_stop_at: float = 0.0
     _pool_jobs_done: int = 0
 
@@ -113,21 +115,16 @@ class PoolWorkerMixin:
         return False  # the master cleans the registries for all its workers (maintenance.py)
 
     # -- waiting for jobs without losing one ------------------------------
-    @property
-    def dequeue_timeout(self) -> int:
-        return POLL_SECONDS
-
     def dequeue_job_and_maintain_ttl(self, timeout: Any, max_idle_time: Any = None) -> Any:
         if timeout is None:  # burst mode: one non-blocking look, as rq does
             return self._pool_took(super().dequeue_job_and_maintain_ttl(timeout, max_idle_time))  # type: ignore[misc]
         while not self._stop_requested and not self.pool_orphaned():  # type: ignore[attr-defined]
-            # max_idle_time makes rq return None after one empty poll, so the
-            # stop flag is checked between polls and never while a job is in hand.
-            poll = self.pool_poll_seconds
-            result = super().dequeue_job_and_maintain_ttl(poll, poll)  # type: ignore[misc]
+            # max_idle_time makes rq return None after one empty wait (rq heartbeats
+            # between waits); a stop ends a wait at once (idle_wait), with or without a job.
+            wait = self.pool_poll_seconds or timeout
+            result = super().dequeue_job_and_maintain_ttl(wait, wait)  # type: ignore[misc]
             if result is not None:
                 return self._pool_took(result)
-            self._pool_send(ALIVE)
             if self.pool_polls_left is not None:
                 self.pool_polls_left -= 1
                 if self.pool_polls_left <= 0:
@@ -153,6 +150,7 @@ class PoolWorkerMixin:
         signal.signal(signal.SIGTERM, self.request_force_stop)
         self.handle_warm_shutdown_request()  # type: ignore[attr-defined]
         self._stop_requested = True
+        idle_wait.wake()
 
     def request_force_stop(self, signum: int, frame: Any) -> None:
         """Cold stop: kill the running job and exit, as rq does.
@@ -162,6 +160,10 @@ class PoolWorkerMixin:
         first is that same request, not an escalation.
         """
         if signum in (signal.SIGINT, signal.SIGTERM) and time.monotonic() - self._pool_stop_at < 1.0:
+            return
+        if idle_wait.waiting:  # nothing in hand: end the wait as a warm stop would
+            self._stop_requested = True
+            idle_wait.wake()
             return
         self.log.warning("Worker %s: cold shut down", self.name)  # type: ignore[attr-defined]
         if getattr(self, "horse_pid", 0):
@@ -221,6 +223,7 @@ def build_worker(
     """
     cls = pool_worker_class(worker_class)
     worker = cls(list(queues), connection=connection, prepare_for_work=False, **worker_kwargs)
+    worker.queue_class = wakeable_queue_class(worker.queue_class)
     if server_version is not None:
         share_server_version(connection, server_version)
         worker.redis_server_version = server_version
@@ -274,6 +277,7 @@ def run_worker(launch: WorkerLaunch, worker: Any) -> int:
         return 0
     set_process_title(f"rq-orchestrator: worker {launch.name} [{','.join(launch.queues)}]")
     prepare_for_work(worker, launch.name)
+    idle_wait.arm(wake_key(launch.name), worker.connection)
     worker.pool_events = EventWriter(launch.events_fd)
     worker.pool_master_pid = launch.master_pid
     worker.pool_max_jobs = launch.max_jobs

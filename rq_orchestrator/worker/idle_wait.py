@@ -1,0 +1,140 @@
+"""How an idle pool worker waits for a job: one long blocking pop that a stop ends at once, with no job lost.
+
+rq's worker waits in a blocking pop for ``dequeue_timeout`` seconds (about
+400): BLMOVE into an intermediate list for a single queue on Redis 6.2+,
+BLPOP otherwise. A pool worker waits just as long, and a stop (from the
+master, or the parent-death signal when the master dies) ends the wait from
+the signal handler, in the way that is safe for each pop:
+
+* BLPOP: the worker also pops from a wake key of its own
+  (``infra.keys.wake_key``), and the handler pushes a token onto it over a
+  second, short-lived connection. Redis serves the pop atomically: a job (the
+  worker runs it, then stops) or the token (it stops with nothing in hand).
+* BLMOVE: the handler raises ``WokenUp`` into the wait. If Redis had already
+  moved a job, the job sits in rq's intermediate list, and the master returns
+  it to the front of its queue (``master.dead_workers``, stranded jobs).
+
+So an idle worker sends Redis a handful of commands every ``dequeue_timeout``
+instead of every second, and needs neither an ``@admin`` command (``CLIENT
+UNBLOCK``) nor a channel: Frappe's rq ACL user may use the wake key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+from rq.queue import Queue
+from rq.exceptions import DequeueTimeout
+from rq.utils import as_text
+
+from ..infra.connection import fresh_copy
+
+WAKE_TOKEN = "wake"
+WAKE_TTL_SECONDS = 60  # a token nobody popped (the worker took a job instead, then left) expires
+LIST, MOVE = "list", "move"  # the two kinds of wait: BLPOP on the queues and the wake key, rq's BLMOVE
+
+
+class WokenUp(Exception):
+    """Raised by a stop into a BLMOVE wait: whatever Redis moved is in rq's intermediate list, not lost."""
+
+
+class IdleWait:
+    """This process's idle wait: the key that ends it, the kind of wait in progress, and whether to wait at all."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None  # None: not a pool worker (the master's rehearsal): rq's own pops
+        self.connection: Any = None  # the worker's client, copied for a wake
+        self.waiting: str | None = None  # LIST or MOVE while in a blocking pop
+        self.stopping = False
+
+    def arm(self, key: str, connection: Any) -> None:
+        """In a fresh worker: wait on ``key`` besides the queues (whatever the master's rehearsal left here)."""
+        self.key, self.connection = key, connection
+        self.waiting, self.stopping = None, False
+
+    def wake(self) -> None:
+        """From a signal handler: no more waiting; end a wait in progress (the first stop only)."""
+        first, self.stopping = not self.stopping, True
+        if self.key is None or not first:
+            return
+        if self.waiting == MOVE:
+            raise WokenUp()
+        if self.waiting == LIST:
+            self._push_token()
+
+    def _push_token(self) -> None:
+        client = fresh_copy(self.connection)
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                pipe.rpush(self.key, WAKE_TOKEN)
+                pipe.expire(self.key, WAKE_TTL_SECONDS)
+                pipe.execute()
+        except RedisError:
+            pass  # Redis is down: the pop fails too, and the worker sees the stop when it retries
+        finally:
+            client.close()
+
+    def pop_list(self, queue_keys: list[str], timeout: float, connection: Any) -> tuple[Any, Any] | None:
+        """BLPOP on the queues and the wake key: (queue key, job id), None when woken; DequeueTimeout as rq's."""
+        assert self.key is not None
+        try:
+            self.waiting = LIST  # before the check: a stop from here on pushes a token, or is seen below
+            if self.stopping:
+                return None
+            result = connection.blpop([*queue_keys, self.key], timeout)
+        finally:
+            self.waiting = None
+        if result is None:
+            raise DequeueTimeout(timeout, queue_keys)
+        if as_text(result[0]) == self.key:
+            return None
+        return result
+
+    def pop_move(self, rq_lmove: Callable[[], Any], connection: Any) -> Any:
+        """rq's own BLMOVE, which a stop interrupts: its result, or None when woken."""
+        try:
+            self.waiting = MOVE
+            if self.stopping:
+                return None
+            return rq_lmove()
+        except WokenUp:
+            connection.connection_pool.disconnect()  # a reply may be half read
+            return None
+        except DequeueTimeout:
+            if self.stopping:
+                return None
+            raise
+        finally:
+            self.waiting = None
+
+
+idle_wait = IdleWait()  # one per process: each worker arms its own copy after the fork
+
+
+class WakeableQueueMixin:
+    """A queue class whose blocking pops go through ``idle_wait`` once a worker armed it."""
+
+    @classmethod
+    def lpop(cls, queue_keys: Any, timeout: Any, connection: Any = None) -> Any:
+        if timeout is None or idle_wait.key is None:
+            return super().lpop(queue_keys, timeout, connection=connection)  # type: ignore[misc]
+        return idle_wait.pop_list(list(queue_keys), timeout, connection)
+
+    @classmethod
+    def lmove(cls, connection: Any, queue_key: str, timeout: Any) -> Any:
+        rq_lmove = super().lmove  # type: ignore[misc]
+        if timeout is None or idle_wait.key is None:
+            return rq_lmove(connection, queue_key, timeout)
+        return idle_wait.pop_move(lambda: rq_lmove(connection, queue_key, timeout), connection)
+
+
+_wakeable: dict[type, type] = {}
+
+
+def wakeable_queue_class(queue_class: type[Queue]) -> type[Queue]:
+    """The subclass of ``queue_class`` whose idle pops can be woken (one per class, cached; made in the master)."""
+    if queue_class not in _wakeable:
+        _wakeable[queue_class] = type(queue_class.__name__, (WakeableQueueMixin, queue_class), {})
+    return _wakeable[queue_class]
