@@ -162,3 +162,43 @@ def _call_if_present(module: Any, name: str) -> None:
     func = getattr(module, name, None)
     if func is not None:
         func()
+
+
+# -- the desk: what the RQ Worker Pool doctype's controller needs of Frappe --------------------
+def document_class() -> type:
+    """Frappe's ``Document``, the base class of a doctype controller."""
+    from frappe.model.document import Document
+
+    return Document
+
+
+def desk_connection() -> Any:
+    """The queue connection of the bench serving the current request (or test)."""
+    from frappe.utils.background_jobs import get_redis_conn
+
+    return get_redis_conn()
+
+
+def require_role(role: str) -> None:
+    """Refuse the current request unless its user has ``role`` (Frappe's own check and message)."""
+    import frappe
+
+    frappe.only_for(role)
+
+
+def not_found(doctype: str, name: str) -> Exception:
+    """The error Frappe answers with 404 for a document that does not exist."""
+    import frappe
+
+    return frappe.DoesNotExistError(f"{doctype} {name} not found")
+
+
+def system_time(epoch: float | None) -> Any:
+    """A Unix time as the naive datetime, in the site's time zone, that Frappe shows everywhere."""
+    if epoch is None:
+        return None
+    from datetime import datetime, timezone
+
+    from frappe.utils import convert_utc_to_system_timezone
+
+    return convert_utc_to_system_timezone(datetime.fromtimestamp(epoch, timezone.utc)).replace(tzinfo=None)

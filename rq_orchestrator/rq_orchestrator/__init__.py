@@ -1,1 +1,1 @@
-"""The app's module folder (RQ Orchestrator): no doctypes; the app adds bench commands."""
+"""The app's module folder (RQ Orchestrator): the RQ Worker Pool doctype."""

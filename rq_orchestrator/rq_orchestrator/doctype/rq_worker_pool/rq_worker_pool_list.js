@@ -1,0 +1,49 @@
+// RQ Worker Pool list: one row per group of every pool on the bench's Redis, refreshed every 5 s.
+const RQ_WORKER_POOL_REFRESH_MS = 5000;
+
+frappe.listview_settings["RQ Worker Pool"] = {
+	formatters: {
+		// The pool's own utilization, as a number (Frappe draws a Percent field as a bar alone).
+		utilization(value) {
+			return value === null || value === undefined ? "-" : `${Math.round(value)}%`;
+		},
+		// "up 5, 12s ago" in the list; the reason is in the tooltip and the form.
+		last_decision(value) {
+			const text = frappe.utils.escape_html(value || "-");
+			return `<span class="ellipsis" title="${text}">${text.split(":")[0]}</span>`;
+		},
+	},
+
+	hide_name_column: true, // host:pid:group, cut to nothing useful; the row opens the form
+
+	get_indicator(doc) {
+		return doc.state === "ok"
+			? [__("ok"), "green", "state,=,ok"]
+			: [__("stale"), "red", "state,=,stale"];
+	},
+
+	onload(listview) {
+		// Room for every column (pool, state, workers, target, busy, utilization, wait, decision)
+		// unless the site set its own number in List View Settings.
+		if (!listview.list_view_settings.total_fields) {
+			listview.list_view_settings.total_fields = 9;
+			listview.setup_columns();
+			listview.render_header(true);
+		}
+		// Virtual doctypes get no realtime list updates: poll while the list is on screen.
+		setInterval(() => {
+			if (listview.list_view_settings.disable_auto_refresh) return;
+			const route = frappe.get_route() || [];
+			if (route[0] !== "List" || route[1] !== "RQ Worker Pool") return;
+			listview.refresh();
+		}, RQ_WORKER_POOL_REFRESH_MS);
+	},
+
+	refresh(listview) {
+		listview.$no_result.html(`
+			<div class="no-result text-muted flex justify-center align-center">
+			${__("No worker pool publishes on this bench's Redis. Start one with `bench worker-pool`.")}
+			</div>
+		`);
+	},
+};

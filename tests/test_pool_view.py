@@ -1,0 +1,97 @@
+"""The RQ Worker Pool desk view's rows and chart, built from published state without frappe."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import wait_until
+from rq_orchestrator.rq_orchestrator.doctype.rq_worker_pool.pool_view import (
+    history_view, list_rows, page, read_group, read_rows,
+)
+
+FAST = ("--scaling-period", "0.2", "--utilization-window", "1")
+
+
+def group(name, queues, workers=2, lo=1, hi=4, **extra):
+    return {"name": name, "queues": queues, "min": lo, "max": hi, "workers": workers, "target": workers, "busy": 1,
+            "utilization": 0.4167, "queued": 0, "oldest_wait_s": 0.0, "scale_ups": 1, "scale_downs": 0,
+            "last_decision": None, "last_change": None, **extra}
+
+
+def pool(pid, groups, stale=False, name="pool"):
+    return {"key": f"rq:orchestrator:pool:vm:{pid}", "name": name, "host": "vm", "pid": pid, "groups": groups,
+            "updated_at": 1000.0, "started_at": 900.0, "age_s": 1.0, "stale": stale,
+            **({"stale_reason": "no update for 20 s"} if stale else {})}
+
+
+EXPIRED = {"key": "rq:orchestrator:pool:other:77", "stale": True, "stale_reason": "its state expired",
+           "last_seen": 990.0}
+
+
+def test_one_row_per_group_and_one_for_an_expired_pool():
+    waiting = group("long-default-short", ["b:long", "b:default", "b:short"], workers=1, queued=3, oldest_wait_s=4.2,
+                    last_decision={"action": "up", "target": 2, "reason": "utilization 0.61 > 0.50", "at": 998.0})
+    rows = list_rows([pool(10, [group("short-default", ["b:short", "b:default"]), waiting]), EXPIRED])
+    assert [r["name"] for r in rows] == ["vm:10:short-default", "vm:10:long-default-short", "other:77"]
+    assert len({tuple(r) for r in rows}) == 1  # the same keys in every row, as Frappe's list expects
+    first, second, expired = rows
+    assert (first["pool"], first["queues"], first["size"], first["utilization"], first["state"]) == (
+        "pool/short-default", "short, default", "2 (1–4)", 41.7, "ok")
+    assert (second["queues"], second["oldest_wait"], second["oldest_wait_s"]) == ("long, default, short", "4.2s", 4.2)
+    assert second["last_decision"] == "up 2, 3.0s ago: utilization 0.61 > 0.50"
+    assert (expired["state"], expired["stale_reason"], expired["pid"], expired["workers"]) == (
+        "stale", "its state expired", "77", None)
+
+
+def test_a_stale_pool_says_why():
+    (row,) = list_rows([pool(11, [group("default", ["default"])], stale=True, name="default")])
+    assert (row["pool"], row["state"], row["stale_reason"]) == ("default", "stale", "no update for 20 s")
+
+
+def test_pages_and_the_filters_a_list_click_adds():
+    rows = list_rows([pool(p, [group("default", ["default"])], stale=p == 3) for p in range(1, 6)])
+    assert [r["pid"] for r in page(rows, None, 1, 2)] == ["2", "3"]
+    assert len(page(rows, [], 0, 0)) == 5
+    assert [r["pid"] for r in page(rows, {"state": "stale"}, 0, 0)] == ["3"]
+    assert [r["pid"] for r in page(rows, '[["RQ Worker Pool", "state", "!=", "stale", false]]', 0, 2)] == ["1", "2"]
+    assert len(page(rows, {"busy": [">", 0]}, 0, 0)) == 5  # what the view cannot apply narrows nothing
+
+
+def tick(t, workers, busy=0, queued=0, target=None, group="g"):
+    return {"kind": "tick", "t": t, "group": group, "workers": workers, "target": target or workers, "busy": busy,
+            "utilization": 0.5, "queued": queued, "oldest_wait_s": 0.0, "action": "hold", "reason": "r"}
+
+
+def test_history_keeps_each_steps_peak_and_marks_decisions():
+    now = 10_000.0
+    samples = [tick(now - 5000, 9)]  # older than an hour: left out
+    samples += [tick(now - 100 + i, 2, busy=i % 3, queued=10 if i == 37 else 0) for i in range(100)]
+    samples.append({**tick(now - 52, 3), "kind": "decision", "action": "up", "reason": "utilization 0.61 > 0.50"})
+    view = history_view(samples, now, points=10)
+    chart = view["chart"]
+    assert len(chart["t"]) == 10 and chart["t"][-1] == now - 1
+    assert max(chart["workers"]) == 2 and max(chart["busy"]) == 2
+    assert chart["queued"].count(10) == 1  # a one-tick peak survives the thinning
+    assert [i for i, d in enumerate(chart["decided"]) if d is not None] == [4] and chart["decided"][4] == 3
+    assert view["decisions"] == [{"t": now - 52, "action": "up", "target": 3, "workers": 3, "busy": 0,
+                                  "utilization": 0.5, "queued": 0, "oldest_wait_s": 0.0,
+                                  "reason": "utilization 0.61 > 0.50"}]
+
+
+def test_no_history_is_an_empty_chart():
+    assert history_view([], 100.0) == {"chart": {k: [] for k in ("t", "workers", "busy", "queued", "target",
+                                                                 "decided")}, "decisions": []}
+
+
+def test_a_running_pool_read_from_redis(start_pool, redis):
+    pool_process = start_pool("--queue", "a:1-2", "--queue", "b:1", "--name", "view", *FAST)
+    rows = wait_until(lambda: [r for r in read_rows(redis) if r["workers"] == 1 and r["state"] == "ok"], 15,
+                      "the pool's rows")
+    wait_until(lambda: len(read_rows(redis)) == 2, 15, "both groups")
+    rows = read_rows(redis)
+    assert [r["pool"] for r in rows] == ["view/a", "view/b"]
+    assert {r["pid"] for r in rows} == {str(pool_process.pid)}
+    time.sleep(0.6)  # a few ticks
+    detail = read_group(redis, rows[0]["name"])
+    assert detail["group_name"] == "a" and len(detail["chart"]["t"]) >= 2 and detail["decisions"] == []
+    assert read_group(redis, "vm:1:nothing") is None
