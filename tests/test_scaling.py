@@ -521,8 +521,26 @@ def test_queue_wait_mode_shrinks_after_three_calm_periods_with_a_worker_to_spare
         p.urgent(observe(now=float(t), workers=4, idle=2))  # 2 busy
     assert_decision(p.decide(observe(now=15.0, workers=4, idle=2)), Action.HOLD, 4)  # 15 s is not > 15 s
     assert_decision(p.decide(observe(now=16.0, workers=4, idle=2)), Action.DOWN, 3)
-    assert_decision(p.decide(observe(now=21.0, workers=3, idle=1)), Action.DOWN, 2)  # at most 2 were busy
-    assert_decision(p.decide(observe(now=26.0, workers=2, idle=0)), Action.HOLD, 2)
+    for t in range(17, 32):
+        p.urgent(observe(now=float(t), workers=3, idle=2))  # 1 busy
+    assert_decision(p.decide(observe(now=32.0, workers=3, idle=2)), Action.DOWN, 2)  # 2 left, 1 busy: room to spare
+    assert_decision(p.decide(observe(now=37.0, workers=2, idle=0)), Action.HOLD, 2)
+
+
+def test_queue_wait_mode_keeps_a_worker_a_steady_load_needs():
+    """Two of three workers busy all along: two left would have no time to spare, and the pool would flap.
+
+    The window's utilization (0.3 here: 0.9 busy workers, as when it reaches back before the load
+    began) does not make the load look lighter than the last three periods saw it.
+    """
+    p = policy(**QUEUE_WAIT)
+    p.urgent(observe(now=0.0, workers=2, idle=0, oldest_wait=2.0, queued=4))  # long wait at t=0 -> up
+    for t in range(1, 60):
+        p.urgent(observe(now=float(t), workers=3, idle=1))  # 2 busy
+        if t % 5 == 0:
+            decision = p.decide(observe(now=float(t), workers=3, idle=1))
+            assert_decision(decision, Action.HOLD, 3)
+    assert p.reversals == 0
 
 
 def test_queue_wait_mode_keeps_a_worker_the_peak_needed():

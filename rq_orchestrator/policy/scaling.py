@@ -27,8 +27,10 @@ Options on top of it (all off by default):
 - ``max_pool_memory``: no growth above the minimum while the pool uses more.
 - ``scale_on="queue-wait"``: utilization no longer adds workers; only long
   waits (seen or expected) do. A worker is retired when, for three periods,
-  no job waited too long, n - 1 workers could have done the window's work
-  (busy average <= n - 1), and they would have started the jobs of the
+  no job waited too long, n - 1 workers could have done the work with a
+  tenth to spare (busy average <= 0.9 (n - 1), both over the window and over
+  those periods, so that a window reaching back before a steady load began
+  does not make it look lighter), and they would have started the jobs of the
   busiest moment of those periods (busy + queued) within the limit: at most
   n - 1 of them, or the extra ones at mean job length / (n - 1) each, so a
   pool of short jobs is not kept for a moment's clump. Each recent reversal
@@ -57,6 +59,9 @@ REVERSAL_PERIODS = 3  # a change of direction within this many periods is a reve
 PENALTY_MEMORY = 10  # queue-wait mode: reversals within this many reversal windows lengthen the calm
 MAX_PENALTY = 3  # ... doubling it at most this many times
 CHECK_SECONDS = 1.0  # the pool asks urgent() about this often, between the periods
+# Queue-wait mode retires a worker only if the others were busy at most this share of the time: at
+# (nearly) full use, the noise of a steady load makes their queue grow and the pool flap.
+SPARE = 0.9
 
 
 class Action(str, Enum):
@@ -231,9 +236,10 @@ class ScalingPolicy:
         if self.last_long_wait_at is not None and obs.now - self.last_long_wait_at <= calm:
             return None
         left = obs.workers - 1
-        if obs.busy_average > left:
-            return None
         recent = [(busy, queued) for at, busy, queued in self._load if obs.now - at <= calm]
+        lately = sum(busy for busy, _ in recent) / len(recent) if recent else 0.0
+        if max(obs.busy_average, lately) > left * SPARE:
+            return None  # the others would be (nearly) always busy: a steady load would flap
         peak = max((busy for busy, _ in recent), default=0)
         demand = max((busy + queued for busy, queued in recent), default=0)
         calm_part = f"for {calm:g} s no job waited over {s.max_queue_wait:g} s"
