@@ -55,10 +55,12 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help=f"Most workers the pool runs; at most what the machine holds (the least of {WORKER_CEILING}, "
                           f"memory / {WORKER_MEMORY // 2**20} MiB, RLIMIT_NPROC / 2; ${MAX_WORKERS_ENV} sets it)."),
         click.option("--num-workers", "-n", type=int, default=None,
-                     help="A fixed pool of N workers (min = max = N); not with --min/--max-workers."),
+                     help="A fixed pool of N workers (min = max = N, within the bound of --max-workers); not with "
+                          "--min/--max-workers."),
         click.option("--max-workers-total", type=int, default=None, metavar="N",
                      help="With several --queue groups: the most workers of all groups together; a group "
-                          "that needs one takes it from an idle group below its threshold."),
+                          "that needs one takes it from an idle group below its threshold. Without it, the groups' "
+                          "maximums together must be within the bound of --max-workers."),
         click.option("--scaling-period", type=float, default=DEFAULT_SCALING_PERIOD, show_default=True,
                      help=f"Seconds between scaling decisions, from {MIN_SCALING_PERIOD:g} (fractions allowed)."),
         click.option("--utilization-threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
@@ -96,8 +98,9 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Most workers all pools of the cluster run together, on any host (a lease in Redis each)."),
         click.option("--cluster-lease-ttl", type=float, default=15.0, show_default=True, metavar="SECONDS",
                      help=f"A dead pool's worker slots return to the cluster after this long; from 2 to {MAX_LEASE_TTL:g}."),
-        click.option("--with-scheduler/--without-scheduler", default=True, show_default=True,
-                     help="Run RQ's scheduler (enqueue_at/enqueue_in, retry intervals) once, in the master."),
+        click.option("--with-scheduler/--without-scheduler", default=None,
+                     help="Run RQ's scheduler (enqueue_at/enqueue_in, retry intervals) once, in the master "
+                          "[default: with; in a bench: without, as Frappe's own workers]."),
         click.option("--name", default="", help="Pool name in worker names and status (default: from the queues)."),
         click.option("--logging-level", default="INFO", show_default=True, help="Level of the pool's and workers' logs."),
         click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors (same as --logging-level WARNING)."),
@@ -217,7 +220,8 @@ def memory_limit(text: str | None) -> int | None:
         raise BadInput(f"--max-memory-per-worker: {exc}") from None
 
 
-def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_class: type | None = None) -> PoolConfig:
+def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_class: type | None = None,
+                 default_with_scheduler: bool = True) -> PoolConfig:
     """Validate the pool options, import what they name, and return the pool's config.
 
     ``groups`` are GroupRequests (see group_specs); a group without bounds of
@@ -262,7 +266,7 @@ def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_cla
         worker_kwargs=worker_kwargs,
         logging_level=level,
         name=opts["name"],
-        with_scheduler=opts["with_scheduler"],
+        with_scheduler=default_with_scheduler if opts["with_scheduler"] is None else opts["with_scheduler"],
         prewarm=opts["prewarm"],
         max_jobs_per_worker=opts["max_jobs_per_worker"],
         max_memory_per_worker=memory_limit(opts["max_memory_per_worker"]),
