@@ -7,10 +7,12 @@ frappe.listview_settings["RQ Worker Pool"] = {
 		utilization(value) {
 			return value === null || value === undefined ? "-" : `${Math.round(value)}%`;
 		},
-		// "up 5, 12s ago" in the list; the reason is in the tooltip and the form.
+		// "up 5 (12s)": action, new target and age; the reason is in the tooltip and the form.
 		last_decision(value) {
 			const text = frappe.utils.escape_html(value || "-");
-			return `<span class="ellipsis" title="${text}">${text.split(":")[0]}</span>`;
+			const parts = text.match(/^(\w+) (\d+), (\S+) ago/);
+			const short = parts ? `${parts[1]} ${parts[2]} (${parts[3]})` : text;
+			return `<span class="ellipsis" title="${text}">${short}</span>`;
 		},
 	},
 
@@ -30,6 +32,10 @@ frappe.listview_settings["RQ Worker Pool"] = {
 			listview.setup_columns();
 			listview.render_header(true);
 		}
+		// The sidebar's filters (assigned to, created by, tags) mean nothing here: give its room to
+		// the columns (the toolbar's sidebar button brings it back).
+		listview.page.sidebar.hide();
+		listview.page.update_sidebar_icon && listview.page.update_sidebar_icon();
 		// Virtual doctypes get no realtime list updates: poll while the list is on screen.
 		setInterval(() => {
 			if (listview.list_view_settings.disable_auto_refresh) return;
