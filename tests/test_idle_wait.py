@@ -116,3 +116,17 @@ def test_idle_workers_leave_soon_after_their_master_dies(start_pool, redis, queu
     pool.proc.wait()
     wait_until(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), 10,
                "both idle workers to exit")
+
+
+def test_a_job_stranded_in_the_intermediate_list_goes_back_to_its_queue(start_pool, redis):
+    """As if a pop's reply had been lost when a worker was killed inside its wait: the master requeues the id."""
+    pool = start_pool(*ONE_QUEUE, "--num-workers", "2", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two ready workers")
+    queue = Queue("default", connection=redis)
+    with redis.pipeline() as pipe:  # enqueue and strand at once, before an idle worker can pop it
+        job = queue.enqueue("jobs.sleep", 0, pipeline=pipe)
+        pipe.lmove(queue.key, f"{queue.key}:intermediate")
+        pipe.execute()
+    os.kill(pool.ready_pids()[0], signal.SIGKILL)
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 30, "the stranded job to run")
+    assert run_counts(redis) == {job.id: 1}

@@ -18,7 +18,7 @@ from conftest import child_env, wait_until
 from rq_orchestrator.cli import status as status_module
 from rq_orchestrator.commands.status import worker_pool_status
 from rq_orchestrator.infra.keys import POOL_PREFIX, POOLS
-from rq_orchestrator.master.state import history_length, read_history, read_pools
+from rq_orchestrator.master.state import HISTORY_SECONDS, history_length, read_history, read_pools
 from test_pool import FAST
 
 
@@ -75,8 +75,9 @@ def test_a_killed_pool_is_stale_then_expired_then_forgotten(start_pool, redis, r
         code, document = status_json(redis_url)
         return code == 1 and reason in document["pools"][0].get("stale_reason", "")
 
-    wait_until(lambda: stale_with("no update for"), 10, "the pool to be stale (no update)")
-    wait_until(lambda: stale_with("its state expired"), 15, "the pool's state to expire")
+    # A quiet pool publishes every KEEPALIVE_SECONDS (10): stale after 10.4 s with these periods, expired 5 s later.
+    wait_until(lambda: stale_with("no update for"), 25, "the pool to be stale (no update)")
+    wait_until(lambda: stale_with("its state expired"), 25, "the pool's state to expire")
     table = run_status(redis_url, "--forget-stale")
     assert table.returncode == 1 and f" {pool.pid} " in table.stdout and "stale: its state expired" in table.stdout
     result = run_status(redis_url)
@@ -120,7 +121,7 @@ def test_the_history_keeps_a_sample_per_tick_and_every_scaling(start_pool, redis
     assert group["last_change"]["action"] == "down"
     recent = read_history(redis, key, limit=2)
     assert len(recent) == 2 and recent[0]["t"] <= recent[1]["t"]
-    assert 0 < redis.ttl(f"{key}:history") <= pool.state()["ttl"]
+    assert pool.state()["ttl"] < redis.ttl(f"{key}:history") <= HISTORY_SECONDS  # outlives quiet times
     assert history_length(5, 1) == 720 and history_length(0.2, 1) == 3600 and history_length(5, 2) == 1440
     pool.send(signal.SIGTERM)
     assert pool.wait(20) == 0

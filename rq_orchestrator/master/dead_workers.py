@@ -101,6 +101,11 @@ class StrandedJobs:
         self.grace = grace
         self._first_seen: dict[tuple[str, str], float] = {}
 
+    @property
+    def waiting(self) -> bool:
+        """Ids seen in an intermediate list and not yet returned to their queue."""
+        return bool(self._first_seen)
+
     def recover(self, connection: Redis, now: float, held: set[str], worker_kwargs: dict[str, Any]) -> None:
         from rq.job import Job
 
@@ -189,21 +194,32 @@ class Aftercare:
     """What the master owes the jobs of workers that are gone.
 
     Settles each dead worker's job and registration (and retries, while Redis
-    is away, until it can), returns stranded pops every few seconds, and on
-    start settles what a killed earlier run of the same pool left behind.
+    is away, until it can), returns stranded pops, and on start settles what a
+    killed earlier run of the same pool left behind.
+
+    Only workers on a single queue pop through rq's intermediate list (BLMOVE),
+    so only those queues are looked at: every ``check_every`` seconds from the
+    moment a pop may have been cut short (a worker said so, or died) until
+    nothing waits there any more, and otherwise every ``safety_every`` seconds.
     """
 
-    def __init__(self, connection: Redis, queues: Iterable[str], worker_kwargs: dict[str, Any],
-                 check_every: float = 2.0) -> None:
+    def __init__(self, connection: Redis, stranded_queues: Iterable[str], worker_kwargs: dict[str, Any],
+                 check_every: float = 2.0, safety_every: float = 60.0) -> None:
         self.connection = connection
         self.worker_kwargs = worker_kwargs
         self._pending: list[tuple[str, tuple[str, ...], str | None, str]] = []
-        self._stranded = StrandedJobs(queues)
+        self._stranded = StrandedJobs(stranded_queues)
         self._check_every = check_every
+        self._safety_every = safety_every
         self._next_check = 0.0
+
+    def expect_strands(self, now: float) -> None:
+        """A pop may have been cut short: look at the intermediate lists soon."""
+        self._next_check = min(self._next_check, now + self._check_every)
 
     def worker_died(self, name: str, queues: tuple[str, ...], job_id: str | None, reason: str) -> None:
         self._pending.append((name, queues, job_id, reason))
+        self._next_check = 0.0  # killed inside a pop, it may have left one
         self.settle_pending()
 
     def settle_pending(self) -> None:
@@ -214,13 +230,15 @@ class Aftercare:
 
     def recover_stranded(self, now: float, held: set[str]) -> None:
         """``held``: the jobs live workers of this pool have reported."""
-        if now < self._next_check:
+        if now < self._next_check or not self._stranded.queues:
             return
         self._next_check = now + self._check_every
         try:
             self._stranded.recover(self.connection, now, held, self.worker_kwargs)
         except RedisError:
-            pass  # the master logs the outage once
+            return  # the master logs the outage once; look again soon
+        if not self._stranded.waiting:
+            self._next_check = now + self._safety_every
 
     def clear_previous_run(self, host: str, pool: str) -> None:
         try:

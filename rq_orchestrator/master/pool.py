@@ -25,15 +25,16 @@ from redis.exceptions import RedisError
 
 from ..infra.config import PoolConfig, hostname
 from ..infra.connection import fresh_copy, server_version
+from .access import check_access
 from .dead_workers import Aftercare
 from .cluster import ClusterLeases
-from ..worker.events import BUSY, FAILED, IDLE, READY, RECYCLE, EventReader, Event, drain
+from ..worker.events import BUSY, FAILED, IDLE, READY, RECYCLE, STRANDED, EventReader, Event, drain
 from ..policy.group import Plan, WorkerGroup, WorkerRecord
 from .maintenance import RegistryMaintenance
 from .scheduler import MasterScheduler
 from ..infra.memory import total_pss
 from .metrics import MetricsServer, render_metrics
-from .queue_watch import QueueStats, observe_queues
+from .queue_watch import NOTHING_WAITS, QueueStats, observe_queues
 from .prewarm import prewarm
 from ..policy.scaling import ScalingPolicy, ScalingSettings
 from .sharing import settle_for_fork
@@ -111,7 +112,8 @@ class Pool:
         self._boot_failures = 0
         self._reload_queue: list[tuple[WorkerGroup, int]] = []  # (group, old worker) still to re-fork
         self._reload_pending: dict[int, int] = {}  # new worker pid -> old worker it replaces
-        self.aftercare = Aftercare(connection, config.all_queues, config.worker_kwargs)
+        self.aftercare = Aftercare(connection, [g.queues[0] for g in config.groups if len(g.queues) == 1],
+                                   config.worker_kwargs)
         self.maintenance = RegistryMaintenance(config.all_queues, fresh_copy(connection), config.worker_kwargs)
         self._redis_down_since: float | None = None
         self._selector = selectors.DefaultSelector()
@@ -127,6 +129,7 @@ class Pool:
             self.leases = ClusterLeases(connection, config.cluster, config.cluster_max_workers,
                                         config.cluster_lease_ttl, holder=f"{self.host}:{self.pid}")
             self.state.cluster = self.leases
+        check_access(connection, config.all_queues, self.leases)
         self.metrics: MetricsServer | None = None
         if config.metrics_port is not None:  # here, before anything starts: a busy port is bad input
             self.metrics = MetricsServer(config.metrics_host, config.metrics_port,
@@ -507,6 +510,9 @@ class Pool:
             log.info("worker %s recycles (%s)", group.workers[event.pid].name, event.job_id)
             group.mark_retiring(event.pid)
             self.state.counters.restarts["max_jobs" if "jobs done" in (event.job_id or "") else "max_memory"] += 1
+        elif event.kind == STRANDED:
+            self.aftercare.expect_strands(self.clock())
+            return
         else:
             return  # a kind this master does not know: nothing to publish
         self.state.mark_dirty()
@@ -679,9 +685,15 @@ class Pool:
         return self._memory
 
     def _observe_queues(self) -> dict[str, QueueStats] | None:
-        """Jobs waiting in each group's queues and the oldest one's wait, or None while Redis is unreachable."""
+        """Jobs waiting in each group's queues and the oldest one's wait, or None while Redis is unreachable.
+
+        A group with an idle ready worker is not asked about: that worker waits
+        on every queue of the group, so nothing waits there (an idle pool sends
+        Redis nothing for this).
+        """
+        watched = {g.name: g.queues for g in self.groups if not any(w.ready for w in g.idle)}
         try:
-            stats = observe_queues(self.connection, {g.name: g.queues for g in self.groups})
+            seen = observe_queues(self.connection, watched) if watched else {}
         except RedisError as exc:
             if self._redis_down_since is None:
                 self._redis_down_since = self.clock()
@@ -690,7 +702,7 @@ class Pool:
         if self._redis_down_since is not None:
             log.info("Redis is back after %.0f s", self.clock() - self._redis_down_since)
             self._redis_down_since = None
-        return stats
+        return {g.name: seen.get(g.name, NOTHING_WAITS) for g in self.groups}
 
 
 def _jittered(max_jobs: int | None) -> int | None:

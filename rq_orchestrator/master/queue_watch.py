@@ -20,6 +20,9 @@ class QueueStats:
     oldest_wait: float  # seconds; 0.0 when nothing waits
 
 
+NOTHING_WAITS = QueueStats(0, 0.0)
+
+
 def observe_queues(connection: Any, groups: dict[str, tuple[str, ...]]) -> dict[str, QueueStats]:
     """Per group name: jobs waiting and the oldest one's wait. Raises RedisError when Redis is away."""
     from rq.utils import utcparse

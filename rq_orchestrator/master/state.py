@@ -50,15 +50,16 @@ MIN_INTERVAL = 0.5
 HISTORY_SECONDS = 3600.0  # samples kept: one hour of ticks...
 HISTORY_MAX_SAMPLES = 3600  # ...but never more than this many per group (fast periods)
 FORGET_AFTER = 900.0  # a pool that died without cleaning up is listed as stale this long
-STALE_PERIODS = 3  # a pool that has not published for this many periods (at least 3 s) is stale
+STALE_PERIODS = 3  # a pool that has not published for this many periods (at least 3 s) is stale...
+KEEPALIVE_SECONDS = 10.0  # ...but a quiet pool (nothing changed since its last tick) publishes only this often
 MEMORY_SECONDS = 30.0  # the pool's memory (PSS: the kernel walks every page of every worker) is measured this often
 
 log = logging.getLogger("rq_orchestrator")
 
 
 def stale_after(scaling_period: float) -> float:
-    """Seconds without a publish after which a pool counts as stopped."""
-    return max(STALE_PERIODS * scaling_period, 3.0)
+    """Seconds without a publish after which a pool counts as stopped (a quiet pool publishes every KEEPALIVE_SECONDS)."""
+    return max(STALE_PERIODS * scaling_period, 3.0, KEEPALIVE_SECONDS + 2 * scaling_period)
 
 
 def history_length(scaling_period: float, groups: int) -> int:
@@ -119,10 +120,11 @@ class StatePublisher:
         self._dirty = True
         self._last = float("-inf")
         self._refused = False  # the Redis user may not write the state: said once
+        self._last_figures: list[dict[str, Any]] = []  # the last tick's samples, but for their time
 
     @property
     def ttl(self) -> int:
-        return int(max(3 * self.pool.config.scaling_period, 3.0)) + 5
+        return int(stale_after(self.pool.config.scaling_period)) + 5
 
     def mark_dirty(self) -> None:
         self._dirty = True
@@ -132,16 +134,23 @@ class StatePublisher:
             self.publish(now)
 
     def record_decision(self, group: WorkerGroup, decision: Decision, now: float) -> None:
-        """Every scaling decision the master applies, periodic or urgent: stamped, counted, kept."""
+        """Every scaling decision the master applies, periodic or urgent: stamped, counted, kept.
+
+        A change is published at once; a hold waits for the tick's publish (none when the tick is quiet).
+        """
         self._record(group, decision, now, time.time())
-        self.mark_dirty()
+        if decision.action is not Action.HOLD:
+            self.mark_dirty()
 
     def record_tick(self, now: float, queues: Mapping[str, QueueStats] | None = None) -> None:
         """After every scaling period's decisions: publish, with a sample per group for the history.
 
         ``queues`` (group name -> stats) is what the master observed for this
         tick; without it the publisher observes the queues itself. A decision
-        the master did not pass to `record_decision` is recorded here.
+        the master did not pass to `record_decision` is recorded here. A quiet
+        tick (every group's figures as at the last tick, nothing else changed)
+        publishes nothing, unless KEEPALIVE_SECONDS have passed, and then only
+        the state (two commands): an idle pool costs Redis about 0.2 commands a second.
         """
         wall = time.time()
         queues = queues if queues is not None else self._observe_queues()
@@ -154,7 +163,13 @@ class StatePublisher:
                 entry.queued, entry.oldest_wait = stats.queued, round(stats.oldest_wait, 3)
             self._record(group, group.last_decision, now, wall)
             samples.append(self._sample("tick", group, entry, now, wall))
-        self.publish(now, samples)
+        figures = [{k: v for k, v in s.items() if k != "t"} for s in samples]
+        quiet = figures == self._last_figures and not self._dirty and not self._pending
+        self._last_figures = figures
+        if not quiet:
+            self.publish(now, samples)
+        elif now - self._last >= KEEPALIVE_SECONDS:
+            self.publish(now)  # the state's key and age only: the history has this tick's figures already
 
     def _record(self, group: WorkerGroup, decision: Decision | None, now: float, wall: float) -> None:
         entry = self._group_log(group.name)
@@ -191,7 +206,7 @@ class StatePublisher:
         length = history_length(self.pool.config.scaling_period, len(self.pool.groups))
         pipe.lpush(key, *(json.dumps(s, separators=(",", ":")) for s in samples))
         pipe.ltrim(key, 0, length - 1)
-        pipe.expire(key, self.ttl)
+        pipe.expire(key, int(HISTORY_SECONDS))  # kept through quiet times, when nothing is appended
         # Pools that died without cleaning up leave an index entry; forget the old ones.
         pipe.zremrangebyscore(POOLS, "-inf", time.time() - FORGET_AFTER)
 

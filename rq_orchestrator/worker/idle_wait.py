@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
 from rq.queue import Queue
 from rq.exceptions import DequeueTimeout
 from rq.utils import as_text
@@ -48,10 +48,11 @@ class IdleWait:
         self.connection: Any = None  # the worker's client, copied for a wake
         self.waiting: str | None = None  # LIST or MOVE while in a blocking pop
         self.stopping = False
+        self.cut_short: Callable[[], None] = lambda: None  # told when a BLMOVE was interrupted
 
-    def arm(self, key: str, connection: Any) -> None:
+    def arm(self, key: str, connection: Any, cut_short: Callable[[], None]) -> None:
         """In a fresh worker: wait on ``key`` besides the queues (whatever the master's rehearsal left here)."""
-        self.key, self.connection = key, connection
+        self.key, self.connection, self.cut_short = key, connection, cut_short
         self.waiting, self.stopping = None, False
 
     def wake(self) -> None:
@@ -101,10 +102,14 @@ class IdleWait:
             return rq_lmove()
         except WokenUp:
             connection.connection_pool.disconnect()  # a reply may be half read
+            self.cut_short()
             return None
         except DequeueTimeout:
             if self.stopping:
                 return None
+            raise
+        except (ConnectionError, TimeoutError):  # redis-py's: a moved job's reply may be lost
+            self.cut_short()
             raise
         finally:
             self.waiting = None

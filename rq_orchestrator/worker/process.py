@@ -31,7 +31,7 @@ from redis.exceptions import ResponseError
 
 from ..infra.connection import share_server_version
 from ..infra.keys import wake_key
-from .events import BUSY, FAILED, IDLE, READY, RECYCLE, EventWriter
+from .events import BUSY, FAILED, IDLE, READY, RECYCLE, STRANDED, EventWriter
 from .idle_wait import idle_wait, wakeable_queue_class
 from ..infra.memory import resident_memory
 
@@ -277,7 +277,7 @@ def run_worker(launch: WorkerLaunch, worker: Any) -> int:
         return 0
     set_process_title(f"rq-orchestrator: worker {launch.name} [{','.join(launch.queues)}]")
     prepare_for_work(worker, launch.name)
-    idle_wait.arm(wake_key(launch.name), worker.connection)
+    idle_wait.arm(wake_key(launch.name), worker.connection, lambda: worker._pool_send(STRANDED))
     worker.pool_events = EventWriter(launch.events_fd)
     worker.pool_master_pid = launch.master_pid
     worker.pool_max_jobs = launch.max_jobs
