@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import click
 import pytest
 from rq import Worker
 
@@ -223,3 +224,23 @@ def test_bench_worker_pool_refuses_the_same_numbers(args, names):
     result = CliRunner().invoke(worker_pool, args)
     assert result.exit_code == 2
     assert names in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, bench_default, expected", [
+    (None, True, True),  # rq-orchestrator worker-pool: with rq's scheduler
+    (None, False, False),  # bench worker-pool: without, as Frappe's own workers
+    (True, False, True),
+    (False, True, False),
+])
+def test_rq_s_scheduler_runs_by_default_except_in_a_bench(flag, bench_default, expected):
+    from click.testing import CliRunner
+
+    from rq_orchestrator.cli.group_specs import GroupRequest
+    from rq_orchestrator.cli.options import build_config, pool_options
+
+    seen = {}
+    command = click.command()(pool_options(lambda **opts: seen.update(opts)))
+    args = [] if flag is None else ["--with-scheduler" if flag else "--without-scheduler"]
+    assert CliRunner().invoke(command, args).exit_code == 0
+    config = build_config([GroupRequest(("default",))], seen, default_with_scheduler=bench_default)
+    assert config.with_scheduler is expected
