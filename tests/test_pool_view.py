@@ -78,6 +78,15 @@ def test_history_keeps_each_steps_peak_and_marks_decisions():
                                   "reason": "utilization 0.61 > 0.50"}]
 
 
+def test_a_quiet_pools_sparse_history_is_drawn_as_steps_on_an_even_time_axis():
+    now = 1000.0
+    samples = [tick(now - 100, 2), tick(now - 60, 5, busy=4, queued=7), tick(now - 20, 3)]
+    chart = history_view(samples, now, points=8)["chart"]
+    assert chart["workers"] == [2, 2, 2, 2, 5, 5, 5, 3]
+    assert chart["queued"] == [0, 0, 0, 0, 7, 7, 7, 0]
+    assert chart["t"][1:3] == [now - 90, now - 80]  # empty steps sit at their own time
+
+
 def test_no_history_is_an_empty_chart():
     assert history_view([], 100.0) == {"chart": {k: [] for k in ("t", "workers", "busy", "queued", "target",
                                                                  "decided")}, "decisions": []}

@@ -24,6 +24,7 @@ from ....master.state import HISTORY_SECONDS, read_history, read_pools
 # `status`'s table columns, in order, as fields (None: shown from the numbers instead).
 STATUS_FIELDS = ("pool", "host", None, "queues_full", None, None, None, None, "oldest_wait", "last_decision", None)
 DECISION_FIELDS = ("t", "action", "target", "workers", "busy", "utilization", "queued", "oldest_wait_s", "reason")
+SERIES = ("workers", "busy", "queued")
 CHART_POINTS = 240  # at most this many points per chart: an hour at a 15 s resolution
 
 
@@ -103,15 +104,20 @@ def read_group(connection: Redis, name: str, now: float | None = None) -> dict[s
     if row is None:
         return None
     samples = [s for s in read_history(connection, row["pool_key"]) if s.get("group") == row["group_name"]]
+    if row["group_name"] is not None:  # the figures now: the history only records changes
+        samples.append({"kind": "tick", "t": row["updated_at"], **{k: row[k] for k in SERIES + ("target",)}})
     return {**row, **history_view(samples, time.time() if now is None else now)}
 
 
 def history_view(samples: list[dict[str, Any]], now: float, points: int = CHART_POINTS) -> dict[str, Any]:
     """The last hour as chart series (at most ``points`` buckets, each the busiest moment in it) and decisions.
 
-    Buckets keep each series' maximum, so a short peak of the queue or of
-    busy workers is not averaged away; a bucket in which a scale decision was
-    taken carries its new target in ``decided`` (None elsewhere).
+    Buckets are evenly spaced in time. A pool records a tick sample only when
+    its figures change, so an empty bucket repeats the figures before it (a
+    step, not a slope). Buckets keep each series' maximum, so a short peak of
+    the queue or of busy workers is not averaged away; a bucket in which a
+    scale decision was taken carries its new target in ``decided`` (None
+    elsewhere).
     """
     recent = [s for s in samples if s["t"] >= now - HISTORY_SECONDS]
     ticks = [s for s in recent if s["kind"] == "tick"]
@@ -129,10 +135,14 @@ def history_view(samples: list[dict[str, Any]], now: float, points: int = CHART_
     for sample in ticks:
         buckets.setdefault(bucket(sample["t"]), []).append(sample)
     decided = {bucket(d["t"]): d["target"] for d in decisions}  # the last decision of a bucket wins
-    for index, members in sorted(buckets.items()):
-        chart["t"].append(members[-1]["t"])
-        for series in ("workers", "busy", "queued"):
+    held = ticks[0]
+    for index in range(bucket(ticks[-1]["t"]) + 1):
+        members = buckets.get(index) or [{**held, "t": first + index * width}]
+        held = members[-1]
+        chart["t"].append(held["t"])
+        for series in SERIES:
             chart[series].append(max(m[series] for m in members))
-        chart["target"].append(members[-1]["target"])
-        chart["decided"].append(decided.pop(index, None))
+        chart["target"].append(held["target"])
+        chart["decided"].append(decided.get(index))
     return {"chart": chart, "decisions": log}
+
