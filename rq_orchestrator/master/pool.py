@@ -31,7 +31,9 @@ from .cluster import ClusterLeases
 from ..worker.events import BUSY, FAILED, IDLE, READY, RECYCLE, STRANDED, EventReader, Event, drain
 from ..policy.group import Plan, WorkerGroup, WorkerRecord
 from .maintenance import RegistryMaintenance
+from .rq_commands import CommandRelay
 from .scheduler import MasterScheduler
+from .service_child import ServiceChildren, describe_exit as _describe_exit, run_service
 from ..infra.memory import total_pss
 from .metrics import MetricsServer, render_metrics
 from .queue_watch import NOTHING_WAITS, QueueStats, observe_queues
@@ -40,6 +42,8 @@ from ..policy.scaling import ScalingPolicy, ScalingSettings
 from .sharing import settle_for_fork
 from .state import StatePublisher
 from .worker_names import worker_name
+from ..worker.mailbox import KILL_HORSE, SIGNAL as COMMAND_SIGNAL, STOP_JOB, Mailbox
+from ..worker.no_fork import IN_DOUBT
 from ..worker.process import WorkerLaunch, build_worker, run_worker, set_process_title
 
 log = logging.getLogger("rq_orchestrator")
@@ -71,6 +75,7 @@ class PlannedWorker(NamedTuple):
     slot: int
     lease: str | None
     worker: Any
+    mailbox: int | None  # its slot in the master's mailbox for rq's commands
 
 
 class Pool:
@@ -121,6 +126,8 @@ class Pool:
         self._server_version: tuple[int, ...] | None = None  # asked once, before the first fork
         self._events: EventReader | None = None
         self.state = StatePublisher(self, connection)
+        self.services = ServiceChildren(config.services, clock)  # e.g. Frappe's scheduler, each in a child
+        self.state.services = self.services
         self._events_resume_at: float | None = None  # events fd out of the selector until then
         self._failed: set[int] = set()  # workers whose current job ended failed (FAILED came, IDLE not yet)
         self.leases: ClusterLeases | None = None
@@ -135,6 +142,10 @@ class Pool:
             self.metrics = MetricsServer(config.metrics_host, config.metrics_port,
                                          lambda: render_metrics(self.state.snapshot(self.clock())))
             self.state.metrics_address = "%s:%d" % self.metrics.address
+        capacity = config.max_workers_total or sum(spec.max_workers for spec in config.groups)
+        self.mailbox = Mailbox(2 * capacity + 8)  # retiring workers and their replacements overlap
+        self._mailbox_of: dict[int, int] = {}  # worker pid -> its mailbox slot
+        self.relay = CommandRelay(connection, self._on_rq_command)
         self.scheduler = (
             MasterScheduler(config.all_queues, connection, config.worker_kwargs.get("serializer"), config.logging_level)
             if config.with_scheduler
@@ -171,6 +182,7 @@ class Pool:
             self._selector.register(self._events_r, selectors.EVENT_READ)
             if self.metrics is not None:
                 self.metrics.attach(self._selector)
+            self.relay.start(self._selector, self.clock())
             signal.set_wakeup_fd(self._wake_w)
             for signum in HANDLED_SIGNALS:
                 signal.signal(signum, self._queue_signal)
@@ -189,6 +201,7 @@ class Pool:
         )
 
     def _teardown(self) -> None:
+        self.services.stop()
         signal.set_wakeup_fd(-1)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
@@ -197,6 +210,7 @@ class Pool:
             self.scheduler.stop()
         if self.metrics is not None:
             self.metrics.close()
+        self.relay.close()
         for fd in (self._wake_r, self._wake_w, self._events_r, self._events_w):
             if fd >= 0:
                 os.close(fd)
@@ -209,6 +223,7 @@ class Pool:
             self._sleep()
             if self.metrics is not None:
                 self.metrics.handle_ready()
+            self.relay.handle_ready(self.clock())
             self._handle_signals()
             self._read_events()
             self._reap()
@@ -281,6 +296,7 @@ class Pool:
         self._stopping = True
 
     def _stop_children(self, signum: int) -> None:
+        self.services.terminate()
         for pid in list(self._owner):
             _kill(pid, signum)
 
@@ -306,9 +322,22 @@ class Pool:
     # -- workers ----------------------------------------------------------
     def _spawn_missing(self) -> None:
         """Fork every group's deficit, a round of at most ROUND_SIZE at a time, until a stop is asked for."""
+        self._start_services()
         while not (self._stopping or (self.config.burst and self._draining)) and self.clock() >= self._respawn_at:
             if not self._fork(self._plan_missing()) or self._stop_asked():
                 return
+
+    def _start_services(self) -> None:
+        """Fork every service child that is due: at the start, and after its back-off when it ended."""
+        for child in self.services.due(self.clock()):
+            if self._stopping or self._stop_asked():
+                return
+            self._refuse_threads()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            child.started(self._fork_child(lambda: run_service(child.spec, self.pid)), self.clock())
+            log.info("service %s: pid %d", child.spec.name, child.pid)
+            self.state.mark_dirty()
 
     def _stop_asked(self) -> bool:
         """A TERM, INT or QUIT came and the loop has not handled it yet."""
@@ -361,17 +390,21 @@ class Pool:
         callbacks) and the worker's are shared by the child instead of copied into it.
         """
         client = fresh_copy(self.connection)
-        return build_worker(self.worker_class, group.queues, self.config.worker_kwargs, client, self._server_version)
+        return build_worker(self.worker_class, group.queues, self.config.worker_kwargs, client, self._server_version,
+                            self.config.no_fork)
 
     def _plan(self, group: WorkerGroup, slot: int) -> PlannedWorker | None:
         """A worker for ``slot`` of ``group``, built, with its cluster lease; None when the cluster is full."""
-        threads = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
-        if threads:
-            raise PoolError(f"refusing to fork while threads run in the master: {', '.join(threads)}")
+        self._refuse_threads()
         lease = self.leases.acquire() if self.leases is not None else None
         if self.leases is not None and lease is None:
             return None
-        return PlannedWorker(group, slot, lease, self._build_worker(group))
+        return PlannedWorker(group, slot, lease, self._build_worker(group), self.mailbox.take())
+
+    def _refuse_threads(self) -> None:
+        threads = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        if threads:
+            raise PoolError(f"refusing to fork while threads run in the master: {', '.join(threads)}")
 
     def _spawn(self, group: WorkerGroup) -> int | None:
         """Fork one worker; None when the cluster has no free slot (nothing forked)."""
@@ -405,14 +438,24 @@ class Pool:
                     self._lease_of[pid] = plan.lease
                 plan.group.worker_born(pid, plan.slot, now, self.worker_name(plan.group, plan.slot, pid))
                 self._owner[pid] = plan.group
+            for plan, pid in zip(planned, pids):
+                if plan.mailbox is not None:
+                    self._mailbox_of[pid] = plan.mailbox
             for plan in planned[len(pids):]:
                 if plan.lease is not None and self.leases is not None:
                     self.leases.release(plan.lease)
+                if plan.mailbox is not None:
+                    self.mailbox.give_back(plan.mailbox)
             self.state.mark_dirty()
         return pids
 
     def _fork_one(self, plan: PlannedWorker) -> int:
-        """Fork one planned worker; in the master, its pid, with the master's pending signals handled.
+        """Fork one planned worker; in the master, its pid."""
+        return self._fork_child(lambda: self._run_worker(plan.group, plan.slot, plan.worker, plan.mailbox))
+
+    def _fork_child(self, body: Callable[[], int]) -> int:
+        """Fork a child that drops the master's state and exits with ``body()``'s status; in the master, its pid,
+        with the master's pending signals handled.
 
         Until a child has dropped the master's handlers, a signal sent to it
         would run them (and be lost): it is forked with them blocked, and they
@@ -423,7 +466,7 @@ class Pool:
         try:
             pid = os.fork()
             if pid == 0:
-                self._become_worker(plan.group, plan.slot, plan.worker)  # never returns
+                self._become_child(body)  # never returns
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)  # runs the handlers of what came meanwhile
         return pid
@@ -432,21 +475,11 @@ class Pool:
         pool = self.config.pool_name if len(self.groups) == 1 else f"{self.config.pool_name}.{group.name}"
         return worker_name(self.host, pool, slot, pid)
 
-    def _become_worker(self, group: WorkerGroup, slot: int, worker: Any) -> NoReturn:
+    def _become_child(self, body: Callable[[], int]) -> NoReturn:
         status = 1
         try:
             self._forget_master_state()
-            launch = WorkerLaunch(
-                name=self.worker_name(group, slot, os.getpid()),
-                queues=group.queues,
-                burst=self.config.burst,
-                logging_level=self.config.logging_level,
-                events_fd=self._events_w,
-                master_pid=self.pid,
-                max_jobs=_jittered(self.config.max_jobs_per_worker),
-                max_memory=self.config.max_memory_per_worker,
-            )
-            status = run_worker(launch, worker)
+            status = body()
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
         except BaseException:
@@ -456,6 +489,22 @@ class Pool:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(status)
+
+    def _run_worker(self, group: WorkerGroup, slot: int, worker: Any, mailbox_slot: int | None) -> int:
+        """Body of a forked worker."""
+        launch = WorkerLaunch(
+            name=self.worker_name(group, slot, os.getpid()),
+            queues=group.queues,
+            burst=self.config.burst,
+            logging_level=self.config.logging_level,
+            events_fd=self._events_w,
+            master_pid=self.pid,
+            max_jobs=_jittered(self.config.max_jobs_per_worker),
+            max_memory=self.config.max_memory_per_worker,
+            mailbox=self.mailbox if mailbox_slot is not None else None,
+            mailbox_slot=mailbox_slot,
+        )
+        return run_worker(launch, worker)
 
     def _forget_master_state(self) -> None:
         """In a fresh child: drop the master's signal handling and its private fds."""
@@ -467,7 +516,7 @@ class Pool:
             self.metrics.close_inherited()
         # The selector's descriptor only: freeing its Python objects would write to
         # (and copy) pages this worker otherwise shares with the master.
-        for fd in (self._selector.fileno(), self._wake_r, self._wake_w, self._events_r):
+        for fd in (self._selector.fileno(), self._wake_r, self._wake_w, self._events_r, self.relay.fd):
             if fd >= 0:  # a select()-based selector has none
                 os.close(fd)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
@@ -476,6 +525,31 @@ class Pool:
         group.mark_retiring(worker.key)
         _kill(int(worker.key), signal.SIGTERM)
         self.state.mark_dirty()
+
+    def _on_rq_command(self, worker_name: str, payload: dict[str, Any]) -> None:
+        """An rq command published for ``worker_name``: relayed if that is one of ours, else ignored."""
+        found = next(((g, w) for g in self.groups for w in g.workers.values() if w.name == worker_name), None)
+        if found is None:
+            return  # another pool's worker, or none
+        group, record = found
+        command, pid = payload.get("command"), int(record.key)
+        if command == "shutdown" and not record.retiring:
+            log.info("rq command: shutdown of worker %s (warm; the pool replaces it)", record.name)
+            group.mark_retiring(pid)  # no longer capacity: its replacement starts now
+            _kill(pid, signal.SIGTERM)
+            self.state.mark_dirty()
+        elif command in (STOP_JOB, "stop-execution") and record.busy and record.job_id == payload.get("job_id"):
+            log.info("rq command: stop job %s on worker %s", record.job_id, record.name)
+            self._post(pid, STOP_JOB, record.job_id)
+        elif command == KILL_HORSE and record.busy:
+            log.info("rq command: kill the work process of worker %s (job %s)", record.name, record.job_id)
+            self._post(pid, KILL_HORSE, record.job_id or "")
+
+    def _post(self, pid: int, command: str, job_id: str) -> None:
+        slot = self._mailbox_of.get(pid)
+        if slot is not None:
+            self.mailbox.post(slot, command, job_id)
+            _kill(pid, COMMAND_SIGNAL)
 
     def _read_events(self) -> None:
         assert self._events is not None
@@ -509,7 +583,9 @@ class Pool:
             # It exits after this job: its replacement starts now, not after it is gone.
             log.info("worker %s recycles (%s)", group.workers[event.pid].name, event.job_id)
             group.mark_retiring(event.pid)
-            self.state.counters.restarts["max_jobs" if "jobs done" in (event.job_id or "") else "max_memory"] += 1
+            reason = event.job_id or ""
+            self.state.counters.restarts[
+                "in_doubt" if reason.startswith(IN_DOUBT) else "max_jobs" if "jobs done" in reason else "max_memory"] += 1
         elif event.kind == STRANDED:
             self.aftercare.expect_strands(self.clock())
             return
@@ -537,9 +613,13 @@ class Pool:
             group = self._owner.pop(pid, None)
             if group is not None:
                 self._worker_exited(group, pid, os.waitstatus_to_exitcode(status))
+            elif self.services.reaped(pid, _describe_exit(os.waitstatus_to_exitcode(status))):
+                self.state.mark_dirty()
 
     def _worker_exited(self, group: WorkerGroup, pid: int, code: int) -> None:
         record = group.worker_exited(pid, self.clock())
+        if pid in self._mailbox_of:
+            self.mailbox.give_back(self._mailbox_of.pop(pid))
         self.state.mark_dirty()
         self._release_lease(pid)
         self._failed.discard(pid)
@@ -724,9 +804,3 @@ def _kill(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exit status {code}"

@@ -33,6 +33,8 @@ from ..infra.connection import share_server_version
 from ..infra.keys import wake_key
 from .events import BUSY, FAILED, IDLE, READY, RECYCLE, STRANDED, EventWriter
 from .idle_wait import idle_wait, wakeable_queue_class
+from .no_fork import NoForkMixin
+from .mailbox import KILL_HORSE, SIGNAL as COMMAND_SIGNAL, STOP_JOB, Mailbox
 from ..infra.memory import resident_memory
 
 try:
@@ -73,14 +75,18 @@ class PoolWorkerMixin:
     pool_max_memory: int | None = None
     pool_poll_seconds: float | None = None  # one idle wait's length; None: rq's dequeue_timeout (~400 s)
     pool_polls_left: int | None = None  # stop after this many empty waits (the master's rehearsal)
+    pool_mailbox: Mailbox | None = None
+    pool_mailbox_slot: int | None = None
     _pool_stop_at: float = 0.0
     _pool_jobs_done: int = 0
+    _pool_job_id: str | None = None  # the job in hand, for rq's stop-job command
 
     # -- job accounting ---------------------------------------------------
     def execute_job(self, job: Any, queue: Any) -> Any:
         # No `finally`: if execution raises, rq's loop quits and the master,
         # still seeing the job held, settles it when the worker exits.
         result = super().execute_job(job, queue)  # type: ignore[misc]
+        self._pool_job_id = None
         self._pool_send(IDLE, job.id)
         self._pool_jobs_done += 1
         self._pool_check_recycle()
@@ -136,6 +142,7 @@ class PoolWorkerMixin:
         """Tell the master the moment a job is in hand, so it knows the job if this worker dies."""
         if result is not None:
             job = result[0]
+            self._pool_job_id = job.id
             self._pool_send(BUSY, job.id, job.timeout)
         return result
 
@@ -174,6 +181,21 @@ class PoolWorkerMixin:
     def _install_signal_handlers(self) -> None:
         super()._install_signal_handlers()  # type: ignore[misc]
         signal.signal(signal.SIGQUIT, self.request_force_stop)
+        if self.pool_mailbox is not None:
+            signal.signal(COMMAND_SIGNAL, self._pool_command)
+
+    def _pool_command(self, signum: int, frame: Any) -> None:
+        """rq's stop-job or kill-horse, relayed by the master: kill the work process of the job named, as rq does."""
+        assert self.pool_mailbox is not None and self.pool_mailbox_slot is not None
+        message = self.pool_mailbox.read(self.pool_mailbox_slot)
+        if message is None or not getattr(self, "horse_pid", 0):
+            return  # nothing readable, or no work process (between jobs, or a worker that runs jobs itself)
+        command, job_id = message
+        if job_id != self._pool_job_id:
+            return  # that job ended; this one is another
+        if command == STOP_JOB:
+            self._stopped_job_id = job_id  # rq then ends the job as stopped, not failed
+        self.kill_horse()  # type: ignore[attr-defined]
 
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()  # type: ignore[misc]
@@ -194,14 +216,15 @@ class PoolWorkerMixin:
             self.pool_events.send(kind, job_id, timeout)
 
 
-_wrapped: dict[type, type] = {}
+_wrapped: dict[tuple[type, bool], type] = {}
 
 
-def pool_worker_class(worker_class: type) -> type:
-    """The pool's subclass of ``worker_class`` (one per class, cached)."""
-    if worker_class not in _wrapped:
-        _wrapped[worker_class] = type(worker_class.__name__, (PoolWorkerMixin, worker_class), {})
-    return _wrapped[worker_class]
+def pool_worker_class(worker_class: type, no_fork: bool = False) -> type:
+    """The pool's subclass of ``worker_class`` (one per class and mode, cached); ``no_fork``: jobs run in the worker."""
+    if (worker_class, no_fork) not in _wrapped:
+        bases = (PoolWorkerMixin, NoForkMixin, worker_class) if no_fork else (PoolWorkerMixin, worker_class)
+        _wrapped[worker_class, no_fork] = type(worker_class.__name__, bases, {})
+    return _wrapped[worker_class, no_fork]
 
 
 def build_worker(
@@ -210,6 +233,7 @@ def build_worker(
     worker_kwargs: dict[str, Any],
     connection: Any,
     server_version: tuple[int, ...] | None = None,
+    no_fork: bool = False,
 ) -> Any:
     """The worker a child will run, made in the master just before the fork.
 
@@ -221,7 +245,7 @@ def build_worker(
     instead of being copied into every worker. ``server_version``, the
     master's answer, spares each worker rq's INFO request at registration.
     """
-    cls = pool_worker_class(worker_class)
+    cls = pool_worker_class(worker_class, no_fork)
     worker = cls(list(queues), connection=connection, prepare_for_work=False, **worker_kwargs)
     worker.queue_class = wakeable_queue_class(worker.queue_class)
     if server_version is not None:
@@ -268,6 +292,8 @@ class WorkerLaunch:
     master_pid: int
     max_jobs: int | None = None
     max_memory: int | None = None
+    mailbox: Mailbox | None = None  # where the master leaves rq's commands for this worker (SIGUSR1)
+    mailbox_slot: int | None = None
 
 
 def run_worker(launch: WorkerLaunch, worker: Any) -> int:
@@ -282,6 +308,7 @@ def run_worker(launch: WorkerLaunch, worker: Any) -> int:
     worker.pool_master_pid = launch.master_pid
     worker.pool_max_jobs = launch.max_jobs
     worker.pool_max_memory = launch.max_memory
+    worker.pool_mailbox, worker.pool_mailbox_slot = launch.mailbox, launch.mailbox_slot
     worker.work(burst=launch.burst, logging_level=launch.logging_level, with_scheduler=False)
     return 0
 
