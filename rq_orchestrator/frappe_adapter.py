@@ -41,9 +41,11 @@ class BenchInputs:
     connection: Any
     groups: list[GroupRequest]
     worker_class: type
+    no_fork: bool = False  # --no-fork, or FRAPPE_BACKGROUND_WORKERS_NOFORK set
 
 
-def prepare_bench(requests: Sequence[GroupRequest], rq_username: str | None, rq_password: str | None) -> BenchInputs:
+def prepare_bench(requests: Sequence[GroupRequest], rq_username: str | None, rq_password: str | None,
+                  no_fork: bool = False) -> BenchInputs:
     """Everything the pool needs from the bench in the current directory (`sites/`)."""
     try:
         import frappe
@@ -60,7 +62,8 @@ def prepare_bench(requests: Sequence[GroupRequest], rq_username: str | None, rq_
         # again and, on newer lines, start another cache thread.
         _call_if_present(background_jobs, "set_niceness")
     _stop_master_threads(frappe)
-    return BenchInputs(connection, groups, worker_class(background_jobs))
+    no_fork = no_fork or nofork_switched()
+    return BenchInputs(connection, groups, worker_class(background_jobs, no_fork), no_fork=no_fork)
 
 
 def bench_connection() -> Any:
@@ -86,11 +89,19 @@ def longest_queue_timeout() -> int:
         return max(background_jobs.get_queues_timeout().values())
 
 
-def worker_class(background_jobs: Any) -> type:
+def nofork_switched() -> bool:
+    """Frappe's switch for no-fork workers (develop's pool reads it; here it means --no-fork on every line)."""
+    from frappe.utils import sbool
+
+    return bool(sbool(os.environ.get(NOFORK_SWITCH, False)))
+
+
+def worker_class(background_jobs: Any, no_fork: bool = False) -> type:
     """The class Frappe's pool would use, minus the Frappe scheduler thread.
 
     v15 runs plain ``rq.Worker`` for `bench worker`; newer lines have
-    ``FrappeWorker`` and, behind an environment switch, a no-fork variant.
+    ``FrappeWorker`` and a no-fork variant, used for ``no_fork`` (v15 has
+    none: the pool runs rq.Worker's jobs in the worker, ``worker.no_fork``).
     FrappeWorker starts Frappe's scheduler in a thread of every worker; here
     it never runs in a worker (``bench schedule`` does that job, once).
     """
@@ -98,9 +109,7 @@ def worker_class(background_jobs: Any) -> type:
         from rq import Worker
 
         return Worker
-    from frappe.utils import sbool
-
-    base = background_jobs.FrappeWorkerNoFork if sbool(os.environ.get(NOFORK_SWITCH, False)) else background_jobs.FrappeWorker
+    base = background_jobs.FrappeWorkerNoFork if no_fork else background_jobs.FrappeWorker
     return type(base.__name__, (base,), {"start_frappe_scheduler": _no_scheduler_thread, "__module__": __name__})
 
 

@@ -84,6 +84,10 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-memory-per-worker", default=None, metavar="SIZE",
                      help="Recycle a worker whose resident memory exceeds SIZE (e.g. 512MB), checked between jobs; "
                           "must be above the master's resident memory after preload (a fresh worker's)."),
+        click.option("--no-fork", is_flag=True,
+                     help="Run each job in the worker process itself, for any worker class, instead of a fork per job "
+                          "(much faster for short jobs); a worker whose job timed out or raised SystemExit, "
+                          "KeyboardInterrupt or MemoryError is replaced by a fresh fork of the master."),
         click.option("--graceful-timeout", type=float, default=None, metavar="SECONDS",
                      help="On TERM/INT, wait this long for running jobs, then stop cold (default: wait for them)."),
         click.option("--stuck-margin", type=float, default=90.0, show_default=True, metavar="SECONDS",
@@ -270,6 +274,7 @@ def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_cla
         prewarm=opts["prewarm"],
         max_jobs_per_worker=opts["max_jobs_per_worker"],
         max_memory_per_worker=memory_limit(opts["max_memory_per_worker"]),
+        no_fork=opts["no_fork"],
         graceful_timeout=opts["graceful_timeout"],
         stuck_margin=opts["stuck_margin"],
         metrics_port=opts["metrics_port"],

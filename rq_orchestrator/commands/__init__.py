@@ -34,9 +34,10 @@ def worker_pool(queue_groups: tuple[str, ...], rq_username: str | None, rq_passw
     from ..master.pool import Pool
 
     check_numbers(opts)
-    bench = prepare_bench(parse_groups(queue_groups), rq_username, rq_password)
+    bench = prepare_bench(parse_groups(queue_groups), rq_username, rq_password, opts["no_fork"])
     # Frappe's workers never run rq's scheduler (Frappe schedules with its own): neither does the pool, unless asked.
-    config = build_config(bench.groups, opts, default_worker_class=bench.worker_class, default_with_scheduler=False)
+    config = build_config(bench.groups, {**opts, "no_fork": bench.no_fork}, default_worker_class=bench.worker_class,
+                          default_with_scheduler=False)
     setup_logging(config.logging_level)
     sys.exit(Pool(config, bench.connection).run())
 

@@ -43,6 +43,7 @@ class PoolConfig:
     max_boot_failures: int = 3
     max_jobs_per_worker: int | None = None
     max_memory_per_worker: int | None = None  # bytes
+    no_fork: bool = False  # run each job in its worker's process (rq_orchestrator.worker.no_fork)
     graceful_timeout: float | None = None  # seconds before a warm stop turns cold
     policy: dict[str, Any] = field(default_factory=dict)  # more ScalingSettings (see policy_options)
     stuck_margin: float = 90.0  # a job running this long past its timeout means its worker is wedged

@@ -29,7 +29,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_CLIENTS = 16  # connections served at once; more wait in the listen backlog
 CLIENT_SECONDS = 5.0  # a connection that has not been served by then is dropped
 MAX_REQUEST = 8192
-RESTART_CAUSES = ("crashed", "killed", "max_jobs", "max_memory", "exited")
+RESTART_CAUSES = ("crashed", "killed", "max_jobs", "max_memory", "in_doubt", "exited")
 JOB_STATUSES = ("finished", "failed")
 POOL_LABELS = ("pool", "host")
 
