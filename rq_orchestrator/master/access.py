@@ -10,7 +10,10 @@ line (exit status 2):
 * a queue whose key the user may not read and write (workers could take no
   job from it, and would be replaced in a loop);
 * a cluster cap (``--cluster-max-workers``) whose leases the user may not
-  keep: the cap could not be enforced.
+  keep: the cap could not be enforced;
+* the workers' wake keys (``rq:orchestrator:wake:*``), which idle workers
+  wait on beside their queues (``worker/idle_wait.py``): without them every
+  worker would fail in its first wait.
 
 The pool's own keys (``infra/keys.py``) are inside Frappe's rules; where a
 stricter user refuses them, the state publisher warns once (`state.py`).
@@ -24,6 +27,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from ..infra.errors import BadInput
+from ..infra.keys import wake_key
 from .cluster import ClusterLeases
 from .queue_watch import QUEUE_KEY
 
@@ -36,6 +40,7 @@ def redis_user(connection: Any) -> str:
 def check_access(connection: Any, queues: Sequence[str], leases: ClusterLeases | None) -> None:
     """Raise BadInput (one line) when the pool's user may not use a queue or the cluster's leases."""
     check_queues(connection, queues)
+    check_wake_keys(connection)
     if leases is not None:
         check_leases(connection, leases)
 
@@ -53,6 +58,19 @@ def check_queues(connection: Any, queues: Sequence[str]) -> None:
             raise BadInput(f"queue {queue}: the Redis user {redis_user(connection)!r} may not use its key "
                            f"{key} ({refusal(exc)}); Frappe's rq user may only use queues named "
                            "<bench_id>:<queue>") from None
+
+
+def check_wake_keys(connection: Any) -> None:
+    """Read and write a wake key as an idle worker's pop and a stop's push do, without changing it."""
+    key = wake_key("access-check")
+    try:
+        with connection.pipeline(transaction=False) as pipe:
+            pipe.llen(key)
+            pipe.ltrim(key, 0, -1)
+            pipe.execute()
+    except ResponseError as exc:
+        raise BadInput(f"the Redis user {redis_user(connection)!r} may not use the workers' wake keys "
+                       f"({key.rsplit(':', 1)[0]}:*: {refusal(exc)}); idle workers wait on them") from None
 
 
 def check_leases(connection: Any, leases: ClusterLeases) -> None:
