@@ -127,7 +127,18 @@ def render_table(pools: list[dict[str, Any]], clusters: dict[str, dict[str, Any]
     rows = [row for pool in pools for row in pool_rows(pool)]
     lines = [head, "", *table([COLUMNS, *rows])]
     lines += [f"cluster {name}: {c['in_use']}/{c['limit']} worker slots in use" for name, c in clusters.items()]
+    lines += [service_text(pool, service) for pool in pools for service in pool.get("services") or ()]
     return "\n".join(lines)
+
+
+def service_text(pool: dict[str, Any], service: dict[str, Any]) -> str:
+    """``pool default (pid 4711): service frappe-scheduler running, pid 4712, 0 restarts``."""
+    state = service["state"]
+    if service["pid"] is not None:
+        state += f", pid {service['pid']}"
+    if service.get("last_exit"):
+        state += f", last exit: {service['last_exit']}"
+    return f"pool {pool['name']} (pid {pool['pid']}): service {service['name']} {state}, {service['restarts']} restarts"
 
 
 def pool_rows(pool: dict[str, Any]) -> list[tuple[str, ...]]:

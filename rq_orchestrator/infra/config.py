@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,14 @@ class GroupSpec:
     @property
     def name(self) -> str:
         return "-".join(short_queue_name(q) for q in self.queues)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A callable the pool runs once, in a child process of its own, for as long as the pool runs."""
+
+    name: str
+    target: Callable[[], object]
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class PoolConfig:
     cluster: str = ""  # pools of one cluster share cluster_max_workers
     cluster_max_workers: int | None = None
     cluster_lease_ttl: float = 15.0  # seconds: a dead pool's worker slots return after this long
+    services: tuple[ServiceSpec, ...] = ()  # each in a child of its own (rq_orchestrator.master.service_child)
 
     @property
     def pool_name(self) -> str:

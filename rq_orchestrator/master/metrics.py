@@ -84,6 +84,7 @@ class _SnapshotCollector:
     def collect(self) -> Iterator[Any]:
         yield from group_families(self.snapshot)
         yield from pool_families(self.snapshot)
+        yield from service_families(self.snapshot)
 
 
 def group_families(snapshot: dict[str, Any]) -> Iterator[Any]:
@@ -123,6 +124,26 @@ def pool_families(snapshot: dict[str, Any]) -> Iterator[Any]:
                      labels, cluster["leases"], "cluster")
         yield _gauge("rq_orchestrator_cluster_max_workers",
                      "Most workers of the whole cluster (--cluster-max-workers).", labels, cluster["limit"], "cluster")
+
+
+def service_families(snapshot: dict[str, Any]) -> Iterator[Any]:
+    """One gauge and one counter per service child (e.g. Frappe's scheduler), labelled ``service``; none without."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    services = snapshot.get("services") or []
+    if not services:
+        return
+    labels = [*POOL_LABELS, "service"]
+    up = GaugeMetricFamily("rq_orchestrator_service_up", "1 while the service's child process runs, else 0.",
+                           labels=labels)
+    restarts = CounterMetricFamily("rq_orchestrator_service_restarts",
+                                   "Times the service's child process ended and was started again.", labels=labels)
+    for service in services:
+        values = [snapshot["name"], snapshot["host"], service["name"]]
+        up.add_metric(values, 1 if service["state"] == "running" else 0)
+        restarts.add_metric(values, service["restarts"])
+    yield up
+    yield restarts
 
 
 def _gauge(name: str, text: str, values: list[str], value: float, *extra: str) -> Any:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ..infra.config import PoolConfig
     from ..policy.group import WorkerGroup, WorkerRecord
     from .cluster import ClusterLeases
+    from .service_child import ServiceChildren
 
 
 class PublishedPool(Protocol):
@@ -113,6 +114,7 @@ class StatePublisher:
         self.counters = PoolCounters()
         self.cluster: ClusterLeases | None = None  # set by the master when --cluster-max-workers is given
         self.metrics_address: str | None = None  # host:port of the metrics endpoint, when serving one
+        self.services: ServiceChildren | None = None  # set by the master when it runs service children
         self._groups: dict[str, GroupLog] = {}
         self._pool_memory: int | None = None  # PSS of master and workers, measured every MEMORY_SECONDS
         self._memory_due = float("-inf")
@@ -227,12 +229,13 @@ class StatePublisher:
             return {}
 
     def _measure_memory(self, now: float) -> None:
-        """The pool's memory: PSS of the master and every worker (shared pages counted once)."""
+        """The pool's memory: PSS of the master, every worker and service child (shared pages counted once)."""
         if now < self._memory_due:
             return
         self._memory_due = now + MEMORY_SECONDS
         workers = (int(w.key) for group in self.pool.groups for w in group.workers.values())
-        self._pool_memory = total_pss([self.pool.pid, *workers])
+        services = self.services.pids() if self.services is not None else []
+        self._pool_memory = total_pss([self.pool.pid, *workers, *services])
 
     def _sample(self, kind: str, group: WorkerGroup, entry: GroupLog, now: float, wall: float) -> dict[str, Any]:
         last = entry.last or {}
@@ -260,6 +263,7 @@ class StatePublisher:
             "counters": self.counters.as_dict(),
             "cluster": self.cluster.describe() if self.cluster is not None else None,
             "metrics": self.metrics_address,
+            "services": self.services.describe(now) if self.services is not None else [],
             "groups": groups,
             "workers": workers,
         }
