@@ -31,6 +31,7 @@ from .cluster import ClusterLeases
 from ..worker.events import BUSY, FAILED, IDLE, READY, RECYCLE, STRANDED, EventReader, Event, drain
 from ..policy.group import Plan, WorkerGroup, WorkerRecord
 from .maintenance import RegistryMaintenance
+from .rq_commands import CommandRelay
 from .scheduler import MasterScheduler
 from .service_child import ServiceChildren, describe_exit as _describe_exit, run_service
 from ..infra.memory import total_pss
@@ -41,6 +42,8 @@ from ..policy.scaling import ScalingPolicy, ScalingSettings
 from .sharing import settle_for_fork
 from .state import StatePublisher
 from .worker_names import worker_name
+from ..worker.mailbox import KILL_HORSE, SIGNAL as COMMAND_SIGNAL, STOP_JOB, Mailbox
+from ..worker.no_fork import IN_DOUBT
 from ..worker.process import WorkerLaunch, build_worker, run_worker, set_process_title
 
 log = logging.getLogger("rq_orchestrator")
@@ -72,6 +75,7 @@ class PlannedWorker(NamedTuple):
     slot: int
     lease: str | None
     worker: Any
+    mailbox: int | None  # its slot in the master's mailbox for rq's commands
 
 
 class Pool:
@@ -138,6 +142,10 @@ class Pool:
             self.metrics = MetricsServer(config.metrics_host, config.metrics_port,
                                          lambda: render_metrics(self.state.snapshot(self.clock())))
             self.state.metrics_address = "%s:%d" % self.metrics.address
+        capacity = config.max_workers_total or sum(spec.max_workers for spec in config.groups)
+        self.mailbox = Mailbox(2 * capacity + 8)  # retiring workers and their replacements overlap
+        self._mailbox_of: dict[int, int] = {}  # worker pid -> its mailbox slot
+        self.relay = CommandRelay(connection, self._on_rq_command)
         self.scheduler = (
             MasterScheduler(config.all_queues, connection, config.worker_kwargs.get("serializer"), config.logging_level)
             if config.with_scheduler
@@ -174,6 +182,7 @@ class Pool:
             self._selector.register(self._events_r, selectors.EVENT_READ)
             if self.metrics is not None:
                 self.metrics.attach(self._selector)
+            self.relay.start(self._selector, self.clock())
             signal.set_wakeup_fd(self._wake_w)
             for signum in HANDLED_SIGNALS:
                 signal.signal(signum, self._queue_signal)
@@ -201,6 +210,7 @@ class Pool:
             self.scheduler.stop()
         if self.metrics is not None:
             self.metrics.close()
+        self.relay.close()
         for fd in (self._wake_r, self._wake_w, self._events_r, self._events_w):
             if fd >= 0:
                 os.close(fd)
@@ -213,6 +223,7 @@ class Pool:
             self._sleep()
             if self.metrics is not None:
                 self.metrics.handle_ready()
+            self.relay.handle_ready(self.clock())
             self._handle_signals()
             self._read_events()
             self._reap()
@@ -379,7 +390,8 @@ class Pool:
         callbacks) and the worker's are shared by the child instead of copied into it.
         """
         client = fresh_copy(self.connection)
-        return build_worker(self.worker_class, group.queues, self.config.worker_kwargs, client, self._server_version)
+        return build_worker(self.worker_class, group.queues, self.config.worker_kwargs, client, self._server_version,
+                            self.config.no_fork)
 
     def _plan(self, group: WorkerGroup, slot: int) -> PlannedWorker | None:
         """A worker for ``slot`` of ``group``, built, with its cluster lease; None when the cluster is full."""
@@ -387,7 +399,7 @@ class Pool:
         lease = self.leases.acquire() if self.leases is not None else None
         if self.leases is not None and lease is None:
             return None
-        return PlannedWorker(group, slot, lease, self._build_worker(group))
+        return PlannedWorker(group, slot, lease, self._build_worker(group), self.mailbox.take())
 
     def _refuse_threads(self) -> None:
         threads = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
@@ -426,15 +438,20 @@ class Pool:
                     self._lease_of[pid] = plan.lease
                 plan.group.worker_born(pid, plan.slot, now, self.worker_name(plan.group, plan.slot, pid))
                 self._owner[pid] = plan.group
+            for plan, pid in zip(planned, pids):
+                if plan.mailbox is not None:
+                    self._mailbox_of[pid] = plan.mailbox
             for plan in planned[len(pids):]:
                 if plan.lease is not None and self.leases is not None:
                     self.leases.release(plan.lease)
+                if plan.mailbox is not None:
+                    self.mailbox.give_back(plan.mailbox)
             self.state.mark_dirty()
         return pids
 
     def _fork_one(self, plan: PlannedWorker) -> int:
         """Fork one planned worker; in the master, its pid."""
-        return self._fork_child(lambda: self._run_worker(plan.group, plan.slot, plan.worker))
+        return self._fork_child(lambda: self._run_worker(plan.group, plan.slot, plan.worker, plan.mailbox))
 
     def _fork_child(self, body: Callable[[], int]) -> int:
         """Fork a child that drops the master's state and exits with ``body()``'s status; in the master, its pid,
@@ -473,7 +490,7 @@ class Pool:
             sys.stderr.flush()
             os._exit(status)
 
-    def _run_worker(self, group: WorkerGroup, slot: int, worker: Any) -> int:
+    def _run_worker(self, group: WorkerGroup, slot: int, worker: Any, mailbox_slot: int | None) -> int:
         """Body of a forked worker."""
         launch = WorkerLaunch(
             name=self.worker_name(group, slot, os.getpid()),
@@ -484,6 +501,8 @@ class Pool:
             master_pid=self.pid,
             max_jobs=_jittered(self.config.max_jobs_per_worker),
             max_memory=self.config.max_memory_per_worker,
+            mailbox=self.mailbox if mailbox_slot is not None else None,
+            mailbox_slot=mailbox_slot,
         )
         return run_worker(launch, worker)
 
@@ -497,7 +516,7 @@ class Pool:
             self.metrics.close_inherited()
         # The selector's descriptor only: freeing its Python objects would write to
         # (and copy) pages this worker otherwise shares with the master.
-        for fd in (self._selector.fileno(), self._wake_r, self._wake_w, self._events_r):
+        for fd in (self._selector.fileno(), self._wake_r, self._wake_w, self._events_r, self.relay.fd):
             if fd >= 0:  # a select()-based selector has none
                 os.close(fd)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
@@ -506,6 +525,31 @@ class Pool:
         group.mark_retiring(worker.key)
         _kill(int(worker.key), signal.SIGTERM)
         self.state.mark_dirty()
+
+    def _on_rq_command(self, worker_name: str, payload: dict[str, Any]) -> None:
+        """An rq command published for ``worker_name``: relayed if that is one of ours, else ignored."""
+        found = next(((g, w) for g in self.groups for w in g.workers.values() if w.name == worker_name), None)
+        if found is None:
+            return  # another pool's worker, or none
+        group, record = found
+        command, pid = payload.get("command"), int(record.key)
+        if command == "shutdown" and not record.retiring:
+            log.info("rq command: shutdown of worker %s (warm; the pool replaces it)", record.name)
+            group.mark_retiring(pid)  # no longer capacity: its replacement starts now
+            _kill(pid, signal.SIGTERM)
+            self.state.mark_dirty()
+        elif command in (STOP_JOB, "stop-execution") and record.busy and record.job_id == payload.get("job_id"):
+            log.info("rq command: stop job %s on worker %s", record.job_id, record.name)
+            self._post(pid, STOP_JOB, record.job_id)
+        elif command == KILL_HORSE and record.busy:
+            log.info("rq command: kill the work process of worker %s (job %s)", record.name, record.job_id)
+            self._post(pid, KILL_HORSE, record.job_id or "")
+
+    def _post(self, pid: int, command: str, job_id: str) -> None:
+        slot = self._mailbox_of.get(pid)
+        if slot is not None:
+            self.mailbox.post(slot, command, job_id)
+            _kill(pid, COMMAND_SIGNAL)
 
     def _read_events(self) -> None:
         assert self._events is not None
@@ -539,7 +583,9 @@ class Pool:
             # It exits after this job: its replacement starts now, not after it is gone.
             log.info("worker %s recycles (%s)", group.workers[event.pid].name, event.job_id)
             group.mark_retiring(event.pid)
-            self.state.counters.restarts["max_jobs" if "jobs done" in (event.job_id or "") else "max_memory"] += 1
+            reason = event.job_id or ""
+            self.state.counters.restarts[
+                "in_doubt" if reason.startswith(IN_DOUBT) else "max_jobs" if "jobs done" in reason else "max_memory"] += 1
         elif event.kind == STRANDED:
             self.aftercare.expect_strands(self.clock())
             return
@@ -572,6 +618,8 @@ class Pool:
 
     def _worker_exited(self, group: WorkerGroup, pid: int, code: int) -> None:
         record = group.worker_exited(pid, self.clock())
+        if pid in self._mailbox_of:
+            self.mailbox.give_back(self._mailbox_of.pop(pid))
         self.state.mark_dirty()
         self._release_lease(pid)
         self._failed.discard(pid)
