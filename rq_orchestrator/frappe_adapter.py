@@ -6,18 +6,23 @@ Frappe's own functions: Sentry, the queue connection from the bench config
 order, niceness, and the modules Frappe's pool preloads. What it adds is fork
 safety: no thread is left running in the master, and workers run neither
 rq's pubsub thread nor Frappe's scheduler thread, so nothing holds a lock at
-the moment a worker forks the process that runs a job.
+the moment a worker forks the process that runs a job. Where Frappe's worker
+class would run its scheduler (newer lines), the pool runs it once, in a
+service child of its own.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from .cli.group_specs import GroupRequest
+from .infra.config import ServiceSpec
 from .infra.errors import BadInput
 
 # The modules Frappe's own `start_worker_pool` imports before forking (v15 and
@@ -34,6 +39,10 @@ PRELOAD = (
     "frappe.utils.background_jobs",
 )
 NOFORK_SWITCH = "FRAPPE_BACKGROUND_WORKERS_NOFORK"
+SCHEDULER_SERVICE = "frappe-scheduler"
+SCHEDULER_LOCK_RETRY = 60.0  # seconds between looks at a scheduler lock another process holds
+
+log = logging.getLogger("rq_orchestrator")
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,7 @@ class BenchInputs:
     connection: Any
     groups: list[GroupRequest]
     worker_class: type
+    services: tuple[ServiceSpec, ...] = ()
     no_fork: bool = False  # --no-fork, or FRAPPE_BACKGROUND_WORKERS_NOFORK set
 
 
@@ -63,7 +73,8 @@ def prepare_bench(requests: Sequence[GroupRequest], rq_username: str | None, rq_
         _call_if_present(background_jobs, "set_niceness")
     _stop_master_threads(frappe)
     no_fork = no_fork or nofork_switched()
-    return BenchInputs(connection, groups, worker_class(background_jobs, no_fork), no_fork=no_fork)
+    pool_worker_class = worker_class(background_jobs, no_fork)
+    return BenchInputs(connection, groups, pool_worker_class, scheduler_services(pool_worker_class), no_fork)
 
 
 def bench_connection() -> Any:
@@ -114,7 +125,44 @@ def worker_class(background_jobs: Any, no_fork: bool = False) -> type:
 
 
 def _no_scheduler_thread(self: Any) -> None:
-    """Frappe's scheduler is not started inside pool workers."""
+    """Frappe's scheduler is not started inside pool workers (see `scheduler_services`)."""
+
+
+def scheduler_services(pool_worker_class: type) -> tuple[ServiceSpec, ...]:
+    """Frappe's scheduler as the pool's service child, where Frappe's worker class would start it in every worker.
+
+    Told by the class, not the version: FrappeWorker (develop / v16) has
+    ``start_frappe_scheduler``; v15's pool runs plain ``rq.Worker``, which
+    starts no scheduler, and gets no service (``bench schedule`` schedules).
+    """
+    if not hasattr(pool_worker_class, "start_frappe_scheduler"):
+        return ()
+    return (ServiceSpec(SCHEDULER_SERVICE, run_frappe_scheduler),)
+
+
+def run_frappe_scheduler() -> NoReturn:
+    """Frappe's own ``start_scheduler``, as FrappeWorker's thread runs it, in the pool's service child.
+
+    It takes the bench's scheduler lock (``config/scheduler_process``) without
+    waiting and ticks for as long as the process lives. While another process
+    holds the lock (``bench schedule``, another pool) it would return at once:
+    the lock is looked at again every SCHEDULER_LOCK_RETRY seconds, as Frappe's
+    workers try again from their maintenance tasks, so the duty passes here
+    when its holder stops. The look comes first so that ``start_scheduler``
+    (which raises the niceness on every call) runs only when the lock is free.
+    """
+    from frappe.utils import scheduler
+
+    lock_held = getattr(scheduler, "is_schduler_process_running", lambda: False)  # sic: Frappe's spelling
+    said = False
+    while True:
+        if not lock_held():
+            scheduler.start_scheduler()  # returns only if another process took the lock first
+        elif not said:
+            log.info("Frappe's scheduler runs in another process (it holds config/scheduler_process); "
+                     "waiting for its lock")
+            said = True
+        time.sleep(SCHEDULER_LOCK_RETRY)
 
 
 def _preload() -> None:

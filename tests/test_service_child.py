@@ -21,6 +21,7 @@ from redis import Redis
 
 from conftest import TESTS, PoolProcess, child_env
 from rq_orchestrator.cli.status import report
+from rq_orchestrator.frappe_adapter import SCHEDULER_SERVICE, run_frappe_scheduler, scheduler_services
 from rq_orchestrator.infra.config import ServiceSpec
 from rq_orchestrator.master.service_child import MAX_DELAY, ServiceChild, ServiceChildren
 from service_pool import STARTS
@@ -182,3 +183,14 @@ def test_back_off_doubles_for_quick_ends_and_starts_afresh_after_a_long_run():
     assert child.exited("killed by SIGTERM", now + 1) is None and child.state == "stopped"
     assert not child.due(now + 100)
 
+
+def test_frappe_s_scheduler_is_a_service_only_where_frappe_s_worker_class_would_start_it():
+    from rq import Worker
+
+    class FrappeLikeWorker(Worker):
+        def start_frappe_scheduler(self) -> None:
+            """As FrappeWorker (develop, v16) has it."""
+
+    assert scheduler_services(Worker) == ()  # what the pool runs on v15
+    [service] = scheduler_services(FrappeLikeWorker)
+    assert (service.name, service.target) == (SCHEDULER_SERVICE, run_frappe_scheduler)

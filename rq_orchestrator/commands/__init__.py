@@ -5,6 +5,7 @@ Importing this module must not import frappe: the adapter is imported inside the
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -38,6 +39,8 @@ def worker_pool(queue_groups: tuple[str, ...], rq_username: str | None, rq_passw
     # Frappe's workers never run rq's scheduler (Frappe schedules with its own): neither does the pool, unless asked.
     config = build_config(bench.groups, {**opts, "no_fork": bench.no_fork}, default_worker_class=bench.worker_class,
                           default_with_scheduler=False)
+    # Frappe's scheduler, once per pool in a child of its own, where Frappe's worker class would run it.
+    config = dataclasses.replace(config, services=bench.services)
     setup_logging(config.logging_level)
     sys.exit(Pool(config, bench.connection).run())
 
