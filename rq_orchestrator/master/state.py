@@ -53,7 +53,8 @@ HISTORY_MAX_SAMPLES = 3600  # ...but never more than this many per group (fast p
 FORGET_AFTER = 900.0  # a pool that died without cleaning up is listed as stale this long
 STALE_PERIODS = 3  # a pool that has not published for this many periods (at least 3 s) is stale...
 KEEPALIVE_SECONDS = 10.0  # ...but a quiet pool (nothing changed since its last tick) publishes only this often
-MEMORY_SECONDS = 30.0  # the pool's memory (PSS: the kernel walks every page of every worker) is measured this often
+MEMORY_SECONDS = 30.0  # the pool's memory (PSS: the kernel walks every page of every worker) is measured this often...
+QUIET_MEMORY_SECONDS = 300.0  # ...or this often while no job ran and no worker came or went (64 idle workers: 0.4 % of a core)
 
 log = logging.getLogger("rq_orchestrator")
 
@@ -118,6 +119,7 @@ class StatePublisher:
         self._groups: dict[str, GroupLog] = {}
         self._pool_memory: int | None = None  # PSS of master and workers, measured every MEMORY_SECONDS
         self._memory_due = float("-inf")
+        self._memory_activity: tuple[int, list[int]] | None = None  # jobs ended and workers at the last measurement
         self._pending: list[dict[str, Any]] = []  # decision entries for the history, sent with the next publish
         self._dirty = True
         self._last = float("-inf")
@@ -230,10 +232,12 @@ class StatePublisher:
 
     def _measure_memory(self, now: float) -> None:
         """The pool's memory: PSS of the master, every worker and service child (shared pages counted once)."""
-        if now < self._memory_due:
+        workers = [int(w.key) for group in self.pool.groups for w in group.workers.values()]
+        activity = (sum(self.counters.jobs.values()), sorted(workers))
+        quiet = activity == self._memory_activity
+        if now < self._memory_due or (quiet and now < self._memory_due + QUIET_MEMORY_SECONDS - MEMORY_SECONDS):
             return
-        self._memory_due = now + MEMORY_SECONDS
-        workers = (int(w.key) for group in self.pool.groups for w in group.workers.values())
+        self._memory_due, self._memory_activity = now + MEMORY_SECONDS, activity
         services = self.services.pids() if self.services is not None else []
         self._pool_memory = total_pss([self.pool.pid, *workers, *services])
 
