@@ -133,6 +133,9 @@ def test_the_service_stops_with_the_pool(start_service_pool, redis):
     pool = start_service_pool("sleeper")
     pool.wait_until(lambda: len(pool.ready_pids()) == 1, 20, "a ready worker")
     [(pid, _)] = pool.wait_until(lambda: starts(redis), 10, "the service's start")
+    os.kill(pid, signal.SIGINT)  # a terminal's Ctrl+C reaches it too: the master decides
+    time.sleep(0.5)
+    assert alive(pid)
     pool.send(signal.SIGTERM)
     assert pool.wait(20) == 0
     assert not alive(pid)

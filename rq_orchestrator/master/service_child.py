@@ -136,7 +136,12 @@ class ServiceChildren:
 
 
 def run_service(spec: ServiceSpec, master_pid: int) -> int:
-    """Body of a service child (the master's state already dropped): run the callable; its exit status."""
+    """Body of a service child (the master's state already dropped): run the callable; its exit status.
+
+    A terminal's Ctrl+C reaches the whole process group: the child leaves it
+    to the master, which stops it with TERM (no KeyboardInterrupt traceback).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != master_pid:  # the master died before prctl took effect
         return 0
