@@ -245,3 +245,21 @@ def test_the_pool_works_over_tls(tmp_path):
         finally:
             pool.cleanup()
             tls_client.close()
+
+
+def test_a_stop_is_answered_while_redis_stalls(tmp_path):
+    """A Redis that stops answering (SIGSTOP) must not hold the master's answer to TERM past its socket timeout."""
+    with RedisServer() as server:
+        pool = PoolProcess(server.url, ("--num-workers", "1", *FAST), tmp_path / "pool.log")
+        try:
+            pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                time.sleep(3)  # the master looks at the scheduled jobs every 2 s: it now waits on Redis
+                pool.send(signal.SIGTERM)
+                wait_until(lambda: "warm stop" in pool.output(), 6, "the master to answer the stop, Redis still stalled")
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert pool.wait(30) == 0
+        finally:
+            pool.cleanup()

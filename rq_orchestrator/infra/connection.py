@@ -72,14 +72,14 @@ def describe(connection: Redis) -> str:
     return f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
-def fresh_copy(connection: Redis) -> Redis:
-    """A new client with the same settings and its own connection pool.
+def fresh_copy(connection: Redis, **overrides: Any) -> Redis:
+    """A new client with the same settings (but ``overrides``) and its own connection pool.
 
     Forked workers must never share the master's sockets; redis-py would
     notice the new pid and reconnect, but a separate pool makes it explicit.
     """
     pool = connection.connection_pool
-    kwargs = with_driver_info(pool.connection_kwargs)
+    kwargs = {**with_driver_info(pool.connection_kwargs), **overrides}
     new_pool = type(pool)(connection_class=pool.connection_class, **kwargs)
     return type(connection)(connection_pool=new_pool)
 

@@ -52,6 +52,11 @@ class RedisServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (a test may stop and continue it to stall Redis)."""
+        return self._process.pid if self._process is not None and self._process.poll() is None else None
+
+    @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 

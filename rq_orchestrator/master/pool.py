@@ -61,6 +61,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 ROUND_SIZE = 16  # most workers built and forked back to back; a stop is looked for between forks
 OBSERVE_SECONDS = 1.0  # queues are observed (and the master wakes) at least this often
 CRASH_BACKOFF_MAX = 10.0
+MASTER_SOCKET_TIMEOUT = 1.5  # seconds; the master sends no blocking command
 EVENT_BATCH_SECONDS = 0.05  # busy workers' events wake the master at most this often
 
 
@@ -83,6 +84,10 @@ class Pool:
         import rq
 
         self.config = config
+        # Workers' clients are copies of the caller's (rq sets their timeouts for its long waits); the master's
+        # own gives up on a stalled Redis after MASTER_SOCKET_TIMEOUT, so that it still answers a stop in time.
+        self.worker_connection = connection
+        connection = fresh_copy(connection, socket_timeout=MASTER_SOCKET_TIMEOUT)
         self.connection = connection
         self.clock = clock
         self.worker_class = config.worker_class or rq.Worker
@@ -389,7 +394,7 @@ class Pool:
         Built in the master, the client's objects (connection pool, response
         callbacks) and the worker's are shared by the child instead of copied into it.
         """
-        client = fresh_copy(self.connection)
+        client = fresh_copy(self.worker_connection)
         return build_worker(self.worker_class, group.queues, self.config.worker_kwargs, client, self._server_version,
                             self.config.no_fork)
 
