@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rq_orchestrator.cli.demo import DemoSettings, JobStats, Sample, draw, summarize, summary_lines
+from rq_orchestrator.cli.demo_report import DemoSettings, JobStats, Sample, draw, summarize, summary_lines
 from rq_orchestrator.infra.embedded_redis import RedisServer
 
 pytest.importorskip("matplotlib")
