@@ -28,35 +28,38 @@ def status_of(job: Job) -> JobStatus | None:
     return job.get_status(refresh=True)
 
 
-def test_stop_job_kills_the_work_process_and_the_worker_goes_on(start_pool, redis):
+def one_worker_running(start_pool, redis, seconds: float) -> tuple[PoolProcess, Queue, Job, dict]:
+    """A pool of one worker, running a job of ``seconds``: (pool, queue, job, worker)."""
     pool = start_pool("--num-workers", "1", *FAST)
     pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
     queue = Queue(connection=redis)
-    job = queue.enqueue("jobs.sleep", 60)
+    job = queue.enqueue("jobs.sleep", seconds)
     worker = busy_worker(pool, job)
     pool.wait_until(lambda: status_of(job) == JobStatus.STARTED, 15, "the job to start")
-    send_stop_job_command(redis, job.id)
-    pool.wait_until(lambda: status_of(job) == JobStatus.STOPPED, 15, "the job to be stopped")
-    assert job.id in FailedJobRegistry(queue=queue).get_job_ids()
+    return pool, queue, job, worker
+
+
+def assert_the_worker_goes_on(pool: PoolProcess, queue: Queue, worker: dict) -> None:
     after = queue.enqueue("jobs.sleep", 0)
     pool.wait_until(lambda: status_of(after) == JobStatus.FINISHED, 15, "the next job on the same worker")
     assert pool.ready_pids() == [worker["pid"]]
+
+
+def test_stop_job_kills_the_work_process_and_the_worker_goes_on(start_pool, redis):
+    pool, queue, job, worker = one_worker_running(start_pool, redis, 60)
+    send_stop_job_command(redis, job.id)
+    pool.wait_until(lambda: status_of(job) == JobStatus.STOPPED, 15, "the job to be stopped")
+    assert job.id in FailedJobRegistry(queue=queue).get_job_ids()
+    assert_the_worker_goes_on(pool, queue, worker)
     assert "rq command: stop job" in pool.output()
 
 
 def test_kill_horse_fails_the_job_as_rq_does_and_the_worker_goes_on(start_pool, redis):
-    pool = start_pool("--num-workers", "1", *FAST)
-    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
-    queue = Queue(connection=redis)
-    job = queue.enqueue("jobs.sleep", 60)
-    worker = busy_worker(pool, job)
-    pool.wait_until(lambda: status_of(job) == JobStatus.STARTED, 15, "the job to start")
+    pool, queue, job, worker = one_worker_running(start_pool, redis, 60)
     send_kill_horse_command(redis, worker["name"])
     pool.wait_until(lambda: status_of(job) == JobStatus.FAILED, 15, "the job to fail")
     assert "terminated unexpectedly" in (job.exc_info or "")
-    after = queue.enqueue("jobs.sleep", 0)
-    pool.wait_until(lambda: status_of(after) == JobStatus.FINISHED, 15, "the next job on the same worker")
-    assert pool.ready_pids() == [worker["pid"]]
+    assert_the_worker_goes_on(pool, queue, worker)
 
 
 def test_shutdown_stops_the_worker_warm_and_the_pool_replaces_it(start_pool, redis):
@@ -72,11 +75,7 @@ def test_shutdown_stops_the_worker_warm_and_the_pool_replaces_it(start_pool, red
 
 
 def test_commands_for_other_workers_or_other_jobs_change_nothing(start_pool, redis):
-    pool = start_pool("--num-workers", "1", *FAST)
-    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
-    queue = Queue(connection=redis)
-    job = queue.enqueue("jobs.sleep", 2)
-    worker = busy_worker(pool, job)
+    pool, queue, job, worker = one_worker_running(start_pool, redis, 2)
     send_shutdown_command(redis, "w1.1.elsewhere.other-pool")
     send_kill_horse_command(redis, "no-such-worker")
     channel = PUBSUB_CHANNEL_TEMPLATE % worker["name"]

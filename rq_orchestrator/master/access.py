@@ -46,31 +46,34 @@ def check_access(connection: Any, queues: Sequence[str], leases: ClusterLeases |
 
 
 def check_queues(connection: Any, queues: Sequence[str]) -> None:
-    """Read and write each queue's list without changing it: LLEN, and LTRIM over the whole list."""
+    """Each queue's list, as a worker's pop and the master's requeue use it."""
     for queue in queues:
         key = QUEUE_KEY.format(queue)
-        try:
-            with connection.pipeline(transaction=False) as pipe:
-                pipe.llen(key)
-                pipe.ltrim(key, 0, -1)
-                pipe.execute()
-        except ResponseError as exc:
+        refused = list_refusal(connection, key)
+        if refused:
             raise BadInput(f"queue {queue}: the Redis user {redis_user(connection)!r} may not use its key "
-                           f"{key} ({refusal(exc)}); Frappe's rq user may only use queues named "
-                           "<bench_id>:<queue>") from None
+                           f"{key} ({refused}); Frappe's rq user may only use queues named <bench_id>:<queue>")
 
 
 def check_wake_keys(connection: Any) -> None:
-    """Read and write a wake key as an idle worker's pop and a stop's push do, without changing it."""
+    """A wake key, as an idle worker's pop and a stop's push use it."""
     key = wake_key("access-check")
+    refused = list_refusal(connection, key)
+    if refused:
+        raise BadInput(f"the Redis user {redis_user(connection)!r} may not use the workers' wake keys "
+                       f"({key.rsplit(':', 1)[0]}:*: {refused}); idle workers wait on them")
+
+
+def list_refusal(connection: Any, key: str) -> str | None:
+    """Why the user may not read and write the list ``key`` (LLEN, and LTRIM over the whole list: no change), or None."""
     try:
         with connection.pipeline(transaction=False) as pipe:
             pipe.llen(key)
             pipe.ltrim(key, 0, -1)
             pipe.execute()
     except ResponseError as exc:
-        raise BadInput(f"the Redis user {redis_user(connection)!r} may not use the workers' wake keys "
-                       f"({key.rsplit(':', 1)[0]}:*: {refusal(exc)}); idle workers wait on them") from None
+        return refusal(exc)
+    return None
 
 
 def check_leases(connection: Any, leases: ClusterLeases) -> None:
