@@ -5,7 +5,8 @@ Each set-up runs alone on a private Redis of its own, so Redis's
 workers are registered and have settled) counts its commands only; the two
 INFO calls of this script are subtracted. CPU is user + system time of every
 process of the set-up's tree over the same window (/proc), and of the master
-alone where there is one. Our pools run with their defaults (rq's scheduler
+alone where there is one. For our pools, the time from SIGTTOU (retire one
+idle worker now) to that worker's exit is measured at the end. Our pools run with their defaults (rq's scheduler
 in the master included); `rq worker` runs as rq starts it (no scheduler).
 ``--acl`` runs our pools under a Redis user made from Frappe's rules for a
 bench's rq user (``+@all -@admin``, keys ``rq:[^q]*``, ``rq:queues``,
@@ -18,6 +19,7 @@ bench's rq user (``+@all -@admin``, keys ``rq:[^q]*``, ``rq:queues``,
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -91,13 +93,29 @@ def measure(name: str, commands: Callable[[str, str], list[list[str]]], workers:
         elapsed = t1 - t0
         window = {k: n - calls0.get(k, 0) for k, n in calls1.items() if n > calls0.get(k, 0)}
         window["info"] -= 1  # this script's first INFO (its second is not counted yet when Redis answers)
+        retire_ms = retire_latency_ms(master) if master is not None and name.startswith("ours") else None
         return {
             "setup": name, "workers": workers, "acl": acl, "seconds": round(elapsed, 1),
             "redis_commands_per_s": round(sum(window.values()) / elapsed, 2),
             "tree_cpu_percent": round(100 * (cpu1 - cpu0) / elapsed, 3),
             "master_cpu_percent": None if master is None else round(100 * (master1 - master0) / elapsed, 3),
+            "idle_worker_retired_after_ms": retire_ms,
             "commands_in_window": {k: n for k, n in sorted(window.items(), key=lambda kv: -kv[1]) if n},
         }
+
+
+def retire_latency_ms(master: int) -> float:
+    """SIGTTOU retires one idle worker: milliseconds until one of the master's children has exited."""
+    import signal
+
+    import psutil
+
+    children = {p.pid for p in psutil.Process(master).children()}
+    started = time.monotonic()
+    os.kill(master, signal.SIGTTOU)
+    while children <= {p.pid for p in psutil.Process(master).children() if p.status() != psutil.STATUS_ZOMBIE}:
+        time.sleep(0.002)
+    return round((time.monotonic() - started) * 1000, 1)
 
 
 def setups(workers: int) -> dict[str, tuple[Callable[[str, str], list[list[str]]], int]]:
@@ -127,9 +145,12 @@ def main() -> None:
             rows.append(row)
             print(f"{name}{' (ACL user)' if acl else ''}: {row['redis_commands_per_s']} commands/s, "
                   f"tree CPU {row['tree_cpu_percent']} %, master {row['master_cpu_percent']} %", flush=True)
-    print_table(["set-up", "ACL user", "Redis commands/s", "tree CPU % of a core", "master CPU %"],
+    print_table(["set-up", "ACL user", "Redis commands/s", "tree CPU % of a core", "master CPU %",
+                 "idle worker retired after (ms)"],
                 [[r["setup"], "yes" if r["acl"] else "", r["redis_commands_per_s"], r["tree_cpu_percent"],
-                  r["master_cpu_percent"] if r["master_cpu_percent"] is not None else "-"] for r in rows])
+                  "-" if r["master_cpu_percent"] is None else r["master_cpu_percent"],
+                  "-" if r["idle_worker_retired_after_ms"] is None else r["idle_worker_retired_after_ms"]]
+                 for r in rows])
     write_json(RESULTS / "idle.json", {"machine": machine_facts(), "seconds": args.seconds, "rows": rows})
 
 
