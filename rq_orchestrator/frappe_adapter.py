@@ -38,6 +38,12 @@ PRELOAD = (
     "frappe.utils.logger",
     "frappe.utils.background_jobs",
 )
+# The controllers of doctypes nearly every Frappe job loads: loading any doctype's
+# metadata imports the first five; `User` (and its roles, `Has Role`) owns every document a job
+# writes and the subject of its permission checks. Imported in the master, they
+# are shared by every job process instead of imported (and compiled) in each.
+JOB_CONTROLLERS = ("DocField", "DocPerm", "DocType Link", "DocType Action", "DocType State", "User", "Has Role")
+JOB_HOOKS = ("before_job", "after_job")  # the apps' functions Frappe's execute_job calls around every job
 NOFORK_SWITCH = "FRAPPE_BACKGROUND_WORKERS_NOFORK"
 SCHEDULER_SERVICE = "frappe-scheduler"
 SCHEDULER_LOCK_RETRY = 60.0  # seconds between looks at a scheduler lock another process holds
@@ -66,6 +72,7 @@ def prepare_bench(requests: Sequence[GroupRequest], rq_username: str | None, rq_
     _call_if_present(background_jobs, "_start_sentry")
     _preload()
     with frappe.init_site():
+        _import_quietly(job_modules(frappe))
         connection = _connect(background_jobs, rq_username, rq_password)
         groups = _bench_groups(background_jobs, requests)
         # Inside the site context: outside it, get_conf() would init Frappe
@@ -119,9 +126,25 @@ def worker_class(background_jobs: Any, no_fork: bool = False) -> type:
     if not hasattr(background_jobs, "FrappeWorkerNoFork"):
         from rq import Worker
 
-        return Worker
+        return type(Worker.__name__, (JobModuleFirst, Worker), {"__module__": __name__})
     base = background_jobs.FrappeWorkerNoFork if no_fork else background_jobs.FrappeWorker
-    return type(base.__name__, (base,), {"start_frappe_scheduler": _no_scheduler_thread, "__module__": __name__})
+    return type(base.__name__, (JobModuleFirst, base), {"start_frappe_scheduler": _no_scheduler_thread,
+                                                         "__module__": __name__})
+
+
+class JobModuleFirst:
+    """Import the job's method's module in the worker first: each later job process of this worker finds it imported.
+
+    Frappe's job function is always ``execute_job``; the method it runs
+    (``frappe.enqueue("app.module.func")``) is imported, and compiled if no
+    bytecode is cached, by ``frappe.get_attr`` in the job process, where it is
+    lost when the process ends: for a small job, the larger part of its time.
+    A module that will not import outside a job is left to the job process.
+    """
+
+    def execute_job(self, job: Any, queue: Any) -> Any:
+        _import_quietly([job_module(job)])
+        return super().execute_job(job, queue)  # type: ignore[misc]
 
 
 def _no_scheduler_thread(self: Any) -> None:
@@ -163,6 +186,33 @@ def run_frappe_scheduler() -> NoReturn:
                      "waiting for its lock")
             said = True
         time.sleep(SCHEDULER_LOCK_RETRY)
+
+
+def job_modules(frappe: Any) -> list[str]:
+    """What every Frappe job process would import cold: the modules of the apps' job hooks, and JOB_CONTROLLERS."""
+    hooks = [importlib.import_module(f"{app}.hooks") for app in frappe.get_all_apps(with_internal_apps=True)]
+    functions = [f for module in hooks for name in JOB_HOOKS for f in getattr(module, name, ())]
+    controllers = [f"frappe.core.doctype.{frappe.scrub(d)}.{frappe.scrub(d)}" for d in JOB_CONTROLLERS]
+    return [f.rpartition(".")[0] for f in functions if isinstance(f, str)] + controllers
+
+
+def job_module(job: Any) -> str:
+    """The module of the method a Frappe job runs ('' if the job names none)."""
+    try:
+        method = job.kwargs.get("method")
+    except Exception:  # noqa: BLE001 - arguments that will not load: the job process reports that
+        return ""
+    return method.rpartition(".")[0] if isinstance(method, str) else ""
+
+
+def _import_quietly(names: Sequence[str]) -> None:
+    """Import each module that imports; one that does not is left for the job to fail on, as it would."""
+    for name in names:
+        if name:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001, S112 - an app module may need a site to import: the job imports it
+                continue
 
 
 def _preload() -> None:

@@ -1,0 +1,1 @@
+"""A stand-in Frappe app for the warm-up tests: only its hooks."""
