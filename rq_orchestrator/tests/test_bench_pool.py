@@ -82,3 +82,24 @@ class TestBenchWorkerPool(unittest.TestCase):
             pool.wait(60)
         states = [json.loads(v) for v in self.connection.mget(self.connection.zrange(POOLS, 0, -1)) if v]
         self.assertFalse([s for s in states if s["pid"] == pool.pid], "a stopped pool removes its state")
+
+    def test_stop_from_the_rq_job_document_stops_a_running_job(self) -> None:
+        """The desk's Stop button (RQ Job form) calls rq_job.stop_job: the pool's master relays it to the worker."""
+        from frappe.core.doctype.rq_job.rq_job import stop_job
+
+        pool = self.pool("--num-workers", "1", "--name", "stoptest")
+        try:
+            job = self.enqueue(1, 60)[0]
+            deadline = time.monotonic() + 60
+            while job.get_status(refresh=True) != "started":
+                self.assertLess(time.monotonic(), deadline, "the job did not start")
+                time.sleep(0.2)
+            stop_job(job.id)
+            while job.get_status(refresh=True) != "stopped":
+                self.assertLess(time.monotonic(), deadline + 15, "the job was not stopped")
+                time.sleep(0.2)
+            after = self.enqueue(1, 0)
+            self.wait_finished(after, 30)  # the worker survived and took the next job
+        finally:
+            os.killpg(pool.pid, signal.SIGTERM)
+            pool.wait(60)
