@@ -126,25 +126,9 @@ def worker_class(background_jobs: Any, no_fork: bool = False) -> type:
     if not hasattr(background_jobs, "FrappeWorkerNoFork"):
         from rq import Worker
 
-        return type(Worker.__name__, (JobModuleFirst, Worker), {"__module__": __name__})
+        return Worker
     base = background_jobs.FrappeWorkerNoFork if no_fork else background_jobs.FrappeWorker
-    return type(base.__name__, (JobModuleFirst, base), {"start_frappe_scheduler": _no_scheduler_thread,
-                                                         "__module__": __name__})
-
-
-class JobModuleFirst:
-    """Import the job's method's module in the worker first: each later job process of this worker finds it imported.
-
-    Frappe's job function is always ``execute_job``; the method it runs
-    (``frappe.enqueue("app.module.func")``) is imported, and compiled if no
-    bytecode is cached, by ``frappe.get_attr`` in the job process, where it is
-    lost when the process ends: for a small job, the larger part of its time.
-    A module that will not import outside a job is left to the job process.
-    """
-
-    def execute_job(self, job: Any, queue: Any) -> Any:
-        _import_quietly([job_module(job)])
-        return super().execute_job(job, queue)  # type: ignore[misc]
+    return type(base.__name__, (base,), {"start_frappe_scheduler": _no_scheduler_thread, "__module__": __name__})
 
 
 def _no_scheduler_thread(self: Any) -> None:
@@ -194,15 +178,6 @@ def job_modules(frappe: Any) -> list[str]:
     functions = [f for module in hooks for name in JOB_HOOKS for f in getattr(module, name, ())]
     controllers = [f"frappe.core.doctype.{frappe.scrub(d)}.{frappe.scrub(d)}" for d in JOB_CONTROLLERS]
     return [f.rpartition(".")[0] for f in functions if isinstance(f, str)] + controllers
-
-
-def job_module(job: Any) -> str:
-    """The module of the method a Frappe job runs ('' if the job names none)."""
-    try:
-        method = job.kwargs.get("method")
-    except Exception:  # noqa: BLE001 - arguments that will not load: the job process reports that
-        return ""
-    return method.rpartition(".")[0] if isinstance(method, str) else ""
 
 
 def _import_quietly(names: Sequence[str]) -> None:
