@@ -59,3 +59,10 @@ class StopOnTimeout(Worker):
             from rq.worker import StopRequested
         if isinstance(exc_value, JobTimeoutException):
             raise StopRequested()
+
+
+def worker_view() -> list:
+    """The running worker's key as a monitor sees it mid-job: [state, seconds to live]."""
+    job = get_current_job()
+    key = f"rq:worker:{job.worker_name}"
+    return [job.connection.hget(key, "state").decode(), job.connection.ttl(key)]

@@ -33,6 +33,7 @@ from ..infra.connection import share_server_version
 from ..infra.keys import wake_key
 from .events import BUSY, FAILED, IDLE, READY, RECYCLE, STRANDED, EventWriter
 from .idle_wait import idle_wait, wakeable_queue_class
+from .lean import LeanBookkeepingMixin
 from .no_fork import NoForkMixin
 from .mailbox import KILL_HORSE, SIGNAL as COMMAND_SIGNAL, STOP_JOB, Mailbox
 from ..infra.memory import resident_memory
@@ -222,7 +223,8 @@ _wrapped: dict[tuple[type, bool], type] = {}
 def pool_worker_class(worker_class: type, no_fork: bool = False) -> type:
     """The pool's subclass of ``worker_class`` (one per class and mode, cached); ``no_fork``: jobs run in the worker."""
     if (worker_class, no_fork) not in _wrapped:
-        bases = (PoolWorkerMixin, NoForkMixin, worker_class) if no_fork else (PoolWorkerMixin, worker_class)
+        modes = (NoForkMixin,) if no_fork else ()
+        bases = (PoolWorkerMixin, LeanBookkeepingMixin, *modes, worker_class)
         _wrapped[worker_class, no_fork] = type(worker_class.__name__, bases, {})
     return _wrapped[worker_class, no_fork]
 
