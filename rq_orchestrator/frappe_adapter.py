@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from .cli.group_specs import GroupRequest
 from .infra.config import ServiceSpec
 from .infra.errors import BadInput
+from .worker.job_module import rq_job_module
 
 # The modules Frappe's own `start_worker_pool` imports before forking (v15 and
 # develop), plus the logger that every job's `frappe.connect()` would import.
@@ -178,6 +179,19 @@ def job_modules(frappe: Any) -> list[str]:
     functions = [f for module in hooks for name in JOB_HOOKS for f in getattr(module, name, ())]
     controllers = [f"frappe.core.doctype.{frappe.scrub(d)}.{frappe.scrub(d)}" for d in JOB_CONTROLLERS]
     return [f.rpartition(".")[0] for f in functions if isinstance(f, str)] + controllers
+
+
+def frappe_job_module(job: Any) -> str | None:
+    """The module of the method a Frappe job runs (Frappe enqueues ``execute_job(method="app.module.function")``).
+
+    The master imports it without a site (``--learn-job-modules``): ``init``
+    would start a thread in the master on newer lines. A module that needs a
+    site to import is then not learned, and its jobs import it as before.
+    """
+    if str(job.func_name).endswith(".execute_job"):
+        method = job.kwargs.get("method")
+        return method.rpartition(".")[0] if isinstance(method, str) and "." in method else None
+    return rq_job_module(job)
 
 
 def _import_quietly(names: Sequence[str]) -> None:

@@ -29,8 +29,11 @@ def status_of(job: Job) -> JobStatus | None:
 
 
 def one_worker_running(start_pool, redis, seconds: float) -> tuple[PoolProcess, Queue, Job, dict]:
-    """A pool of one worker, running a job of ``seconds``: (pool, queue, job, worker)."""
-    pool = start_pool("--num-workers", "1", *FAST)
+    """A pool of one worker, running a job of ``seconds``: (pool, queue, job, worker).
+
+    The jobs' module is preloaded: the worker is not replaced after its first job to share it.
+    """
+    pool = start_pool("--num-workers", "1", "--preload", "jobs", *FAST)
     pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
     queue = Queue(connection=redis)
     job = queue.enqueue("jobs.sleep", seconds)

@@ -108,8 +108,8 @@ def test_the_history_keeps_a_sample_per_tick_and_every_scaling(start_pool, redis
         actions = [s["action"] for s in history if s["kind"] == "decision"]
         return "up" in actions and "down" in actions and history
 
+    pool.wait_until(lambda: all(j.get_status(refresh=True) == "finished" for j in jobs), 30, "the jobs to finish")
     history = pool.wait_until(scaled_up_and_down, 30, "a scale-up and a scale-down in the history")
-    assert all(j.get_status(refresh=True) == "finished" for j in jobs)
     assert [s["t"] for s in history] == sorted(s["t"] for s in history)
     ticks = [s for s in history if s["kind"] == "tick"]
     assert len(ticks) >= 5 and {"t", "group", "workers", "target", "busy", "utilization", "queued",

@@ -74,6 +74,10 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Before forking, rehearse a worker in the master against a private, throwaway "
                           "redis-server, so workers share the code and objects every worker would otherwise "
                           "copy (about 1 MB less per worker; needs redis-server; skipped with --burst)."),
+        click.option("--learn-job-modules/--no-learn-job-modules", default=True, show_default=True,
+                     help="Fork mode: import in the master the module of each job a worker takes that the master "
+                          "lacks, then re-fork the workers one at a time, so that job processes share it instead "
+                          "of importing it on every job (a thread started by such an import stops the learning)."),
         click.option("--worker-class", default=None, help="RQ worker class (dotted path); default rq.Worker "
                      "(in a bench: the class Frappe uses for its version)."),
         click.option("--job-class", default=None, help="RQ job class (dotted path)."),
@@ -275,6 +279,7 @@ def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_cla
         max_jobs_per_worker=opts["max_jobs_per_worker"],
         max_memory_per_worker=memory_limit(opts["max_memory_per_worker"]),
         no_fork=opts["no_fork"],
+        learn_job_modules=opts["learn_job_modules"],
         graceful_timeout=opts["graceful_timeout"],
         stuck_margin=opts["stuck_margin"],
         metrics_port=opts["metrics_port"],

@@ -31,7 +31,7 @@ def worker_pool(queue_groups: tuple[str, ...], rq_username: str | None, rq_passw
     --num-workers, --quiet, --burst) with the same meaning; without
     --num-workers the pool scales between --min-workers and --max-workers.
     """
-    from ..frappe_adapter import prepare_bench
+    from ..frappe_adapter import frappe_job_module, prepare_bench
     from ..master.pool import Pool
 
     check_numbers(opts)
@@ -40,7 +40,7 @@ def worker_pool(queue_groups: tuple[str, ...], rq_username: str | None, rq_passw
     config = build_config(bench.groups, {**opts, "no_fork": bench.no_fork}, default_worker_class=bench.worker_class,
                           default_with_scheduler=False)
     # Frappe's scheduler, once per pool in a child of its own, where Frappe's worker class would run it.
-    config = dataclasses.replace(config, services=bench.services)
+    config = dataclasses.replace(config, services=bench.services, job_module=frappe_job_module)
     setup_logging(config.logging_level)
     sys.exit(Pool(config, bench.connection).run())
 

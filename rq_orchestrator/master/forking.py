@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from ..infra.connection import fresh_copy
 from ..policy.group import WorkerGroup
+from ..worker.job_module import rq_job_module
 from ..worker.process import WorkerLaunch, build_worker, run_worker
 from .service_child import run_service
 from .worker_names import worker_name
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from ..infra.config import PoolConfig
     from ..worker.mailbox import Mailbox
     from .cluster import ClusterLeases
+    from .learning import ModuleLearner
     from .metrics import MetricsServer
     from .rq_commands import CommandRelay
     from .service_child import ServiceChildren
@@ -71,6 +73,7 @@ class ForkingMixin:
     """The master's forks (see the module); the attributes below, and ``_retire``, are the master's."""
 
     config: PoolConfig
+    learner: ModuleLearner | None
     groups: list[WorkerGroup]
     clock: Callable[[], float]
     host: str
@@ -280,6 +283,7 @@ class ForkingMixin:
             max_memory=self.config.max_memory_per_worker,
             mailbox=self.mailbox if mailbox_slot is not None else None,
             mailbox_slot=mailbox_slot,
+            job_module=(self.config.job_module or rq_job_module) if self.learner is not None else None,
         )
         return run_worker(launch, worker)
 

@@ -8,6 +8,7 @@ the loop, never inside the handler.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import selectors
@@ -25,7 +26,8 @@ from .access import check_access
 from .dead_workers import Aftercare
 from .forking import HANDLED_SIGNALS, ForkingMixin, PoolError
 from .cluster import ClusterLeases
-from ..worker.events import BUSY, FAILED, IDLE, READY, RECYCLE, STRANDED, EventReader, Event, drain
+from .learning import ModuleLearner
+from ..worker.events import BUSY, FAILED, IDLE, MODULE, READY, RECYCLE, STRANDED, EventReader, Event, drain
 from ..policy.group import Plan, WorkerGroup, WorkerRecord
 from .maintenance import RegistryMaintenance
 from .rq_commands import CommandRelay
@@ -93,6 +95,9 @@ class Pool(ForkingMixin):
         self._boot_failures = 0
         self._reload_queue: list[tuple[WorkerGroup, int]] = []  # (group, old worker) still to re-fork
         self._reload_pending: dict[int, int] = {}  # new worker pid -> old worker it replaces
+        learning = config.learn_job_modules and not config.no_fork  # a no-fork worker keeps what its jobs import
+        self.learner = ModuleLearner(config.import_job_module or importlib.import_module) if learning else None
+        self._forked_before_learning: set[int] = set()  # busy workers to replace after their job (_refresh_workers)
         self.aftercare = Aftercare(connection, [g.queues[0] for g in config.groups if len(g.queues) == 1],
                                    config.worker_kwargs)
         self.maintenance = RegistryMaintenance(config.all_queues, fresh_copy(connection), config.worker_kwargs)
@@ -202,6 +207,8 @@ class Pool(ForkingMixin):
             self.relay.handle_ready(self.clock())
             self._handle_signals()
             self._read_events()
+            if self.learner is not None and self.learner.learn_pending():
+                self._refresh_workers()
             self._reap()
             self._renew_leases()
             if self._stopping:
@@ -349,6 +356,10 @@ class Pool(ForkingMixin):
             group.job_ended(event.pid, event.at)
             self.state.counters.jobs["failed" if event.pid in self._failed else "finished"] += 1
             self._failed.discard(event.pid)
+            if event.pid in self._forked_before_learning:
+                self._forked_before_learning.discard(event.pid)
+                if not group.workers[event.pid].retiring:
+                    self._retire(group, group.workers[event.pid])
         elif event.kind == READY:
             group.worker_ready(event.pid)
             self._boot_failures = 0
@@ -362,6 +373,10 @@ class Pool(ForkingMixin):
                 "in_doubt" if reason.startswith(IN_DOUBT) else "max_jobs" if "jobs done" in reason else "max_memory"] += 1
         elif event.kind == STRANDED:
             self.aftercare.expect_strands(self.clock())
+            return
+        elif event.kind == MODULE:
+            if self.learner is not None and event.job_id:
+                self.learner.offer(event.job_id)
             return
         else:
             return  # a kind this master does not know: nothing to publish
@@ -397,6 +412,7 @@ class Pool(ForkingMixin):
         self.state.mark_dirty()
         self._release_lease(pid)
         self._failed.discard(pid)
+        self._forked_before_learning.discard(pid)
         if self._reload_pending.pop(pid, None) is not None:
             group.target -= 1  # a re-fork that never came up: the old worker stays
         if record is None or self._stopping or record.retiring:
@@ -460,6 +476,19 @@ class Pool(ForkingMixin):
         """SIGHUP: re-fork every worker, one at a time, the new one up before the old one leaves."""
         self._reload_queue = [(g, int(w.key)) for g in self.groups for w in g.active]
         log.info("SIGHUP: re-forking %d workers one at a time", len(self._reload_queue))
+
+    def _refresh_workers(self) -> None:
+        """The master learned a job module: replace the workers forked before, idle ones now, busy ones after their job.
+
+        Not SIGHUP's re-fork (the new worker up before the old one leaves): a
+        long job would hold an old worker and its new one side by side.
+        """
+        for group in self.groups:
+            for worker in group.active:
+                if worker.busy:
+                    self._forked_before_learning.add(int(worker.key))
+                else:
+                    self._retire(group, worker)
 
     def _continue_reload(self) -> None:
         if self._reload_pending or not self._reload_queue:

@@ -31,8 +31,9 @@ from redis.exceptions import ResponseError
 
 from ..infra.connection import share_server_version
 from ..infra.keys import wake_key
-from .events import BUSY, FAILED, IDLE, READY, RECYCLE, STRANDED, EventWriter
+from .events import BUSY, FAILED, IDLE, MODULE, READY, RECYCLE, STRANDED, EventWriter
 from .idle_wait import idle_wait, wakeable_queue_class
+from .job_module import unseen
 from .lean import LeanBookkeepingMixin
 from .no_fork import NoForkMixin
 from .mailbox import KILL_HORSE, SIGNAL as COMMAND_SIGNAL, STOP_JOB, Mailbox
@@ -78,6 +79,8 @@ class PoolWorkerMixin:
     pool_polls_left: int | None = None  # stop after this many empty waits (the master's rehearsal)
     pool_mailbox: Mailbox | None = None
     pool_mailbox_slot: int | None = None
+    pool_job_module: Callable[[Any], str | None] | None = None  # fork mode: which module a job's code is in
+    _pool_modules_told: set[str] = set()  # replaced by a set of its own in each worker (run_worker)
     _pool_stop_at: float = 0.0
     _pool_jobs_done: int = 0
     _pool_job_id: str | None = None  # the job in hand, for rq's stop-job command
@@ -145,7 +148,19 @@ class PoolWorkerMixin:
             job = result[0]
             self._pool_job_id = job.id
             self._pool_send(BUSY, job.id, job.timeout)
+            self._pool_tell_module(job)
         return result
+
+    def _pool_tell_module(self, job: Any) -> None:
+        """Fork mode: name the job's module to the master, once, if this worker (so the master) lacks it."""
+        if self.pool_job_module is None:
+            return
+        try:
+            name = self.pool_job_module(job)
+        except Exception:  # noqa: BLE001 - a job whose data cannot be read fails in its own process, as in rq
+            return
+        if unseen(name, self._pool_modules_told):
+            self._pool_send(MODULE, name)
 
     def pool_orphaned(self) -> bool:
         return bool(self.pool_master_pid) and os.getppid() != self.pool_master_pid
@@ -296,6 +311,7 @@ class WorkerLaunch:
     max_memory: int | None = None
     mailbox: Mailbox | None = None  # where the master leaves rq's commands for this worker (SIGUSR1)
     mailbox_slot: int | None = None
+    job_module: Callable[[Any], str | None] | None = None  # fork mode: what tells a job's module (job_module.py)
 
 
 def run_worker(launch: WorkerLaunch, worker: Any) -> int:
@@ -311,6 +327,7 @@ def run_worker(launch: WorkerLaunch, worker: Any) -> int:
     worker.pool_max_jobs = launch.max_jobs
     worker.pool_max_memory = launch.max_memory
     worker.pool_mailbox, worker.pool_mailbox_slot = launch.mailbox, launch.mailbox_slot
+    worker.pool_job_module, worker._pool_modules_told = launch.job_module, set()
     worker.work(burst=launch.burst, logging_level=launch.logging_level, with_scheduler=False)
     return 0
 

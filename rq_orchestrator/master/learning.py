@@ -1,0 +1,116 @@
+"""Job modules learned from the workers and imported in the master, so that the next forks share them.
+
+In fork mode every job runs in a fresh fork of its worker, and a worker is a
+fork of the master: whatever the job's module imports, the job's process
+imports again, on every job, and throws away (for a Frappe job that returns at
+once from a module the master never imported, two thirds of its time). Workers
+tell the master the module of each job they take that the master has not
+imported (``worker.job_module``); the master imports it once, as ``--preload``
+would have, and re-forks its workers one at a time (the new one up before the
+old one leaves after its job), so later jobs find the module imported and
+shared. Each module is imported first in a throwaway fork of the master
+(``probe``): one that fails to import there, starts a thread while imported
+(the master refuses to fork while a thread runs), or takes longer than
+PROBE_SECONDS is not imported in the master, and no module is tried twice.
+At most LIMIT modules are learned.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+LIMIT = 200
+PROBE_SECONDS = 10.0
+
+log = logging.getLogger("rq_orchestrator")
+
+
+def import_longest(name: str, importer: Callable[[str], object] = importlib.import_module) -> str | None:
+    """Import the longest leading part of ``name`` that is a module; return its name, or None."""
+    while name:
+        try:
+            importer(name)
+            return name
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # the module exists but needs something that does not
+                return None
+            name = name.rpartition(".")[0]
+        except Exception:  # noqa: BLE001 - a module that fails to import: its jobs fail on it as they would
+            return None
+    return None
+
+
+class ModuleLearner:
+    """Imports the modules workers report, once each; says whether workers should be re-forked."""
+
+    def __init__(self, importer: Callable[[str], object] = importlib.import_module) -> None:
+        self.importer = importer
+        self.learned: list[str] = []
+        self._tried: set[str] = set()
+        self._stopped = False
+        self._pending: list[str] = []
+
+    def offer(self, name: str) -> None:
+        if not self._stopped and name not in self._tried and name not in sys.modules:
+            self._tried.add(name)
+            self._pending.append(name)
+
+    def learn_pending(self) -> bool:
+        """Import what was offered since the last call; True if anything new was imported."""
+        names, self._pending = self._pending, []
+        learned = False
+        for name in names:
+            if self._stopped or len(self.learned) >= LIMIT:
+                break
+            learned = self._learn(name) or learned
+        return learned
+
+    def _learn(self, name: str) -> bool:
+        found, why = probe(name, self.importer)
+        if found is None:
+            log.info("job module %s is not imported in the master: %s", name, why)
+            return False
+        threads, started = threading.active_count(), time.perf_counter()
+        import_longest(found, self.importer)
+        if threading.active_count() > threads:  # it did not in the probe: learn nothing more
+            self._stopped = True
+            log.warning("importing job module %s started a thread in the master: no more job modules are "
+                        "imported here (use --no-learn-job-modules)", found)
+            return False
+        self.learned.append(found)
+        log.info("learned job module %s (imported in the master in %.0f ms)", found,
+                 (time.perf_counter() - started) * 1000)
+        return True
+
+
+def probe(name: str, importer: Callable[[str], object]) -> tuple[str | None, str]:
+    """Import ``name`` in a throwaway fork: (the module that imports cleanly, "") or (None, why not)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the probe: report and leave, running nothing of the master's on the way out
+        os.close(read)
+        found = import_longest(name, importer)
+        verdict = "thread" if threading.active_count() > 1 else found or ""
+        os.write(write, verdict.encode())
+        os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + PROBE_SECONDS
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read)
+            return None, f"its import took longer than {PROBE_SECONDS:g} s"
+        time.sleep(0.005)
+    with os.fdopen(read, "rb") as pipe:
+        verdict = pipe.read().decode()
+    if verdict == "thread":
+        return None, "importing it starts a thread"
+    return (verdict, "") if verdict else (None, "it does not import (its jobs import it, as before)")

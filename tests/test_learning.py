@@ -1,0 +1,79 @@
+"""Fork mode: the master imports the modules of the jobs its workers take, and re-forks them to share it."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+from rq import Queue
+from rq.job import JobStatus
+
+from rq_orchestrator.master.learning import ModuleLearner, import_longest
+
+FAST = ("--scaling-period", "0.2", "--utilization-window", "1")
+
+
+def test_the_longest_importable_part_is_imported():
+    assert import_longest("learned_jobs") == "learned_jobs"
+    assert import_longest("json.decoder.JSONDecoder") == "json.decoder"  # a method's owner gives its module
+    assert import_longest("no_such_package.tasks") is None
+
+
+def test_each_module_is_tried_once_and_what_is_imported_already_never():
+    sys.modules.pop("learned_jobs", None)  # imported by the test above
+    learner = ModuleLearner()
+    for name in ("os", "learned_jobs", "learned_jobs", "no_such_package.tasks"):
+        learner.offer(name)
+    assert learner.learn_pending() is True
+    assert learner.learned == ["learned_jobs"] and "learned_jobs" in sys.modules
+    learner.offer("no_such_package.tasks")
+    assert learner.learn_pending() is False
+
+
+def test_a_module_that_starts_a_thread_is_never_imported_in_the_master(caplog):
+    learner = ModuleLearner()
+    learner.offer("thread_on_import")
+    with caplog.at_level(logging.INFO, "rq_orchestrator"):
+        assert learner.learn_pending() is False  # nothing to re-fork for
+    assert "job module thread_on_import is not imported in the master: importing it starts a thread" in caplog.text
+    assert "thread_on_import" not in sys.modules and threading.active_count() == 1
+
+
+def run_jobs(pool, redis, count: int) -> list[int]:
+    queue = Queue(connection=redis)
+    jobs = [queue.enqueue("learned_jobs.imported_by") for _ in range(count)]
+    pool.wait_until(lambda: all(j.get_status(refresh=True) == JobStatus.FINISHED for j in jobs), 30, "the jobs")
+    return [j.return_value() for j in jobs]
+
+
+def test_job_processes_find_the_learned_module_imported_by_the_master(start_pool, redis):
+    pool = start_pool("--num-workers", "1", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+    first = pool.ready_pids()[0]
+    assert run_jobs(pool, redis, 1) != [pool.pid]  # imported by its own job process
+    pool.wait_until(lambda: "learned job module learned_jobs" in pool.output(), 10, "the master to learn it")
+    pool.wait_until(lambda: pool.ready_pids() and first not in pool.ready_pids(), 15, "the worker re-forked")
+    assert run_jobs(pool, redis, 3) == [pool.pid] * 3
+
+
+def test_without_learning_or_without_forks_nothing_is_learned(start_pool, redis):
+    for args in (("--no-learn-job-modules",), ("--no-fork",)):
+        redis.flushall()
+        pool = start_pool("--num-workers", "1", *FAST, *args)
+        pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+        assert pool.pid not in run_jobs(pool, redis, 3)
+        assert "learned job module" not in pool.output()
+
+
+def test_a_busy_worker_is_replaced_after_its_job_not_beside_it(start_pool, redis):
+    pool = start_pool("--num-workers", "1", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+    first = pool.ready_pids()[0]
+    job = Queue(connection=redis).enqueue("learned_jobs.hold", 3)
+    pool.wait_until(lambda: "learned job module learned_jobs" in pool.output(), 10, "the master to learn it")
+    assert job.get_status(refresh=True) == JobStatus.STARTED
+    assert [w["pid"] for w in pool.workers()] == [first]  # no second worker beside the busy one
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 15, "the job to finish")
+    pool.wait_until(lambda: pool.ready_pids() and first not in pool.ready_pids(), 15, "the worker replaced")
+    assert run_jobs(pool, redis, 2) == [pool.pid] * 2
