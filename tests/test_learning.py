@@ -67,13 +67,23 @@ def test_without_learning_or_without_forks_nothing_is_learned(start_pool, redis)
 
 
 def test_a_busy_worker_is_replaced_after_its_job_not_beside_it(start_pool, redis):
-    pool = start_pool("--num-workers", "1", *FAST)
-    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
-    first = pool.ready_pids()[0]
-    job = Queue(connection=redis).enqueue("learned_jobs.hold", 3)
+    pool = start_pool("--num-workers", "2", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two ready workers")
+    queue = Queue(connection=redis)
+    long_job = queue.enqueue("learned_jobs.hold", 4)
+    pool.wait_until(lambda: long_job.get_status(refresh=True) == JobStatus.STARTED, 10, "the long job to start")
+    long_job.refresh()
+    busy = long_job.worker_name
+    queue.enqueue("learned_jobs.imported_by")  # the other worker's job process names the module after it
     pool.wait_until(lambda: "learned job module learned_jobs" in pool.output(), 10, "the master to learn it")
-    assert job.get_status(refresh=True) == JobStatus.STARTED
-    assert [w["pid"] for w in pool.workers()] == [first]  # no second worker beside the busy one
-    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 15, "the job to finish")
-    pool.wait_until(lambda: pool.ready_pids() and first not in pool.ready_pids(), 15, "the worker replaced")
+
+    def replaced_idle_one() -> bool:
+        workers = pool.workers()
+        return len(workers) == 2 and busy in {w["name"] for w in workers}
+
+    pool.wait_until(replaced_idle_one, 10, "the idle worker replaced, the busy one left alone")
+    assert long_job.get_status(refresh=True) == JobStatus.STARTED
+    pool.wait_until(lambda: long_job.get_status(refresh=True) == JobStatus.FINISHED, 15, "the long job to finish")
+    pool.wait_until(lambda: len(pool.ready_pids()) == 2 and busy not in {w["name"] for w in pool.workers()},
+                    15, "the busy worker replaced after its job")
     assert run_jobs(pool, redis, 2) == [pool.pid] * 2

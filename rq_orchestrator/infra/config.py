@@ -64,7 +64,6 @@ class PoolConfig:
     services: tuple[ServiceSpec, ...] = ()  # each in a child of its own (rq_orchestrator.master.service_child)
     learn_job_modules: bool = True  # fork mode: import the modules of the jobs run (rq_orchestrator.master.learning)
     job_module: Callable[[Any], str | None] | None = None  # which module a job's code is in; None: rq's func_name
-    import_job_module: Callable[[str], object] | None = None  # how the master imports one; None: importlib
 
     @property
     def pool_name(self) -> str:

@@ -1,13 +1,14 @@
-"""Job modules learned from the workers and imported in the master, so that the next forks share them.
+"""Job modules learned from the job processes and imported in the master, so that the next forks share them.
 
 In fork mode every job runs in a fresh fork of its worker, and a worker is a
 fork of the master: whatever the job's module imports, the job's process
 imports again, on every job, and throws away (for a Frappe job that returns at
-once from a module the master never imported, two thirds of its time). Workers
-tell the master the module of each job they take that the master has not
-imported (``worker.job_module``); the master imports it once, as ``--preload``
-would have, and re-forks its workers one at a time (the new one up before the
-old one leaves after its job), so later jobs find the module imported and
+once from a module the master never imported, two thirds of its time). A job
+process that found its job's module not imported names it to the master
+after the job (``worker.job_module``, ``PoolWorkerMixin.perform_job``). The
+master imports it, as ``--preload`` would have, and replaces the workers
+forked before (idle ones at once, busy ones after their job:
+``Pool._refresh_workers``), so later jobs find the module imported and
 shared. Each module is imported first in a throwaway fork of the master
 (``probe``): one that fails to import there, starts a thread while imported
 (the master refuses to fork while a thread runs), or takes longer than
@@ -24,7 +25,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 
 LIMIT = 200
 PROBE_SECONDS = 10.0
@@ -32,11 +32,11 @@ PROBE_SECONDS = 10.0
 log = logging.getLogger("rq_orchestrator")
 
 
-def import_longest(name: str, importer: Callable[[str], object] = importlib.import_module) -> str | None:
+def import_longest(name: str) -> str | None:
     """Import the longest leading part of ``name`` that is a module; return its name, or None."""
     while name:
         try:
-            importer(name)
+            importlib.import_module(name)
             return name
         except ModuleNotFoundError as exc:
             if exc.name != name:  # the module exists but needs something that does not
@@ -50,8 +50,7 @@ def import_longest(name: str, importer: Callable[[str], object] = importlib.impo
 class ModuleLearner:
     """Imports the modules workers report, once each; says whether workers should be re-forked."""
 
-    def __init__(self, importer: Callable[[str], object] = importlib.import_module) -> None:
-        self.importer = importer
+    def __init__(self) -> None:
         self.learned: list[str] = []
         self._tried: set[str] = set()
         self._stopped = False
@@ -73,12 +72,12 @@ class ModuleLearner:
         return learned
 
     def _learn(self, name: str) -> bool:
-        found, why = probe(name, self.importer)
+        found, why = probe(name)
         if found is None:
             log.info("job module %s is not imported in the master: %s", name, why)
             return False
         threads, started = threading.active_count(), time.perf_counter()
-        import_longest(found, self.importer)
+        import_longest(found)
         if threading.active_count() > threads:  # it did not in the probe: learn nothing more
             self._stopped = True
             log.warning("importing job module %s started a thread in the master: no more job modules are "
@@ -90,13 +89,13 @@ class ModuleLearner:
         return True
 
 
-def probe(name: str, importer: Callable[[str], object]) -> tuple[str | None, str]:
+def probe(name: str) -> tuple[str | None, str]:
     """Import ``name`` in a throwaway fork: (the module that imports cleanly, "") or (None, why not)."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the probe: report and leave, running nothing of the master's on the way out
         os.close(read)
-        found = import_longest(name, importer)
+        found = import_longest(name)
         verdict = "thread" if threading.active_count() > 1 else found or ""
         os.write(write, verdict.encode())
         os._exit(0)

@@ -8,7 +8,6 @@ the loop, never inside the handler.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import selectors
@@ -96,7 +95,7 @@ class Pool(ForkingMixin):
         self._reload_queue: list[tuple[WorkerGroup, int]] = []  # (group, old worker) still to re-fork
         self._reload_pending: dict[int, int] = {}  # new worker pid -> old worker it replaces
         learning = config.learn_job_modules and not config.no_fork  # a no-fork worker keeps what its jobs import
-        self.learner = ModuleLearner(config.import_job_module or importlib.import_module) if learning else None
+        self.learner = ModuleLearner() if learning else None
         self._forked_before_learning: set[int] = set()  # busy workers to replace after their job (_refresh_workers)
         self.aftercare = Aftercare(connection, [g.queues[0] for g in config.groups if len(g.queues) == 1],
                                    config.worker_kwargs)

@@ -1,8 +1,7 @@
-"""Which module a job's code lives in: what a worker tells its master to import before the next forks."""
+"""Which module a job's code lives in: what a job process tells the master to import before the next forks."""
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 
@@ -17,10 +16,3 @@ def rq_job_module(job: Any) -> str | None:
         return None
     return name.rpartition(".")[0]
 
-
-def unseen(name: str | None, sent: set[str]) -> bool:
-    """Whether ``name`` is worth telling the master: not imported here (so not in the master) nor told before."""
-    if not name or name in sent or name in sys.modules:
-        return False
-    sent.add(name)
-    return True

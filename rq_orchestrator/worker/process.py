@@ -33,7 +33,6 @@ from ..infra.connection import share_server_version
 from ..infra.keys import wake_key
 from .events import BUSY, FAILED, IDLE, MODULE, READY, RECYCLE, STRANDED, EventWriter
 from .idle_wait import idle_wait, wakeable_queue_class
-from .job_module import unseen
 from .lean import LeanBookkeepingMixin
 from .no_fork import NoForkMixin
 from .mailbox import KILL_HORSE, SIGNAL as COMMAND_SIGNAL, STOP_JOB, Mailbox
@@ -80,7 +79,6 @@ class PoolWorkerMixin:
     pool_mailbox: Mailbox | None = None
     pool_mailbox_slot: int | None = None
     pool_job_module: Callable[[Any], str | None] | None = None  # fork mode: which module a job's code is in
-    _pool_modules_told: set[str] = set()  # replaced by a set of its own in each worker (run_worker)
     _pool_stop_at: float = 0.0
     _pool_jobs_done: int = 0
     _pool_job_id: str | None = None  # the job in hand, for rq's stop-job command
@@ -148,19 +146,29 @@ class PoolWorkerMixin:
             job = result[0]
             self._pool_job_id = job.id
             self._pool_send(BUSY, job.id, job.timeout)
-            self._pool_tell_module(job)
         return result
 
-    def _pool_tell_module(self, job: Any) -> None:
-        """Fork mode: name the job's module to the master, once, if this worker (so the master) lacks it."""
-        if self.pool_job_module is None:
-            return
-        try:
-            name = self.pool_job_module(job)
-        except Exception:  # noqa: BLE001 - a job whose data cannot be read fails in its own process, as in rq
-            return
-        if unseen(name, self._pool_modules_told):
+    def perform_job(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> Any:
+        """In fork mode this runs in the job's process: after the job, name its module to the master if it was new here.
+
+        Here, not in the worker: reading the job's module means reading its
+        data, which the job's process does anyway and the worker never should
+        (a large argument would stay in the worker's memory).
+        """
+        name = self._pool_module_of(job)
+        new = name is not None and name not in sys.modules
+        result = super().perform_job(job, queue, *args, **kwargs)  # type: ignore[misc]
+        if new:
             self._pool_send(MODULE, name)
+        return result
+
+    def _pool_module_of(self, job: Any) -> str | None:
+        if self.pool_job_module is None:
+            return None
+        try:
+            return self.pool_job_module(job)
+        except Exception:  # noqa: BLE001 - data that cannot be read: rq fails the job on it, as it would
+            return None
 
     def pool_orphaned(self) -> bool:
         return bool(self.pool_master_pid) and os.getppid() != self.pool_master_pid
@@ -327,7 +335,7 @@ def run_worker(launch: WorkerLaunch, worker: Any) -> int:
     worker.pool_max_jobs = launch.max_jobs
     worker.pool_max_memory = launch.max_memory
     worker.pool_mailbox, worker.pool_mailbox_slot = launch.mailbox, launch.mailbox_slot
-    worker.pool_job_module, worker._pool_modules_told = launch.job_module, set()
+    worker.pool_job_module = launch.job_module
     worker.work(burst=launch.burst, logging_level=launch.logging_level, with_scheduler=False)
     return 0
 
