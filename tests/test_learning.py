@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 
 from rq import Queue
 from rq.job import JobStatus
 
-from rq_orchestrator.master.learning import ModuleLearner, import_longest
+from rq_orchestrator.master.learning import PROBE_SECONDS, ModuleLearner, import_longest, probe
 
 FAST = ("--scaling-period", "0.2", "--utilization-window", "1")
 
@@ -25,19 +26,29 @@ def test_each_module_is_tried_once_and_what_is_imported_already_never():
     learner = ModuleLearner()
     for name in ("os", "learned_jobs", "learned_jobs", "no_such_package.tasks"):
         learner.offer(name)
-    assert learner.learn_pending() is True
+    assert learner.learn_pending(lambda: False) is True
     assert learner.learned == ["learned_jobs"] and "learned_jobs" in sys.modules
     learner.offer("no_such_package.tasks")
-    assert learner.learn_pending() is False
+    assert learner.learn_pending(lambda: False) is False
 
 
 def test_a_module_that_starts_a_thread_is_never_imported_in_the_master(caplog):
     learner = ModuleLearner()
     learner.offer("thread_on_import")
     with caplog.at_level(logging.INFO, "rq_orchestrator"):
-        assert learner.learn_pending() is False  # nothing to re-fork for
+        assert learner.learn_pending(lambda: False) is False  # nothing to re-fork for
     assert "job module thread_on_import is not imported in the master: importing it starts a thread" in caplog.text
     assert "thread_on_import" not in sys.modules and threading.active_count() == 1
+
+
+def test_a_slow_import_is_not_learned_and_a_stop_ends_the_probe_at_once():
+    started = time.monotonic()
+    assert probe("slow_import", lambda: False) == (None, f"its import takes over {PROBE_SECONDS:g} s")
+    assert time.monotonic() - started < PROBE_SECONDS + 1
+    started = time.monotonic()
+    assert probe("slow_import", lambda: True) == (None, "the pool is stopping")
+    assert time.monotonic() - started < 0.5
+    assert "slow_import" not in sys.modules
 
 
 def run_jobs(pool, redis, count: int) -> list[int]:

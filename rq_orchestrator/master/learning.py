@@ -25,9 +25,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 LIMIT = 200
-PROBE_SECONDS = 10.0
+PROBE_SECONDS = 1.0  # a longer import would hold the master's loop (and a stop) too long: not learned
 
 log = logging.getLogger("rq_orchestrator")
 
@@ -61,18 +62,18 @@ class ModuleLearner:
             self._tried.add(name)
             self._pending.append(name)
 
-    def learn_pending(self) -> bool:
+    def learn_pending(self, stop_asked: Callable[[], bool]) -> bool:
         """Import what was offered since the last call; True if anything new was imported."""
         names, self._pending = self._pending, []
         learned = False
         for name in names:
-            if self._stopped or len(self.learned) >= LIMIT:
+            if self._stopped or len(self.learned) >= LIMIT or stop_asked():
                 break
-            learned = self._learn(name) or learned
+            learned = self._learn(name, stop_asked) or learned
         return learned
 
-    def _learn(self, name: str) -> bool:
-        found, why = probe(name)
+    def _learn(self, name: str, stop_asked: Callable[[], bool]) -> bool:
+        found, why = probe(name, stop_asked)
         if found is None:
             log.info("job module %s is not imported in the master: %s", name, why)
             return False
@@ -89,8 +90,11 @@ class ModuleLearner:
         return True
 
 
-def probe(name: str) -> tuple[str | None, str]:
-    """Import ``name`` in a throwaway fork: (the module that imports cleanly, "") or (None, why not)."""
+def probe(name: str, stop_asked: Callable[[], bool]) -> tuple[str | None, str]:
+    """Import ``name`` in a throwaway fork: (the module that imports cleanly, "") or (None, why not).
+
+    A stop asked for meanwhile ends the probe at once (the master answers it within its 2 s).
+    """
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the probe: report and leave, running nothing of the master's on the way out
@@ -102,11 +106,12 @@ def probe(name: str) -> tuple[str | None, str]:
     os.close(write)
     deadline = time.monotonic() + PROBE_SECONDS
     while os.waitpid(pid, os.WNOHANG) == (0, 0):
-        if time.monotonic() > deadline:
+        late, stopping = time.monotonic() > deadline, stop_asked()
+        if late or stopping:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             os.close(read)
-            return None, f"its import took longer than {PROBE_SECONDS:g} s"
+            return None, "the pool is stopping" if stopping else f"its import takes over {PROBE_SECONDS:g} s"
         time.sleep(0.005)
     with os.fdopen(read, "rb") as pipe:
         verdict = pipe.read().decode()

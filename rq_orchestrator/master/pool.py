@@ -206,7 +206,7 @@ class Pool(ForkingMixin):
             self.relay.handle_ready(self.clock())
             self._handle_signals()
             self._read_events()
-            if self.learner is not None and self.learner.learn_pending():
+            if self.learner is not None and self.learner.learn_pending(self._stop_asked):
                 self._refresh_workers()
             self._reap()
             self._renew_leases()
