@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import threading
 import time
@@ -98,3 +99,14 @@ def test_a_busy_worker_is_replaced_after_its_job_not_beside_it(start_pool, redis
     pool.wait_until(lambda: len(pool.ready_pids()) == 2 and busy not in {w["name"] for w in pool.workers()},
                     15, "the busy worker replaced after its job")
     assert run_jobs(pool, redis, 2) == [pool.pid] * 2
+
+
+def test_a_warm_stop_is_not_turned_cold_by_learning(start_pool, redis):
+    pool = start_pool("--num-workers", "1", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+    job = Queue(connection=redis).enqueue("learned_jobs.hold", 3)
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 10, "the job to start")
+    pool.send(signal.SIGTERM)  # warm: the job finishes, then its process names the module
+    assert pool.wait(20) == 0
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+    assert "learned job module" not in pool.output() and "cold shut down" not in pool.output()

@@ -206,8 +206,8 @@ class Pool(ForkingMixin):
             self.relay.handle_ready(self.clock())
             self._handle_signals()
             self._read_events()
-            if self.learner is not None and self.learner.learn_pending(self._stop_asked):
-                self._refresh_workers()
+            if self.learner is not None and not self._stopping and self.learner.learn_pending(self._stop_asked):
+                self._refresh_workers()  # not while stopping: a second TERM a second later would be a cold stop
             self._reap()
             self._renew_leases()
             if self._stopping:
@@ -357,7 +357,7 @@ class Pool(ForkingMixin):
             self._failed.discard(event.pid)
             if event.pid in self._forked_before_learning:
                 self._forked_before_learning.discard(event.pid)
-                if not group.workers[event.pid].retiring:
+                if not (self._stopping or group.workers[event.pid].retiring):
                     self._retire(group, group.workers[event.pid])
         elif event.kind == READY:
             group.worker_ready(event.pid)
