@@ -75,9 +75,10 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "redis-server, so workers share the code and objects every worker would otherwise "
                           "copy (about 1 MB less per worker; needs redis-server; skipped with --burst)."),
         click.option("--learn-job-modules/--no-learn-job-modules", default=True, show_default=True,
-                     help="Fork mode: import in the master the module of each job a worker takes that the master "
-                          "lacks, then re-fork the workers one at a time, so that job processes share it instead "
-                          "of importing it on every job (a thread started by such an import stops the learning)."),
+                     help="Fork mode: when a job's process had to import the job's module, import it in the "
+                          "master too (if it imports within 1 s without starting a thread) and replace the workers "
+                          "forked before (idle ones now, busy ones after their job), so that later job processes "
+                          "share it instead of importing it on every job."),
         click.option("--worker-class", default=None, help="RQ worker class (dotted path); default rq.Worker "
                      "(in a bench: the class Frappe uses for its version)."),
         click.option("--job-class", default=None, help="RQ job class (dotted path)."),
