@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 from .cli.group_specs import GroupRequest
 from .infra.config import ServiceSpec
 from .infra.errors import BadInput
-from .worker.job_module import rq_job_module
+from .worker.job_module import module_part, rq_job_module
 
 # The modules Frappe's own `start_worker_pool` imports before forking (v15 and
 # develop), plus the logger that every job's `frappe.connect()` would import.
@@ -189,8 +189,7 @@ def frappe_job_module(job: Any) -> str | None:
     site to import is then not learned, and its jobs import it as before.
     """
     if str(job.func_name).endswith(".execute_job"):
-        method = job.kwargs.get("method")
-        return method.rpartition(".")[0] if isinstance(method, str) and "." in method else None
+        return module_part(job.kwargs.get("method"))
     return rq_job_module(job)
 
 

@@ -49,7 +49,7 @@ def import_longest(name: str) -> str | None:
 
 
 class ModuleLearner:
-    """Imports the modules workers report, once each; says whether workers should be re-forked."""
+    """Imports the modules job processes name, once each; says whether workers should be replaced."""
 
     def __init__(self) -> None:
         self.learned: list[str] = []

@@ -11,8 +11,11 @@ def rq_job_module(job: Any) -> str | None:
     A method's name (``app.models.Report.build``) gives ``app.models.Report``;
     the master then imports the longest part that is a module.
     """
-    name = job.func_name
+    return module_part(job.func_name)
+
+
+def module_part(name: object) -> str | None:
+    """``app.tasks`` of a dotted function name ``app.tasks.send``; None for anything else."""
     if not isinstance(name, str) or "." not in name:
         return None
     return name.rpartition(".")[0]
-
