@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from rq import Queue, SimpleWorker
@@ -25,6 +28,34 @@ def pool_worker(redis, name: str = "w1.lean"):
     worker = build_worker(SimpleWorker, ["default"], {}, redis, no_fork=True)
     prepare_for_work(worker, name)
     return worker
+
+
+@contextmanager
+def monitored(redis) -> Iterator[list[tuple[str, bool]]]:
+    """Every command Redis runs meanwhile (MONITOR), each with whether it ran inside MULTI/EXEC."""
+    seen: list[tuple[str, bool]] = []
+    ready = threading.Event()
+
+    def listen() -> None:
+        with redis.monitor() as monitor:
+            ready.set()
+            in_transaction = False
+            for entry in monitor.listen():
+                command = entry["command"]
+                if command == "ECHO monitor-end":
+                    return
+                in_transaction = command == "MULTI" or in_transaction and command != "EXEC"
+                seen.append((command, in_transaction))
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    ready.wait(5)
+    time.sleep(0.1)  # MONITOR is on before the first command of the test
+    try:
+        yield seen
+    finally:
+        redis.echo("monitor-end")
+        thread.join(5)
 
 
 def commands(redis) -> int:
@@ -74,3 +105,36 @@ def test_a_suspension_is_seen_within_the_coalescing_time(redis, monkeypatch):
             worker.check_for_suspension(burst=True)
     finally:
         resume(redis)
+
+
+def test_busy_is_written_inside_the_jobs_prepare_transaction(redis):
+    """rq 1.x writes `busy` alone before preparing the job: the pool's worker sends it with the job's id."""
+    worker = pool_worker(redis)
+    queue = Queue(connection=redis)
+    for _ in range(3):
+        queue.enqueue("builtins.len", "abc")
+    with monitored(redis) as seen:
+        worker.work(burst=True, logging_level="WARNING")
+    busy = [inside for command, inside in seen if command == f"HSET {worker.key} state busy"]
+    assert busy and all(busy), seen
+
+
+def test_no_job_heartbeat_after_a_return_unless_a_success_callback_runs(redis):
+    """rq's heartbeat that guards a callback is skipped only for a job that returned and has no success callback."""
+    worker = pool_worker(redis)
+    queue = Queue(connection=redis)
+    plain = queue.enqueue("builtins.len", "abc")
+    called_back = queue.enqueue("builtins.len", "abc", on_success="builtins.print")
+    failed = queue.enqueue("no_fork_jobs.boom")
+    with monitored(redis) as seen:
+        worker.work(burst=True, logging_level="WARNING")
+
+    def beats_alone(job) -> int:
+        return sum(1 for command, inside in seen
+                   if command.startswith(f"HSET rq:job:{job.id} last_heartbeat") and not inside)
+
+    assert Job.fetch(plain.id, connection=redis).get_status() == "finished"
+    assert beats_alone(plain) == 0, seen
+    assert beats_alone(called_back) >= 1, seen
+    assert beats_alone(failed) >= 1, seen
+    assert Job.fetch(failed.id, connection=redis).get_status() == "failed"

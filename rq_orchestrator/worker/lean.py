@@ -19,7 +19,14 @@ Here:
   always made, and forgets the last);
 * the suspension look is not repeated within ``COALESCE`` seconds
   (``rq suspend`` takes effect at most ``COALESCE`` later; a job in hand is
-  never affected, as in rq).
+  never affected, as in rq);
+* the state ``busy``, which rq 1.x writes alone just before the job's prepare
+  transaction, is written in that transaction, next to the job's id (one
+  round trip less; rq 2.x/3.x write it there themselves);
+* a job that returned, with no success callback to run, skips rq's job
+  heartbeat that guards the callback (``LeanJobMixin``): one or two round
+  trips (rq 1.x also moves the job in the started registry) for a write that
+  the job's success transaction follows at once.
 
 What monitors read (``last_heartbeat``) is at most ``COALESCE`` old;
 busy/idle changes are always written.
@@ -28,7 +35,10 @@ busy/idle changes are always written.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
+
+from rq.worker import WorkerStatus
 
 COALESCE = 1.0  # seconds
 
@@ -40,6 +50,7 @@ class LeanBookkeepingMixin:
     _lean_beat_ttl: int = 0
     _lean_state: str | None = None
     _lean_suspension_at: float = float("-inf")
+    _lean_pending_busy = False  # `busy` set, to be written with the job's prepare transaction
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         idle_ttl = self.worker_ttl + 60  # type: ignore[attr-defined] # rq's own default, every version
@@ -51,11 +62,21 @@ class LeanBookkeepingMixin:
         self._lean_beat_at, self._lean_beat_ttl = now, ttl
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
+        if pipeline is None and state == WorkerStatus.BUSY and hasattr(super(), "set_current_job_id"):
+            # rq 1.x/2.x: written with the job's id in its prepare transaction (set_current_job_id, below)
+            self._state, self._lean_pending_busy, self._lean_state = state, True, None
+            return
         if pipeline is None and state == self._lean_state:
             self._state = state
             return
         super().set_state(state, pipeline)  # type: ignore[misc]
-        self._lean_state = state if pipeline is None else None
+        self._lean_pending_busy, self._lean_state = False, state if pipeline is None else None
+
+    def set_current_job_id(self, job_id: str | None, pipeline: Any = None) -> None:
+        """rq 1.x/2.x's prepare transaction names the job first: the deferred ``busy`` goes with it (no such call in 3.x)."""
+        if pipeline is not None and job_id is not None and self._lean_pending_busy:
+            self.set_state(WorkerStatus.BUSY, pipeline)
+        super().set_current_job_id(job_id, pipeline=pipeline)  # type: ignore[misc]
 
     def check_for_suspension(self, burst: bool) -> None:
         now = time.monotonic()
@@ -63,3 +84,36 @@ class LeanBookkeepingMixin:
             return
         super().check_for_suspension(burst)  # type: ignore[misc]
         self._lean_suspension_at = time.monotonic()
+
+
+class LeanJobMixin:
+    """A job that skips rq's heartbeat between its return and its success callback when it has none.
+
+    rq writes that heartbeat (and on 1.x the started registry's new deadline)
+    so that the job is not taken for abandoned while its callback runs; the
+    job's success transaction, which takes it out of that registry, follows it
+    at once. A job that raised keeps its heartbeat before the failure callback.
+    """
+
+    _lean_returned = False
+
+    def perform(self) -> Any:
+        result = super().perform()  # type: ignore[misc]
+        self._lean_returned = True
+        return result
+
+    def heartbeat(self, timestamp: datetime, ttl: int, pipeline: Any = None, xx: bool = False) -> None:
+        if pipeline is None and self._lean_returned and self.success_callback is None:  # type: ignore[attr-defined]
+            self.last_heartbeat = timestamp
+            return
+        super().heartbeat(timestamp, ttl, pipeline=pipeline, xx=xx)  # type: ignore[misc]
+
+
+_lean_jobs: dict[type, type] = {}
+
+
+def lean_job_class(job_class: type) -> type:
+    """The subclass of ``job_class`` with ``LeanJobMixin`` (one per class, cached; made in the master)."""
+    if job_class not in _lean_jobs:
+        _lean_jobs[job_class] = type(job_class.__name__, (LeanJobMixin, job_class), {})
+    return _lean_jobs[job_class]

@@ -33,7 +33,7 @@ from ..infra.connection import share_server_version
 from ..infra.keys import wake_key
 from .events import BUSY, FAILED, IDLE, MODULE, READY, RECYCLE, STRANDED, EventWriter
 from .idle_wait import idle_wait, wakeable_queue_class
-from .lean import LeanBookkeepingMixin
+from .lean import LeanBookkeepingMixin, lean_job_class
 from .no_fork import NoForkMixin
 from .mailbox import KILL_HORSE, SIGNAL as COMMAND_SIGNAL, STOP_JOB, Mailbox
 from ..infra.memory import resident_memory
@@ -273,6 +273,7 @@ def build_worker(
     cls = pool_worker_class(worker_class, no_fork)
     worker = cls(list(queues), connection=connection, prepare_for_work=False, **worker_kwargs)
     worker.queue_class = wakeable_queue_class(worker.queue_class)
+    worker.job_class = lean_job_class(worker.job_class)
     if server_version is not None:
         share_server_version(connection, server_version)
         worker.redis_server_version = server_version
