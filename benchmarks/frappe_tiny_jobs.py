@@ -23,6 +23,11 @@ at once) from one process while the workers run, in batches of ``--batch``
 reach every set-up (e.g. ``FRAPPE_BACKGROUND_WORKERS_NOFORK=1`` on develop:
 Frappe's pool runs FrappeWorkerNoFork, ours runs no-fork too).
 
+The ceiling: the enqueuing process shares the cores with the workers, so with
+``inline`` and ``nofork`` both run, each run also reports what no pool can
+pass here, the inline limit less the enqueuer's CPU time a job
+(``enqueue_cpu_ms``, spread over the cores), and ``nofork`` against it.
+
     python benchmarks/frappe_tiny_jobs.py --bench /work/benches/fb15 --runs 3
     FRAPPE_BACKGROUND_WORKERS_NOFORK=1 python benchmarks/frappe_tiny_jobs.py \\
         --bench /work/benches/fbdev --setups nofork,builtin --runs 3
@@ -53,12 +58,14 @@ frappe.init(site=sys.argv[1], sites_path=".")
 frappe.connect()
 count, batch = int(sys.argv[2]), int(sys.argv[3])
 queue, ids = get_queue("default"), []
+cpu = time.process_time()
 while len(ids) < count:
     while queue.count > batch // 4:
         time.sleep(0.005)
     ids += [frappe.enqueue(sys.argv[4]).id for _ in range(min(batch, count - len(ids)))]
     frappe.db.commit()
 print(" ".join(ids))
+print(time.process_time() - cpu)
 """
 
 INLINE = """
@@ -111,7 +118,8 @@ def pool(args: argparse.Namespace, setup: str, client: Any) -> dict[str, Any]:
         group.start(helper(args.bench, *command), LOGS / f"frappe-tiny-{setup}.log", cwd=args.bench / "sites")
         wait_registered(client, group.pids, args.workers, timeout=180)
         time.sleep(args.settle)
-        ids = output(bench_python(args.bench, ENQUEUE, args.site, str(args.jobs), str(args.batch), JOB)).split()
+        lines = output(bench_python(args.bench, ENQUEUE, args.site, str(args.jobs), str(args.batch), JOB)).split("\n")
+        ids, enqueue_cpu = lines[0].split(), float(lines[1])
         ended = (b"finished", b"failed")
         wait_for(lambda: all(row[0] in ended for row in job_rows(client, ids)), 600, "the jobs to end", 0.2)
     rows = job_rows(client, ids)
@@ -120,6 +128,7 @@ def pool(args: argparse.Namespace, setup: str, client: Any) -> dict[str, Any]:
     return {"seconds": round(span, 3), "jobs_per_second": round(len(ids) / span, 1),
             "failed": sum(r[0] == b"failed" for r in rows),
             "enqueue_seconds": round(max(enqueued) - min(enqueued), 3),  # the enqueuing process's own pace
+            "enqueue_cpu_ms": round(enqueue_cpu / len(ids) * 1000, 3),  # its CPU time a job (frappe.enqueue)
             **per_job(rows, begun, ended)}
 
 
@@ -167,6 +176,28 @@ def main() -> None:
     report(args, setups, runs)
 
 
+def ceiling(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The most a pool can do here: the cores run each job as inline does and also enqueue it.
+
+    Per job, the inline loops take 1 / (inline jobs/s) of the whole machine
+    (the job, Frappe's init/connect/destroy, MariaDB's share); the enqueuing
+    process adds its CPU time over the cores. Redis and rq's own work come on
+    top, so no pool reaches this; nofork/ceiling is how close it gets.
+    """
+    cores = os.cpu_count() or 1
+    per_run = []
+    for r in runs:
+        if "inline" not in r or "nofork" not in r:
+            return {}
+        limit = 1 / (1 / r["inline"]["jobs_per_second"] + r["nofork"]["enqueue_cpu_ms"] / 1000 / cores)
+        per_run.append((limit, limit / r["inline"]["jobs_per_second"], r["nofork"]["jobs_per_second"] / limit))
+    result = {name: {"median": round(statistics.median(x[i] for x in per_run), 3), "runs": [round(x[i], 3) for x in per_run]}
+              for i, name in enumerate(("ceiling jobs/s", "ceiling/inline", "nofork/ceiling"))}
+    for name, value in result.items():
+        print(f"{name}: median {value['median']} (runs {value['runs']})")
+    return result
+
+
 def report(args: argparse.Namespace, setups: list[str], runs: list[dict[str, Any]]) -> None:
     def rate(setup: str) -> list[float]:
         return [r[setup]["jobs_per_second"] for r in runs]
@@ -174,7 +205,7 @@ def report(args: argparse.Namespace, setups: list[str], runs: list[dict[str, Any
     rows = [[s, statistics.median(rate(s)), min(rate(s)), max(rate(s)), " ".join(f"{x:g}" for x in rate(s))]
             for s in setups]
     print_table(["set-up", "jobs/s median", "min", "max", "runs"], rows)
-    ratios = {}
+    ratios = ceiling(args, runs)
     for a, b in (("nofork", "inline"), ("nofork", "fork"), ("nofork", "builtin"), ("fork", "builtin")):
         if a in setups and b in setups:
             per_run = [r[a]["jobs_per_second"] / r[b]["jobs_per_second"] for r in runs]
