@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -75,6 +77,19 @@ def test_shutdown_stops_the_worker_warm_and_the_pool_replaces_it(start_pool, red
     pool.wait_until(lambda: [w["pid"] for w in pool.workers()] not in ([], [worker["pid"]]) and len(pool.workers()) == 1,
                     15, "the worker gone and one replacement")
     assert "rq command: shutdown" in pool.output()
+
+
+def test_a_worker_killed_while_retiring_with_a_job_has_its_job_settled(start_pool, redis):
+    """A warm stop waits for the job; a worker that dies meanwhile (killed, Redis gone) still has its job failed."""
+    pool = start_pool("--num-workers", "1", *FAST)
+    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
+    job = Queue(connection=redis).enqueue("jobs.sleep", 60)
+    worker = busy_worker(pool, job)
+    send_shutdown_command(redis, worker["name"])
+    pool.wait_until(lambda: "rq command: shutdown" in pool.output(), 15, "the shutdown relayed")
+    os.kill(worker["pid"], signal.SIGKILL)
+    pool.wait_until(lambda: status_of(job) == JobStatus.FAILED, 15, "the job failed, not left started")
+    assert "while retiring" in (Job.fetch(job.id, connection=redis).meta.get("rq_orchestrator_failure") or "")
 
 
 def test_commands_for_other_workers_or_other_jobs_change_nothing(start_pool, redis):

@@ -414,6 +414,10 @@ class Pool(ForkingMixin):
         self._forked_before_learning.discard(pid)
         if self._reload_pending.pop(pid, None) is not None:
             group.target -= 1  # a re-fork that never came up: the old worker stays
+        if record is not None and record.retiring and record.job_id and code != 0 and not self._stopping:
+            # a warm retirement never ends a job: this worker died of something else with its job in hand
+            self.aftercare.worker_died(record.name, group.queues, record.job_id,
+                                       f"worker {record.name} {_describe_exit(code)} while retiring")
         if record is None or self._stopping or record.retiring:
             log.debug("worker %s exited (%s)", record.name if record else pid, _describe_exit(code))
             return
