@@ -22,6 +22,7 @@ from rq import Queue
 from conftest import wait_until
 from rq_orchestrator.cli import worker_pool
 from rq_orchestrator.master.cluster import ClusterLeases, cluster_key, default_cluster_name, leases_in_use
+from rq_orchestrator.master.learning import PROBE_TITLE
 from rq_orchestrator.infra.config import hostname
 from rq_orchestrator.master.state import read_pools
 from test_pool import FAST
@@ -150,10 +151,11 @@ def test_a_killed_holder_s_slots_return_within_the_lease_time(redis, redis_url):
 
 # -- end to end: three real pools sharing one cap ---------------------------------
 def live_workers(master_pids: list[int]) -> dict[int, int]:
-    """master pid -> its live (not zombie) children, read in one pass over the process table."""
+    """master pid -> its live (not zombie) children but the probe that imports a job module, in one pass."""
     counts = dict.fromkeys(master_pids, 0)
-    for proc in psutil.process_iter(["ppid", "status"]):
-        if proc.info["ppid"] in counts and proc.info["status"] != psutil.STATUS_ZOMBIE:
+    for proc in psutil.process_iter(["ppid", "status", "cmdline"]):
+        probe = " ".join(proc.info["cmdline"] or []).startswith(PROBE_TITLE)
+        if proc.info["ppid"] in counts and proc.info["status"] != psutil.STATUS_ZOMBIE and not probe:
             counts[proc.info["ppid"]] += 1
     return counts
 

@@ -27,7 +27,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..worker.process import set_process_title
+
 LIMIT = 200
+PROBE_TITLE = "rq-orchestrator: probe import"  # the throwaway fork's title
 PROBE_SECONDS = 1.0  # a longer import would hold the master's loop (and a stop) too long: not learned
 
 log = logging.getLogger("rq_orchestrator")
@@ -99,6 +102,7 @@ def probe(name: str, stop_asked: Callable[[], bool]) -> tuple[str | None, str]:
     pid = os.fork()
     if pid == 0:  # the probe: report and leave, running nothing of the master's on the way out
         os.close(read)
+        set_process_title(f"{PROBE_TITLE} {name}")  # what `ps` shows: not a worker
         found = import_longest(name)
         verdict = "thread" if threading.active_count() > 1 else found or ""
         os.write(write, verdict.encode())
