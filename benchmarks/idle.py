@@ -110,10 +110,20 @@ def retire_latency_ms(master: int) -> float:
 
     import psutil
 
-    children = {p.pid for p in psutil.Process(master).children()}
+    def live_children() -> set[int]:
+        live = set()
+        for child in psutil.Process(master).children():
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    live.add(child.pid)
+            except psutil.NoSuchProcess:  # exited and reaped between the two looks
+                pass
+        return live
+
+    children = live_children()
     started = time.monotonic()
     os.kill(master, signal.SIGTTOU)
-    while children <= {p.pid for p in psutil.Process(master).children() if p.status() != psutil.STATUS_ZOMBIE}:
+    while children <= live_children():
         time.sleep(0.002)
     return round((time.monotonic() - started) * 1000, 1)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from rq import Queue, SimpleWorker
+from rq import Callback, Queue, SimpleWorker
 from rq.job import Job
 from rq.suspension import resume, suspend
 
@@ -130,7 +130,7 @@ def test_no_job_heartbeat_after_a_return_unless_a_success_callback_runs(redis):
     worker = pool_worker(redis)
     queue = Queue(connection=redis)
     plain = queue.enqueue("builtins.len", "abc")
-    called_back = queue.enqueue("builtins.len", "abc", on_success="builtins.print")
+    called_back = queue.enqueue("builtins.len", "abc", on_success=Callback("builtins.print"))
     failed = queue.enqueue("no_fork_jobs.boom")
     with monitored(redis) as seen:
         worker.work(burst=True, logging_level="WARNING")
