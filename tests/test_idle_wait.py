@@ -14,13 +14,12 @@ import time
 
 import psutil
 import pytest
-from redis.exceptions import ResponseError
 from rq import Queue
 from rq.job import Job, JobStatus
 
 from conftest import run_counts, wait_until
 from rq_orchestrator.infra.keys import wake_key
-from rq_orchestrator.worker.idle_wait import WAKE_TOKEN, IdleWait
+from rq_orchestrator.worker.idle_wait import WAKE_TOKEN
 
 FAST = ("--scaling-period", "0.2", "--utilization-window", "1")
 ONE_QUEUE, TWO_QUEUES = ("default",), ("high", "default")
@@ -131,22 +130,3 @@ def test_a_job_stranded_in_the_intermediate_list_goes_back_to_its_queue(start_po
     os.kill(pool.ready_pids()[0], signal.SIGKILL)
     pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 30, "the stranded job to run")
     assert run_counts(redis) == {job.id: 1}
-
-
-def test_a_carried_write_that_fails_never_costs_the_job_popped_with_it(redis):
-    """The write rides with the BLPOP: if it fails, a popped job is still returned; with nothing popped the error is."""
-    wait = IdleWait()
-    wait.arm(wake_key("w1.carry-fails"), redis, lambda: None)
-    redis.set("test:not-a-hash", "x")
-    queue = "rq:queue:carry-test"  # no pool of another test pops from it
-
-    def failing_write(pipe):
-        (pipe if pipe is not None else redis).hset("test:not-a-hash", "state", "idle")
-
-    redis.rpush(queue, "job-1")
-    wait.carry = failing_write
-    assert list(wait.pop_list([queue], 1, redis)) == [queue.encode(), b"job-1"]
-    wait.carry = failing_write
-    with pytest.raises(ResponseError):
-        wait.pop_list([queue], 1, redis)
-    assert wait.carry is None  # sent: not sent again

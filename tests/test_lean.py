@@ -17,13 +17,7 @@ try:
 except ImportError:  # rq < 2
     from rq.worker import StopRequested
 
-from redis import Redis
-from redis.connection import Connection
-
-from conftest import wait_until
-from rq_orchestrator.infra.keys import wake_key
 from rq_orchestrator.worker import lean
-from rq_orchestrator.worker.idle_wait import idle_wait
 from rq_orchestrator.worker.process import build_worker, prepare_for_work
 
 JOBS = 40
@@ -144,44 +138,3 @@ def test_no_job_heartbeat_after_a_return_unless_a_success_callback_runs(redis):
     assert beats_alone(called_back) >= 1, seen
     assert beats_alone(failed) >= 1, seen
     assert Job.fetch(failed.id, connection=redis).get_status() == "failed"
-
-
-class RecordingConnection(Connection):
-    """A real connection that also keeps what it sends, one entry a round trip."""
-
-    sent: list[bytes] = []
-
-    def send_packed_command(self, command, check_health=True):
-        chunks = command if isinstance(command, list) else [command]
-        RecordingConnection.sent.append(b"".join(bytes(chunk) for chunk in chunks))
-        return super().send_packed_command(command, check_health)
-
-
-def test_idle_after_a_job_goes_with_the_next_blpop_in_one_round_trip(redis, redis_url):
-    client = Redis.from_url(redis_url, connection_class=RecordingConnection)
-    worker = build_worker(SimpleWorker, ["carry-high", "carry-low"], {}, client, no_fork=True)  # no other pool's
-    prepare_for_work(worker, "w1.carry")
-    idle_wait.arm(wake_key("w1.carry"), client, lambda: None)
-    worker.pool_poll_seconds, worker.pool_polls_left = 1, 1  # after the jobs, one empty wait, then stop
-    for _ in range(5):
-        Queue("carry-low", connection=redis).enqueue("builtins.len", "abc")
-    RecordingConnection.sent.clear()
-    try:
-        worker.work(logging_level="WARNING")
-    finally:
-        idle_wait.key = None
-    idle = b"idle"
-    carried = [packet for packet in RecordingConnection.sent if idle in packet and b"BLPOP" in packet]
-    alone = [packet for packet in RecordingConnection.sent if idle in packet and b"BLPOP" not in packet]
-    assert len(carried) >= 5 and not alone, RecordingConnection.sent  # one a job, and the first wait's
-    assert redis.hget(worker.key, "state") == b"idle"
-
-
-@pytest.mark.parametrize("queues", [("default",), ("high", "default")], ids=["blmove", "blpop"])
-def test_monitors_see_idle_while_a_pool_worker_waits_after_jobs(start_pool, redis, queues):
-    pool = start_pool(*queues, "--num-workers", "1")
-    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
-    jobs = [Queue("default", connection=redis).enqueue("builtins.len", "abc") for _ in range(3)]
-    pool.wait_until(lambda: all(job.get_status(refresh=True) == "finished" for job in jobs), 15, "the jobs")
-    (worker,) = pool.workers()
-    wait_until(lambda: redis.hget(f"rq:worker:{worker['name']}", "state") == b"idle", 5, "idle in Redis")

@@ -17,10 +17,6 @@ the signal handler, in the way that is safe for each pop:
 So an idle worker sends Redis a handful of commands every ``dequeue_timeout``
 instead of every second, and needs neither an ``@admin`` command (``CLIENT
 UNBLOCK``) nor a channel: Frappe's rq ACL user may use the wake key.
-
-A write may ride along with the next wait (``carry``: the worker's state
-``idle`` after a job, ``worker.lean``): a BLPOP sends it in the same round trip,
-any other pop sends it just before.
 """
 
 from __future__ import annotations
@@ -53,18 +49,11 @@ class IdleWait:
         self.waiting: str | None = None  # LIST or MOVE while in a blocking pop
         self.stopping = False
         self.cut_short: Callable[[], None] = lambda: None  # told when a BLMOVE was interrupted
-        self.carry: Callable[[Any], None] | None = None  # a write for the next wait, given a pipeline or None
 
     def arm(self, key: str, connection: Any, cut_short: Callable[[], None]) -> None:
         """In a fresh worker: wait on ``key`` besides the queues (whatever the master's rehearsal left here)."""
         self.key, self.connection, self.cut_short = key, connection, cut_short
-        self.waiting, self.stopping, self.carry = None, False, None
-
-    def flush(self) -> None:
-        """Send the carried write now, on its own: the next pop cannot take it along, or there is none."""
-        carry, self.carry = self.carry, None
-        if carry is not None:
-            carry(None)
+        self.waiting, self.stopping = None, False
 
     def wake(self) -> None:
         """From a signal handler: no more waiting; end a wait in progress (the first stop only)."""
@@ -94,9 +83,8 @@ class IdleWait:
         try:
             self.waiting = LIST  # before the check: a stop from here on pushes a token, or is seen below
             if self.stopping:
-                self.flush()
                 return None
-            result = self._blpop(connection, [*queue_keys, self.key], timeout)
+            result = connection.blpop([*queue_keys, self.key], timeout)
         finally:
             self.waiting = None
         if result is None:
@@ -105,28 +93,8 @@ class IdleWait:
             return None
         return result
 
-    def _blpop(self, connection: Any, keys: list[str], timeout: float) -> Any:
-        """BLPOP, with the carried write in the same round trip (its error only matters when nothing was popped)."""
-        carry, self.carry = self.carry, None
-        if carry is None:
-            return connection.blpop(keys, timeout)
-        try:
-            with connection.pipeline(transaction=False) as pipe:
-                carry(pipe)
-                pipe.blpop(keys, timeout)
-                written, popped = pipe.execute(raise_on_error=False)
-        except Exception:
-            self.carry = carry  # not known to be written: again with the next pop
-            raise
-        if isinstance(popped, Exception):
-            raise popped
-        if popped is None and isinstance(written, Exception):
-            raise written
-        return popped
-
     def pop_move(self, rq_lmove: Callable[[], Any], connection: Any) -> Any:
         """rq's own BLMOVE, which a stop interrupts: its result, or None when woken."""
-        self.flush()
         try:
             self.waiting = MOVE
             if self.stopping:
@@ -156,7 +124,6 @@ class WakeableQueueMixin:
     @classmethod
     def lpop(cls, queue_keys: Any, timeout: Any, connection: Any = None) -> Any:
         if timeout is None or idle_wait.key is None:
-            idle_wait.flush()
             return super().lpop(queue_keys, timeout, connection=connection)  # type: ignore[misc]
         return idle_wait.pop_list(list(queue_keys), timeout, connection)
 
@@ -164,7 +131,6 @@ class WakeableQueueMixin:
     def lmove(cls, connection: Any, queue_key: str, timeout: Any) -> Any:
         rq_lmove = super().lmove  # type: ignore[misc]
         if timeout is None or idle_wait.key is None:
-            idle_wait.flush()
             return rq_lmove(connection, queue_key, timeout)
         return idle_wait.pop_move(lambda: rq_lmove(connection, queue_key, timeout), connection)
 

@@ -23,9 +23,6 @@ Here:
 * the state ``busy``, which rq 1.x writes alone just before the job's prepare
   transaction, is written in that transaction, next to the job's id (one
   round trip less; rq 2.x/3.x write it there themselves);
-* the state ``idle`` after a job goes with the next wait for a job, in the
-  same round trip when that wait is a BLPOP (``idle_wait.carry``; before it
-  otherwise); between back-to-back jobs monitors still see ``idle`` once;
 * a job that returned, with no success callback to run, skips rq's job
   heartbeat that guards the callback (``LeanJobMixin``): one or two round
   trips (rq 1.x also moves the job in the started registry) for a write that
@@ -42,8 +39,6 @@ from datetime import datetime
 from typing import Any
 
 from rq.worker import WorkerStatus
-
-from .idle_wait import idle_wait
 
 COALESCE = 1.0  # seconds
 
@@ -74,14 +69,6 @@ class LeanBookkeepingMixin:
         if pipeline is None and state == self._lean_state:
             self._state = state
             return
-        if pipeline is None and state == WorkerStatus.IDLE and idle_wait.key is not None:
-            self._state, self._lean_pending_busy, self._lean_state = state, False, state
-            idle_wait.carry = lambda pipe: super(LeanBookkeepingMixin, self).set_state(state, pipe)
-            return
-        self._write_state(state, pipeline)
-
-    def _write_state(self, state: str, pipeline: Any) -> None:
-        idle_wait.carry = None  # a carried state is out of date now
         super().set_state(state, pipeline)  # type: ignore[misc]
         self._lean_pending_busy, self._lean_state = False, state if pipeline is None else None
 
@@ -90,10 +77,6 @@ class LeanBookkeepingMixin:
         if pipeline is not None and job_id is not None and self._lean_pending_busy:
             self.set_state(WorkerStatus.BUSY, pipeline)
         super().set_current_job_id(job_id, pipeline=pipeline)  # type: ignore[misc]
-
-    def register_death(self) -> None:
-        idle_wait.flush()
-        super().register_death()  # type: ignore[misc]
 
     def check_for_suspension(self, burst: bool) -> None:
         now = time.monotonic()
