@@ -30,6 +30,7 @@ from rq.exceptions import DequeueTimeout
 from rq.utils import as_text
 
 from ..infra.connection import fresh_copy
+from .mixins import with_mixin
 
 WAKE_TOKEN = "wake"
 WAKE_TTL_SECONDS = 60  # a token nobody popped (the worker took a job instead, then left) expires
@@ -135,11 +136,6 @@ class WakeableQueueMixin:
         return idle_wait.pop_move(lambda: rq_lmove(connection, queue_key, timeout), connection)
 
 
-_wakeable: dict[type, type] = {}
-
-
 def wakeable_queue_class(queue_class: type[Queue]) -> type[Queue]:
     """The subclass of ``queue_class`` whose idle pops can be woken (one per class, cached; made in the master)."""
-    if queue_class not in _wakeable:
-        _wakeable[queue_class] = type(queue_class.__name__, (WakeableQueueMixin, queue_class), {})
-    return _wakeable[queue_class]
+    return with_mixin(WakeableQueueMixin, queue_class)

@@ -40,6 +40,8 @@ from typing import Any
 
 from rq.worker import WorkerStatus
 
+from .mixins import with_mixin
+
 COALESCE = 1.0  # seconds
 
 
@@ -109,11 +111,6 @@ class LeanJobMixin:
         super().heartbeat(timestamp, ttl, pipeline=pipeline, xx=xx)  # type: ignore[misc]
 
 
-_lean_jobs: dict[type, type] = {}
-
-
 def lean_job_class(job_class: type) -> type:
     """The subclass of ``job_class`` with ``LeanJobMixin`` (one per class, cached; made in the master)."""
-    if job_class not in _lean_jobs:
-        _lean_jobs[job_class] = type(job_class.__name__, (LeanJobMixin, job_class), {})
-    return _lean_jobs[job_class]
+    return with_mixin(LeanJobMixin, job_class)

@@ -39,6 +39,7 @@ from typing import Any
 from rq.worker import SimpleWorker
 
 from .events import RECYCLE
+from .mixins import with_mixin
 
 IN_DOUBT = "in doubt"  # how a RECYCLE reason of this rule starts (the master counts it apart)
 
@@ -67,14 +68,9 @@ class WatchedPenaltyMixin:
         return super().handle_death_penalty(*args)  # type: ignore[misc]
 
 
-_watched: dict[type, type] = {}
-
-
 def watched_penalty_class(penalty_class: type) -> type:
     """The subclass of ``penalty_class`` that notes its firing (one per class, cached)."""
-    if penalty_class not in _watched:
-        _watched[penalty_class] = type(penalty_class.__name__, (WatchedPenaltyMixin, penalty_class), {})
-    return _watched[penalty_class]
+    return with_mixin(WatchedPenaltyMixin, penalty_class)
 
 
 class NoForkMixin:
