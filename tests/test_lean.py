@@ -17,7 +17,12 @@ try:
 except ImportError:  # rq < 2
     from rq.worker import StopRequested
 
+from redis import Redis
+
+from acl_user import user_url
+from rq_orchestrator.infra.keys import wake_key
 from rq_orchestrator.worker import lean
+from rq_orchestrator.worker.idle_wait import idle_wait
 from rq_orchestrator.worker.process import build_worker, prepare_for_work
 
 JOBS = 40
@@ -30,10 +35,18 @@ def pool_worker(redis, name: str = "w1.lean"):
     return worker
 
 
+class Seen(list):
+    """What MONITOR showed: (command, ran inside MULTI/EXEC) in order; ``by_script``: the commands a script ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_script: list[str] = []
+
+
 @contextmanager
-def monitored(redis) -> Iterator[list[tuple[str, bool]]]:
+def monitored(redis) -> Iterator[Seen]:
     """Every command Redis runs meanwhile (MONITOR), each with whether it ran inside MULTI/EXEC."""
-    seen: list[tuple[str, bool]] = []
+    seen = Seen()
     ready = threading.Event()
 
     def listen() -> None:
@@ -44,6 +57,9 @@ def monitored(redis) -> Iterator[list[tuple[str, bool]]]:
                 command = entry["command"]
                 if command == "ECHO monitor-end":
                     return
+                if entry.get("client_type") == "lua":
+                    seen.by_script.append(command)
+                    continue
                 in_transaction = command == "MULTI" or in_transaction and command != "EXEC"
                 seen.append((command, in_transaction))
 
@@ -138,3 +154,65 @@ def test_no_job_heartbeat_after_a_return_unless_a_success_callback_runs(redis):
     assert beats_alone(called_back) >= 1, seen
     assert beats_alone(failed) >= 1, seen
     assert Job.fetch(failed.id, connection=redis).get_status() == "failed"
+
+
+def test_idle_after_a_job_that_returned_goes_with_its_success_transaction(redis):
+    """rq writes `idle` alone after every job; here a job that returned carries it in its own transaction."""
+    worker = pool_worker(redis)
+    queue = Queue(connection=redis)
+    for _ in range(3):
+        queue.enqueue("builtins.len", "abc")
+    failed = queue.enqueue("no_fork_jobs.boom")
+    with monitored(redis) as seen:
+        worker.work(burst=True, logging_level="WARNING")
+    idle = [inside for command, inside in seen if command == f"HSET {worker.key} state idle"]
+    assert idle.count(True) == 3, seen  # one a job that returned
+    assert idle.count(False) <= 2, seen  # the start's, and the failed job's (rq ignores a failure to record it)
+    assert Job.fetch(failed.id, connection=redis).get_status() == "failed"
+    assert redis.hget(worker.key, "state") == b"idle"
+
+
+def armed_worker(redis, queues, name: str):
+    """A --no-fork pool worker that waits as in a pool (idle_wait armed), stopping after one empty wait."""
+    worker = build_worker(SimpleWorker, queues, {}, redis, no_fork=True)
+    prepare_for_work(worker, name)
+    idle_wait.arm(wake_key(name), redis, lambda: None)
+    worker.pool_poll_seconds, worker.pool_polls_left = 1, 1
+    return worker
+
+
+def work_armed(worker) -> None:
+    try:
+        worker.work(logging_level="WARNING")
+    finally:
+        idle_wait.key = None
+
+
+def test_a_waiting_job_is_popped_and_read_in_one_round_trip(redis):
+    queues = ["prefetch-high", "prefetch-low"]  # several queues: the wait is a BLPOP
+    worker = armed_worker(redis, queues, "w1.prefetch")
+    jobs = [Queue(name, connection=redis).enqueue("builtins.len", "abc") for name in queues * 2]
+    gone = Queue("prefetch-low", connection=redis).enqueue("builtins.len", "abc")
+    redis.delete(gone.key)  # deleted while queued: skipped, as rq skips it
+    with monitored(redis) as seen:
+        work_armed(worker)
+    assert all(job.get_status(refresh=True) == "finished" for job in jobs)
+    assert redis.llen("rq:queue:prefetch-low") == redis.llen("rq:queue:prefetch-high") == 0
+    read_alone = [command for command, _ in seen if command.startswith("HGETALL rq:job:")]
+    read_by_script = [command for command in seen.by_script if command.startswith("HGETALL rq:job:")]
+    assert len(read_by_script) == len(jobs) + 1, seen.by_script
+    assert read_alone == [f"HGETALL rq:job:{gone.id}"], read_alone  # rq's own read finds it gone
+    high_first = [command.split(":")[-1] for command in read_by_script][:2]
+    assert high_first == [jobs[0].id, jobs[2].id]  # the queues' order is kept, as BLPOP keeps it
+
+
+def test_a_user_who_may_not_run_scripts_gets_jobs_by_blpop(redis, redis_server):
+    redis_server.client().acl_setuser(username="noscripts", passwords="+pw", enabled=True, reset_keys=True,
+                                      keys=["*"], commands=["+@all", "-@scripting"])
+    client = Redis.from_url(user_url(redis_server, "noscripts", "pw"))
+    queues = ["noscript-high", "noscript-low"]
+    worker = armed_worker(client, queues, "w1.noscripts")
+    jobs = [Queue("noscript-low", connection=redis).enqueue("builtins.len", "abc") for _ in range(3)]
+    work_armed(worker)
+    assert all(job.get_status(refresh=True) == "finished" for job in jobs)
+    assert idle_wait.pop_and_read is None  # refused once, not tried again

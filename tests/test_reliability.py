@@ -103,11 +103,13 @@ def test_a_wedged_worker_is_killed_and_its_job_failed(start_pool, redis):
     pool.wait_until(lambda: pool.ready_pids() and pool.ready_pids()[0] != first, 15, "a replacement")
 
 
-def test_redis_outage_loses_no_queued_job(tmp_path):
+@pytest.mark.parametrize("mode", [(), ("--no-fork",)], ids=["fork", "no-fork"])
+def test_redis_outage_loses_no_queued_job(tmp_path, mode):
+    """In no-fork mode a job's end and the worker's `idle` share one transaction: if it fails, the worker dies and its job is settled."""
     with RedisServer(persistent=True) as server:
         client = server.client()
         queue = Queue(connection=client)
-        pool = PoolProcess(server.url, ("--num-workers", "2", *FAST), tmp_path / "pool.log")
+        pool = PoolProcess(server.url, ("--num-workers", "2", *mode, *FAST), tmp_path / "pool.log")
         try:
             pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two workers")
             jobs = [queue.enqueue("jobs.sleep", 0.05) for _ in range(60)]

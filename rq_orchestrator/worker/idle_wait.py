@@ -17,6 +17,12 @@ the signal handler, in the way that is safe for each pop:
 So an idle worker sends Redis a handful of commands every ``dequeue_timeout``
 instead of every second, and needs neither an ``@admin`` command (``CLIENT
 UNBLOCK``) nor a channel: Frappe's rq ACL user may use the wake key.
+
+While jobs wait, a worker that has just taken a job first pops the next with
+a script (``POP_AND_READ``) that also reads the job's hash: one round trip for
+rq's pop and fetch (``lean.prefetched``). When it finds the queues empty it
+blocks in BLPOP until it takes a job again. A server that refuses scripts
+(NOPERM, scripting disabled) gets BLPOP alone from then on.
 """
 
 from __future__ import annotations
@@ -24,17 +30,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import ConnectionError, RedisError, TimeoutError
-from rq.queue import Queue
+from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 from rq.exceptions import DequeueTimeout
+from rq.job import Job
+from rq.queue import Queue
 from rq.utils import as_text
 
 from ..infra.connection import fresh_copy
+from .lean import prefetched
 from .mixins import with_mixin
 
 WAKE_TOKEN = "wake"
 WAKE_TTL_SECONDS = 60  # a token nobody popped (the worker took a job instead, then left) expires
 LIST, MOVE = "list", "move"  # the two kinds of wait: BLPOP on the queues and the wake key, rq's BLMOVE
+JOB_PREFIX = Job.redis_job_namespace_prefix
+POP_AND_READ = """
+for _, queue in ipairs(KEYS) do
+  local id = redis.call('LPOP', queue)
+  if id then return {queue, id, redis.call('HGETALL', ARGV[1] .. id)} end
+end
+return false
+"""
 
 
 class WokenUp(Exception):
@@ -50,11 +66,14 @@ class IdleWait:
         self.waiting: str | None = None  # LIST or MOVE while in a blocking pop
         self.stopping = False
         self.cut_short: Callable[[], None] = lambda: None  # told when a BLMOVE was interrupted
+        self.pop_and_read: Any = None  # the script, while the server runs it
+        self.eager = True  # a job may be waiting: try the script before blocking
 
     def arm(self, key: str, connection: Any, cut_short: Callable[[], None]) -> None:
         """In a fresh worker: wait on ``key`` besides the queues (whatever the master's rehearsal left here)."""
         self.key, self.connection, self.cut_short = key, connection, cut_short
-        self.waiting, self.stopping = None, False
+        self.waiting, self.stopping, self.eager = None, False, True
+        self.pop_and_read = connection.register_script(POP_AND_READ)
 
     def wake(self) -> None:
         """From a signal handler: no more waiting; end a wait in progress (the first stop only)."""
@@ -85,14 +104,33 @@ class IdleWait:
             self.waiting = LIST  # before the check: a stop from here on pushes a token, or is seen below
             if self.stopping:
                 return None
-            result = connection.blpop([*queue_keys, self.key], timeout)
+            result = self._pop_waiting(queue_keys, connection) if self.eager else None
+            if result is None:
+                result = connection.blpop([*queue_keys, self.key], timeout)
         finally:
             self.waiting = None
         if result is None:
             raise DequeueTimeout(timeout, queue_keys)
         if as_text(result[0]) == self.key:
             return None
+        self.eager = True
         return result
+
+    def _pop_waiting(self, queue_keys: list[str], connection: Any) -> tuple[Any, Any] | None:
+        """A waiting job popped and its hash read in one round trip: (queue key, job id), or None."""
+        if self.pop_and_read is None:
+            return None
+        try:
+            found = self.pop_and_read(keys=queue_keys, args=[JOB_PREFIX], client=connection)
+        except ResponseError:  # the server or this user may not run scripts: BLPOP alone from now on
+            self.pop_and_read = None
+            return None
+        if not found:
+            self.eager = False
+            return None
+        queue_key, job_id, fields = found
+        prefetched.keep(JOB_PREFIX + as_text(job_id), dict(zip(fields[::2], fields[1::2])))
+        return queue_key, job_id
 
     def pop_move(self, rq_lmove: Callable[[], Any], connection: Any) -> Any:
         """rq's own BLMOVE, which a stop interrupts: its result, or None when woken."""

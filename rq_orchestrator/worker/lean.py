@@ -23,6 +23,12 @@ Here:
 * the state ``busy``, which rq 1.x writes alone just before the job's prepare
   transaction, is written in that transaction, next to the job's id (one
   round trip less; rq 2.x/3.x write it there themselves);
+* the state ``idle`` after a job that ran in the worker itself (``--no-fork``,
+  ``SimpleWorker``) is written in the job's success transaction, not alone
+  after it; if that transaction fails (Redis went away), rq's own write
+  follows and fails too, and the worker dies with the job in hand, which the
+  master then settles (a failed job keeps rq's own write: rq ignores a
+  failure to record that end, and only the write after it would tell);
 * a job that returned, with no success callback to run, skips rq's job
   heartbeat that guards the callback (``LeanJobMixin``): one or two round
   trips (rq 1.x also moves the job in the started registry) for a write that
@@ -38,6 +44,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from rq.utils import as_text
 from rq.worker import WorkerStatus
 
 from .mixins import with_mixin
@@ -53,6 +60,7 @@ class LeanBookkeepingMixin:
     _lean_state: str | None = None
     _lean_suspension_at: float = float("-inf")
     _lean_pending_busy = False  # `busy` set, to be written with the job's prepare transaction
+    _lean_idle_with_end = False  # `idle` added to the job's success transaction
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         idle_ttl = self.worker_ttl + 60  # type: ignore[attr-defined] # rq's own default, every version
@@ -80,6 +88,20 @@ class LeanBookkeepingMixin:
             self.set_state(WorkerStatus.BUSY, pipeline)
         super().set_current_job_id(job_id, pipeline=pipeline)  # type: ignore[misc]
 
+    def increment_successful_job_count(self, pipeline: Any = None) -> None:
+        """Called inside a job's success transaction: where the job ran in this process, ``idle`` goes with it."""
+        super().increment_successful_job_count(pipeline=pipeline)  # type: ignore[misc]
+        if pipeline is not None and not getattr(self, "_is_horse", False):
+            super().set_state(WorkerStatus.IDLE, pipeline)  # type: ignore[misc]
+            self._lean_idle_with_end = True
+
+    def handle_job_success(self, *args: Any, **kwargs: Any) -> Any:
+        self._lean_idle_with_end = False
+        result = super().handle_job_success(*args, **kwargs)  # type: ignore[misc]
+        if self._lean_idle_with_end:  # the transaction ran: rq's lone `idle` after the job repeats it
+            self._lean_pending_busy, self._lean_state = False, WorkerStatus.IDLE
+        return result
+
     def check_for_suspension(self, burst: bool) -> None:
         now = time.monotonic()
         if now - self._lean_suspension_at < COALESCE:
@@ -88,14 +110,42 @@ class LeanBookkeepingMixin:
         self._lean_suspension_at = time.monotonic()
 
 
+class Prefetched:
+    """The hash of the job just popped, read in the pop's round trip (``idle_wait``): rq's fetch of it takes it from here."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.fields: dict[Any, Any] = {}
+
+    def keep(self, key: str, fields: dict[Any, Any]) -> None:
+        self.key, self.fields = key, fields
+
+    def take(self, key: str) -> dict[Any, Any] | None:
+        """The fields read for ``key`` (once; None if another job's or none were read)."""
+        if key != self.key:
+            return None
+        fields, self.key, self.fields = self.fields, None, {}
+        return fields
+
+
+prefetched = Prefetched()  # one per process
+
+
 class LeanJobMixin:
-    """A job that skips rq's heartbeat between its return and its success callback when it has none.
+    """A job read with its pop, and one that skips rq's heartbeat between its return and a success callback it lacks.
 
     rq writes that heartbeat (and on 1.x the started registry's new deadline)
     so that the job is not taken for abandoned while its callback runs; the
     job's success transaction, which takes it out of that registry, follows it
     at once. A job that raised keeps its heartbeat before the failure callback.
     """
+
+    def refresh(self) -> None:
+        fields = prefetched.take(as_text(self.key))  # type: ignore[attr-defined]
+        if not fields:  # not read with the pop, or gone: rq's own read (and its NoSuchJobError)
+            super().refresh()  # type: ignore[misc]
+            return
+        self.restore(fields)  # type: ignore[attr-defined]
 
     _lean_returned = False
 
