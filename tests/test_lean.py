@@ -19,7 +19,7 @@ except ImportError:  # rq < 2
 
 from redis import Redis
 
-from acl_user import user_url
+from acl_user import BENCH_ID, frappe_redis, frappe_url, make_user, user_url  # noqa: F401 - fixtures
 from rq_orchestrator.infra.keys import wake_key
 from rq_orchestrator.worker import lean
 from rq_orchestrator.worker.idle_wait import idle_wait
@@ -204,6 +204,17 @@ def test_a_waiting_job_is_popped_and_read_in_one_round_trip(redis):
     assert read_alone == [f"HGETALL rq:job:{gone.id}"], read_alone  # rq's own read finds it gone
     high_first = [command.split(":")[-1] for command in read_by_script][:2]
     assert high_first == [jobs[0].id, jobs[2].id]  # the queues' order is kept, as BLPOP keeps it
+
+
+def test_frappe_s_rq_user_pops_and_reads_with_the_script(frappe_redis, redis):
+    queues = [f"{BENCH_ID}:short", f"{BENCH_ID}:default"]  # Frappe's queue names under its rq user
+    worker = armed_worker(frappe_redis, queues, "w1.frappe-user")
+    jobs = [Queue(queues[1], connection=frappe_redis).enqueue("builtins.len", "abc") for _ in range(3)]
+    with monitored(redis) as seen:
+        work_armed(worker)
+    assert all(job.get_status(refresh=True) == "finished" for job in jobs)
+    assert idle_wait.pop_and_read is not None
+    assert sum(command.startswith("HGETALL rq:job:") for command in seen.by_script) == len(jobs), seen.by_script
 
 
 def test_a_user_who_may_not_run_scripts_gets_jobs_by_blpop(redis, redis_server):
