@@ -68,10 +68,7 @@ def test_kill_horse_fails_the_job_as_rq_does_and_the_worker_goes_on(start_pool, 
 
 
 def test_shutdown_stops_the_worker_warm_and_the_pool_replaces_it(start_pool, redis):
-    pool = start_pool("--num-workers", "1", *FAST)
-    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
-    job = Queue(connection=redis).enqueue("jobs.sleep", 1.5)
-    worker = busy_worker(pool, job)
+    pool, _, job, worker = one_worker_running(start_pool, redis, 1.5)
     send_shutdown_command(redis, worker["name"])
     pool.wait_until(lambda: status_of(job) == JobStatus.FINISHED, 15, "the job to finish (a warm stop)")
     pool.wait_until(lambda: [w["pid"] for w in pool.workers()] not in ([], [worker["pid"]]) and len(pool.workers()) == 1,
@@ -81,10 +78,7 @@ def test_shutdown_stops_the_worker_warm_and_the_pool_replaces_it(start_pool, red
 
 def test_a_worker_killed_while_retiring_with_a_job_has_its_job_settled(start_pool, redis):
     """A warm stop waits for the job; a worker that dies meanwhile (killed, Redis gone) still has its job failed."""
-    pool = start_pool("--num-workers", "1", *FAST)
-    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
-    job = Queue(connection=redis).enqueue("jobs.sleep", 60)
-    worker = busy_worker(pool, job)
+    pool, _, job, worker = one_worker_running(start_pool, redis, 60)
     send_shutdown_command(redis, worker["name"])
     pool.wait_until(lambda: "rq command: shutdown" in pool.output(), 15, "the shutdown relayed")
     os.kill(worker["pid"], signal.SIGKILL)

@@ -45,11 +45,12 @@ from datetime import datetime
 from typing import Any
 
 from rq.utils import as_text
-from rq.worker import WorkerStatus
+from rq.worker import Worker, WorkerStatus
 
 from .mixins import with_mixin
 
 COALESCE = 1.0  # seconds
+BUSY_WITH_JOB_ID = hasattr(Worker, "set_current_job_id")  # rq 1.x/2.x name the job in its own write (3.x: no such call)
 
 
 class LeanBookkeepingMixin:
@@ -72,7 +73,7 @@ class LeanBookkeepingMixin:
         self._lean_beat_at, self._lean_beat_ttl = now, ttl
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
-        if pipeline is None and state == WorkerStatus.BUSY and hasattr(super(), "set_current_job_id"):
+        if pipeline is None and state == WorkerStatus.BUSY and BUSY_WITH_JOB_ID:
             # rq 1.x/2.x: written with the job's id in its prepare transaction (set_current_job_id, below)
             self._state, self._lean_pending_busy, self._lean_state = state, True, None
             return
