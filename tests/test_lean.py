@@ -227,3 +227,26 @@ def test_a_user_who_may_not_run_scripts_gets_jobs_by_blpop(redis, redis_server):
     work_armed(worker)
     assert all(job.get_status(refresh=True) == "finished" for job in jobs)
     assert idle_wait.pop_and_read is None  # refused once, not tried again
+
+
+def test_jobs_that_come_one_at_a_time_are_taken_by_blpop_alone(redis):
+    """The script goes first only while jobs are queued: a worker whose BLPOP waited for its job waits the same way next."""
+    queues = ["trickle-high", "trickle-low"]
+    worker = armed_worker(redis, queues, "w1.trickle")
+    worker.pool_poll_seconds, worker.pool_polls_left = 2, 1
+    queue = Queue("trickle-low", connection=redis)
+    jobs = []
+
+    def trickle() -> None:
+        for _ in range(3):
+            time.sleep(0.3)
+            jobs.append(queue.enqueue("builtins.len", "abc"))
+
+    feeder = threading.Thread(target=trickle)
+    with monitored(redis) as seen:
+        feeder.start()
+        work_armed(worker)
+        feeder.join()
+    assert len(jobs) == 3 and all(job.get_status(refresh=True) == "finished" for job in jobs)
+    scripts = [command for command, _ in seen if command.startswith("EVALSHA")]
+    assert len(scripts) == 1, seen  # the fresh worker's first look only

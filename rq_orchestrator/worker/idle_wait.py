@@ -18,15 +18,18 @@ So an idle worker sends Redis a handful of commands every ``dequeue_timeout``
 instead of every second, and needs neither an ``@admin`` command (``CLIENT
 UNBLOCK``) nor a channel: Frappe's rq ACL user may use the wake key.
 
-While jobs wait, a worker that has just taken a job first pops the next with
-a script (``POP_AND_READ``) that also reads the job's hash: one round trip for
-rq's pop and fetch (``lean.prefetched``). When it finds the queues empty it
-blocks in BLPOP until it takes a job again. A server that refuses scripts
+While jobs wait, a worker pops the next with a script (``POP_AND_READ``) that
+also reads the job's hash: one round trip for rq's pop and fetch
+(``lean.prefetched``). When the script finds the queues empty the worker
+blocks in BLPOP, and goes on with BLPOP while jobs come one at a time (each
+BLPOP had to wait for its job); a BLPOP answered at once means jobs are
+queued, and the script goes first again. A server that refuses scripts
 (NOPERM, scripting disabled) gets BLPOP alone from then on.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +47,7 @@ WAKE_TOKEN = "wake"
 WAKE_TTL_SECONDS = 60  # a token nobody popped (the worker took a job instead, then left) expires
 LIST, MOVE = "list", "move"  # the two kinds of wait: BLPOP on the queues and the wake key, rq's BLMOVE
 JOB_PREFIX = Job.redis_job_namespace_prefix
+QUEUED_WITHIN = 0.005  # seconds: a BLPOP answered sooner found a job waiting (then the script goes first again)
 POP_AND_READ = """
 for _, queue in ipairs(KEYS) do
   local id = redis.call('LPOP', queue)
@@ -106,14 +110,15 @@ class IdleWait:
                 return None
             result = self._pop_waiting(queue_keys, connection) if self.eager else None
             if result is None:
+                began = time.monotonic()
                 result = connection.blpop([*queue_keys, self.key], timeout)
+                self.eager = time.monotonic() - began < QUEUED_WITHIN  # a job was there already: more may be
         finally:
             self.waiting = None
         if result is None:
             raise DequeueTimeout(timeout, queue_keys)
         if as_text(result[0]) == self.key:
             return None
-        self.eager = True
         return result
 
     def _pop_waiting(self, queue_keys: list[str], connection: Any) -> tuple[Any, Any] | None:
