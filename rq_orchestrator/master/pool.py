@@ -414,11 +414,7 @@ class Pool(ForkingMixin):
         self._forked_before_learning.discard(pid)
         if self._reload_pending.pop(pid, None) is not None:
             group.target -= 1  # a re-fork that never came up: the old worker stays
-        if record is not None and record.retiring and record.job_id and code != 0 and not self._stopping:
-            # a warm retirement never ends a job: this worker died of something else with its job in hand
-            self.aftercare.worker_died(record.name, group.queues, record.job_id,
-                                       f"worker {record.name} {_describe_exit(code)} while retiring")
-        if record is None or self._stopping or record.retiring:
+        if record is None or self._stopping or record.retiring and code == 0:  # a warm retirement, or the pool's stop
             log.debug("worker %s exited (%s)", record.name if record else pid, _describe_exit(code))
             return
         if self.config.burst and code == 0:
@@ -430,13 +426,17 @@ class Pool(ForkingMixin):
             log.info("worker %s exited by itself (exit status 0); replacing it", record.name)
             self.state.counters.restarts["exited"] += 1
             return
-        self.state.counters.restarts["killed" if code < 0 else "crashed"] += 1
+        # Died of something else (killed, crashed, Redis gone), retiring or not: a retiring one is not replaced.
+        if not record.retiring:
+            self.state.counters.restarts["killed" if code < 0 else "crashed"] += 1
         if record.job_id:
             self.state.counters.jobs["failed"] += 1  # settled below: failed, or requeued by its Retry
-        log.warning("worker %s exited unexpectedly (%s)%s", record.name, _describe_exit(code),
+        retiring = " while retiring" if record.retiring else ""
+        log.warning("worker %s exited unexpectedly (%s)%s%s", record.name, _describe_exit(code), retiring,
                     f" while running job {record.job_id}" if record.job_id else "")
-        self.aftercare.worker_died(record.name, group.queues, record.job_id, f"worker {record.name} {_describe_exit(code)}")
-        if not record.ready and self._redis_reachable():
+        self.aftercare.worker_died(record.name, group.queues, record.job_id,
+                                   f"worker {record.name} {_describe_exit(code)}{retiring}")
+        if not record.ready and not record.retiring and self._redis_reachable():
             self._boot_failures += 1
             if self._boot_failures >= self.config.max_boot_failures:
                 raise PoolError(
