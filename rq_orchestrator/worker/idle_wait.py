@@ -70,7 +70,7 @@ class IdleWait:
         self.waiting: str | None = None  # LIST or MOVE while in a blocking pop
         self.stopping = False
         self.cut_short: Callable[[], None] = lambda: None  # told when a BLMOVE was interrupted
-        self.pop_and_read: Any = None  # the script, while the server runs it
+        self.pop_and_read: Any = None  # the script; None once the server or its user refused it
         self.eager = True  # a job may be waiting: try the script before blocking
 
     def arm(self, key: str, connection: Any, cut_short: Callable[[], None]) -> None:
