@@ -1,7 +1,7 @@
 """Idle workers block on Redis for rq's whole dequeue_timeout, and a stop still ends their wait at once, losing no job.
 
-Both kinds of wait are covered: BLMOVE (one queue; the stop raises into the
-wait) and BLPOP on several queues plus the worker's wake key (the stop pushes
+Both kinds of wait are covered: BLMOVE (one queue; the stop shuts the wait's
+socket) and BLPOP on several queues plus the worker's wake key (the stop pushes
 a token). Every test runs on whichever rq the suite runs with (1.15 to 3.x).
 """
 
@@ -14,12 +14,13 @@ import time
 
 import psutil
 import pytest
+from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
 from conftest import run_counts, wait_until
 from rq_orchestrator.infra.keys import wake_key
-from rq_orchestrator.worker.idle_wait import WAKE_TOKEN
+from rq_orchestrator.worker.idle_wait import WAKE_TOKEN, IdleWait
 
 FAST = ("--scaling-period", "0.2", "--utilization-window", "1")
 ONE_QUEUE, TWO_QUEUES = ("default",), ("high", "default")
@@ -130,3 +131,28 @@ def test_a_job_stranded_in_the_intermediate_list_goes_back_to_its_queue(start_po
     os.kill(pool.ready_pids()[0], signal.SIGKILL)
     pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 30, "the stranded job to run")
     assert run_counts(redis) == {job.id: 1}
+
+
+def test_a_stop_handled_inside_a_finalizer_still_ends_a_blmove_wait(redis_url):
+    """A signal lands wherever Python is, also in a ``__del__``, where an exception raised by its handler is lost."""
+    redis = Redis.from_url(redis_url, socket_timeout=120)  # as rq's worker: reads outlast the pop's timeout
+    wait, stranded = IdleWait(), []
+    wait.arm(wake_key("finalized"), redis, lambda: stranded.append(True))
+    queue_key = Queue("default", connection=redis).key
+
+    class Finalized:
+        def __del__(self) -> None:
+            wait.wake()  # the stop's handler, run where the signal landed
+
+    def lmove_after_a_finalizer(blocking):
+        Finalized()  # collected at once: the stop is handled in its __del__, inside the wait
+        return Queue.lmove(blocking, queue_key, 60)
+
+    started = time.monotonic()
+    try:
+        assert wait.pop_move(lmove_after_a_finalizer, redis) is None
+    finally:
+        wait.blocking.close()
+        redis.close()
+    assert time.monotonic() - started < 30  # not the BLMOVE's 60 s
+    assert stranded  # a job Redis moved meanwhile would be in the intermediate list: the master is told

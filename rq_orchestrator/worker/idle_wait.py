@@ -10,13 +10,18 @@ the signal handler, in the way that is safe for each pop:
   (``infra.keys.wake_key``), and the handler pushes a token onto it over a
   second, short-lived connection. Redis serves the pop atomically: a job (the
   worker runs it, then stops) or the token (it stops with nothing in hand).
-* BLMOVE: the handler raises ``WokenUp`` into the wait. If Redis had already
-  moved a job, the job sits in rq's intermediate list, and the master returns
-  it to the front of its queue (``master.dead_workers``, stranded jobs).
+* BLMOVE: the worker waits on a connection of its own, without redis-py's
+  retries, and the handler shuts that socket down: the pop fails at once,
+  wherever the signal landed. (An exception raised from the handler would be
+  lost when the signal lands in a finalizer, ``__del__``, and the worker would
+  wait on.) If Redis had already moved a job, the job sits in rq's
+  intermediate list, and the master returns it to the front of its queue
+  (``master.dead_workers``, stranded jobs).
 
 So an idle worker sends Redis a handful of commands every ``dequeue_timeout``
 instead of every second, and needs neither an ``@admin`` command (``CLIENT
-UNBLOCK``) nor a channel: Frappe's rq ACL user may use the wake key.
+UNBLOCK``) nor a channel: Frappe's rq ACL user may use the wake key. Nothing
+is raised from a signal handler.
 
 While jobs wait, a worker pops the next with a script (``POP_AND_READ``) that
 also reads the job's hash: one round trip for rq's pop and fetch
@@ -29,11 +34,14 @@ queued, and the script goes first again. A server that refuses scripts
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
+from redis.retry import Retry
 from rq.exceptions import DequeueTimeout
 from rq.job import Job
 from rq.queue import Queue
@@ -57,16 +65,13 @@ return false
 """
 
 
-class WokenUp(Exception):
-    """Raised by a stop into a BLMOVE wait: whatever Redis moved is in rq's intermediate list, not lost."""
-
-
 class IdleWait:
     """This process's idle wait: the key that ends it, the kind of wait in progress, and whether to wait at all."""
 
     def __init__(self) -> None:
         self.key: str | None = None  # None: not a pool worker (the master's rehearsal): rq's own pops
         self.connection: Any = None  # the worker's client, copied for a wake
+        self.blocking: Any = None  # BLMOVE's client: one connection, no retries (made at the first BLMOVE)
         self.waiting: str | None = None  # LIST or MOVE while in a blocking pop
         self.stopping = False
         self.cut_short: Callable[[], None] = lambda: None  # told when a BLMOVE was interrupted
@@ -76,7 +81,7 @@ class IdleWait:
     def arm(self, key: str, connection: Any, cut_short: Callable[[], None]) -> None:
         """In a fresh worker: wait on ``key`` besides the queues (whatever the master's rehearsal left here)."""
         self.key, self.connection, self.cut_short = key, connection, cut_short
-        self.waiting, self.stopping, self.eager = None, False, True
+        self.waiting, self.stopping, self.eager, self.blocking = None, False, True, None
         self.pop_and_read = connection.register_script(POP_AND_READ)
 
     def wake(self) -> None:
@@ -85,7 +90,7 @@ class IdleWait:
         if self.key is None or not first:
             return
         if self.waiting == MOVE:
-            raise WokenUp()
+            self._shut_blocking()
         if self.waiting == LIST:
             self._push_token()
 
@@ -100,6 +105,15 @@ class IdleWait:
             pass  # Redis is down: the pop fails too, and the worker sees the stop when it retries
         finally:
             client.close()
+
+    def _shut_blocking(self) -> None:
+        """End BLMOVE's wait, or make it fail as it starts: its socket reads end-of-file, its writes fail."""
+        sock = getattr(self.blocking.connection, "_sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed: the pop has failed
 
     def pop_list(self, queue_keys: list[str], timeout: float, connection: Any) -> tuple[Any, Any] | None:
         """BLPOP on the queues and the wake key: (queue key, job id), None when woken; DequeueTimeout as rq's."""
@@ -137,26 +151,38 @@ class IdleWait:
         prefetched.keep(JOB_PREFIX + as_text(job_id), dict(zip(fields[::2], fields[1::2])))
         return queue_key, job_id
 
-    def pop_move(self, rq_lmove: Callable[[], Any], connection: Any) -> Any:
-        """rq's own BLMOVE, which a stop interrupts: its result, or None when woken."""
+    def pop_move(self, rq_lmove: Callable[[Any], Any], connection: Any) -> Any:
+        """rq's own BLMOVE, on the client ``blocking``, which a stop ends: its result, or None when stopped."""
         try:
-            self.waiting = MOVE
+            blocking = self._blocking_client(connection)
+            self.waiting = MOVE  # after the connect: a stop from here on finds a socket to shut
             if self.stopping:
                 return None
-            return rq_lmove()
-        except WokenUp:
-            connection.connection_pool.disconnect()  # a reply may be half read
-            self.cut_short()
-            return None
+            return rq_lmove(blocking)
         except DequeueTimeout:
             if self.stopping:
                 return None
             raise
-        except (ConnectionError, TimeoutError):  # redis-py's: a moved job's reply may be lost
-            self.cut_short()
+        except (ConnectionError, TimeoutError):
+            if self.waiting == MOVE:  # shut by a stop, or Redis lost in the wait: a moved job's reply may be lost
+                self.cut_short()
+            if self.stopping:
+                return None
             raise
         finally:
             self.waiting = None
+
+    def _blocking_client(self, connection: Any) -> Any:
+        """This worker's connected client for BLMOVE: a copy of ``connection`` that never retries a command.
+
+        redis-py (6+) would otherwise answer the shut socket by reconnecting
+        and sending the BLMOVE again, which waits its whole timeout.
+        """
+        if self.blocking is None:
+            copy = fresh_copy(connection, retry=Retry(NoBackoff(), 0), retry_on_error=[], retry_on_timeout=False)
+            self.blocking = copy.client()  # one connection of its own (single_connection_client)
+        self.blocking.connection.connect()  # no-op while connected; after a failure, a new socket
+        return self.blocking
 
 
 idle_wait = IdleWait()  # one per process: each worker arms its own copy after the fork
@@ -176,7 +202,7 @@ class WakeableQueueMixin:
         rq_lmove = super().lmove  # type: ignore[misc]
         if timeout is None or idle_wait.key is None:
             return rq_lmove(connection, queue_key, timeout)
-        return idle_wait.pop_move(lambda: rq_lmove(connection, queue_key, timeout), connection)
+        return idle_wait.pop_move(lambda blocking: rq_lmove(blocking, queue_key, timeout), connection)
 
 
 def wakeable_queue_class(queue_class: type[Queue]) -> type[Queue]:
