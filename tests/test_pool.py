@@ -12,6 +12,7 @@ import pytest
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.worker import Worker
 
 from conftest import run_counts
 from rq_orchestrator.infra.config import hostname
@@ -108,9 +109,22 @@ def test_second_sigterm_is_a_cold_stop(start_pool, redis):
     pool.send(signal.SIGTERM)
     pool.wait(10)
     assert time.monotonic() - started < 5
-    assert job.get_status(refresh=True) != JobStatus.FINISHED
+    assert job.get_status(refresh=True) == JobStatus.FAILED  # settled, not left "started"
     assert run_counts(redis) == {}
     assert pool_processes("coldtest") == []
+
+
+def test_a_worker_killed_in_a_warm_stop_has_its_job_and_registration_settled(start_pool, redis):
+    pool = start_pool("--num-workers", "1", "--name", "killedinstop", *FAST)
+    job = Queue(connection=redis).enqueue("jobs.sleep", 60)
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 15, "the job to start")
+    (worker,) = pool.wait_until(lambda: pool.ready_pids(), 15, "the worker in the pool's state")
+    pool.send(signal.SIGTERM)
+    pool.wait_until(lambda: "warm stop" in pool.output(), 15, "the warm stop")
+    os.kill(worker, signal.SIGKILL)
+    assert pool.wait(15) == 0
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert Worker.all(connection=redis) == []  # no worker left listed until its key expires
 
 
 def test_burst_mode_exits_when_the_queues_are_empty(start_pool, redis):

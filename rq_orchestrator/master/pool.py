@@ -414,8 +414,13 @@ class Pool(ForkingMixin):
         self._forked_before_learning.discard(pid)
         if self._reload_pending.pop(pid, None) is not None:
             group.target -= 1  # a re-fork that never came up: the old worker stays
-        if record is None or self._stopping or record.retiring and code == 0:  # a warm retirement, or the pool's stop
+        if record is None or code == 0 and (self._stopping or record.retiring):  # a warm retirement, or the pool's stop
             log.debug("worker %s exited (%s)", record.name if record else pid, _describe_exit(code))
+            return
+        if self._stopping:  # a cold stop's, or killed before rq's handlers were in: rq left its registration, maybe a job
+            log.debug("worker %s exited (%s) in the pool's stop", record.name, _describe_exit(code))
+            self.aftercare.worker_died(record.name, group.queues, record.job_id,
+                                       f"worker {record.name} {_describe_exit(code)} in the pool's stop")
             return
         if self.config.burst and code == 0:
             self._draining = True
