@@ -179,7 +179,7 @@ class IdleWait:
         and sending the BLMOVE again, which waits its whole timeout.
         """
         if self.blocking is None:
-            copy = fresh_copy(connection, retry=Retry(NoBackoff(), 0), retry_on_error=[], retry_on_timeout=False)
+            copy = fresh_copy(connection, retry=Retry(NoBackoff(), 0))  # replaces any retry_on_error/_timeout too
             self.blocking = copy.client()  # one connection of its own (single_connection_client)
         self.blocking.connection.connect()  # no-op while connected; after a failure, a new socket
         return self.blocking
