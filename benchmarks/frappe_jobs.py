@@ -20,7 +20,11 @@ Two measurements, each side by side in one run, set-ups in a rotated order per r
 Set-ups: ``ours`` (`bench worker-pool`), ``nofork`` (the same with ``--no-fork``,
 where the installed pool has it), ``builtin`` (Frappe's own pool: this app's
 line taken out of sites/apps.txt, restored byte for byte), ``separate``
-(`bench worker` processes; by default only in ``busy``).
+(`bench worker` processes; by default only in ``busy``), and in ``busy`` only
+``floor``: the 8 jobs run through ``execute_job`` in 8 threads of one process,
+no queue, no worker. One interpreter and one copy of Frappe for all 8, plus
+what each job makes for itself: no pool of processes can hold 8 such jobs in
+less (read once the process has used no CPU for a second: every job loaded).
 
 Other engineers use the same bench: the script runs every process in a
 shadow of it (a temporary directory whose ``env`` and ``apps`` link to the
@@ -52,6 +56,7 @@ from typing import Any
 from benchmarks._common import (
     LOGS,
     RESULTS,
+    cpu_seconds,
     machine_facts,
     median,
     parse_rq_time,
@@ -167,8 +172,38 @@ def busy_memory(bench: Path, site: str, client: Any, workers: int, roots: list[i
     return memory
 
 
+FLOOR = """
+import sys, threading, time, frappe
+from frappe.utils.background_jobs import execute_job
+from benchmarks.frappe_tasks import busy
+site, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+threads = [threading.Thread(target=execute_job, args=(site, busy, None, "floor", {"seconds": seconds}))
+           for _ in range(count)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+"""
+
+
+def floor_memory(args: argparse.Namespace, jobs: int) -> Any:
+    """The ``floor`` set-up: PSS of one process running the ``jobs`` busy jobs in as many threads."""
+    seconds = args.settle + 20
+    with started() as group:
+        group.start([str(args.bench / "env" / "bin" / "python"), "-c", FLOOR, args.site, str(jobs), str(seconds)],
+                    LOGS / "frappe-jobs-floor.log", cwd=args.bench / "sites")
+        pid = group.pids[0]
+        last = -1.0
+        while (now := cpu_seconds(pid)) != last:  # loading uses CPU; all 8 asleep: it stops
+            last = now
+            time.sleep(1.0)
+        return tree_memory([pid])
+
+
 def measure(args: argparse.Namespace, setup: str, client: Any) -> dict[str, Any]:
     workers = 2 if args.kind == "tiny" else 8
+    if setup == "floor":
+        return {"busy": floor_memory(args, workers)}
     with without_app(args.bench, setup == "builtin"), started() as group:
         for i, command in enumerate(commands(args.bench, setup, workers)):
             group.start(command, LOGS / f"frappe-jobs-{setup}-{i}.log", cwd=args.bench / "sites")
@@ -201,7 +236,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=600, help="tiny jobs per set-up and run")
     parser.add_argument("--settle", type=float, default=4.0)
-    parser.add_argument("--setups", default=None, help="comma-separated (ours,nofork,builtin,separate)")
+    parser.add_argument("--setups", default=None, help="comma-separated (ours,nofork,builtin,separate; busy: also floor)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     setups = (args.setups or ("ours,builtin" if args.kind == "tiny" else "ours,builtin,separate")).split(",")
