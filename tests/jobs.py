@@ -83,6 +83,15 @@ class DiesAfterPop(Worker):
         return super().execute_job(job, queue)
 
 
+class ForkFailsOnce(Worker):
+    """Cannot fork its work process (once), as when os.fork meets ENOMEM: rq's loop quits and the worker exits 0."""
+
+    def fork_work_horse(self, job, queue):  # noqa: ANN001
+        if not self.name.startswith("rehearsal-") and self.connection.set("test:fork-failed", 1, nx=True):
+            raise OSError(12, "Cannot allocate memory")
+        return super().fork_work_horse(job, queue)
+
+
 class SlowRehearsal(Worker):
     """Takes 3 s to register in the master's pre-fork rehearsal (rq_orchestrator.master.prewarm), and says when it starts."""
 

@@ -169,6 +169,17 @@ def test_a_job_popped_by_a_worker_that_dies_before_starting_it_is_requeued(start
     assert "back at the front" in pool.output()
 
 
+def test_a_worker_whose_loop_quits_with_a_job_in_hand_has_its_job_requeued(start_pool, redis):
+    # rq logs the error and leaves its loop without raising: the worker exits with status 0.
+    queue = Queue(connection=redis)
+    pool = start_pool("--num-workers", "1", "--worker-class", "jobs.ForkFailsOnce", *FAST)
+    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
+    job = queue.enqueue("jobs.noop")
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "the job to run after all")
+    assert run_counts(redis) == {job.id: 1}
+    assert f"exited unexpectedly (exit status 0) while running job {job.id}" in pool.output()
+
+
 # openssl's settings for the throwaway certificates, nothing taken from the system's openssl.cnf.
 # Python 3.13 verifies strictly (VERIFY_X509_STRICT): the CA must say it signs certificates
 # (keyUsage keyCertSign) and the server's must name its issuer's key (authorityKeyIdentifier).

@@ -391,17 +391,14 @@ class Pool(ForkingMixin):
             self._retire(group, group.workers[old])
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        exits = _exited_children()
+        if any(pid in self._owner for pid, _code in exits):
+            self._read_events()  # what a worker wrote before it exited (its IDLE, its FAILED) counts first
+        for pid, code in exits:
             group = self._owner.pop(pid, None)
             if group is not None:
-                self._worker_exited(group, pid, os.waitstatus_to_exitcode(status))
-            elif self.services.reaped(pid, _describe_exit(os.waitstatus_to_exitcode(status))):
+                self._worker_exited(group, pid, code)
+            elif self.services.reaped(pid, _describe_exit(code)):
                 self.state.mark_dirty()
 
     def _worker_exited(self, group: WorkerGroup, pid: int, code: int) -> None:
@@ -414,7 +411,10 @@ class Pool(ForkingMixin):
         self._forked_before_learning.discard(pid)
         if self._reload_pending.pop(pid, None) is not None:
             group.target -= 1  # a re-fork that never came up: the old worker stays
-        if record is None or code == 0 and (self._stopping or record.retiring):  # a warm retirement, or the pool's stop
+        # Status 0 with a job in hand is no warm exit: rq quits its loop without raising on an error in
+        # the worker, and a job run in the worker (--no-fork) may end the process with status 0.
+        clean = code == 0 and (record is None or record.job_id is None)
+        if record is None or clean and (self._stopping or record.retiring):  # a warm retirement, or the pool's stop
             log.debug("worker %s exited (%s)", record.name if record else pid, _describe_exit(code))
             return
         if self._stopping:  # a cold stop's, or killed before rq's handlers were in: rq left its registration, maybe a job
@@ -422,12 +422,12 @@ class Pool(ForkingMixin):
             self.aftercare.worker_died(record.name, group.queues, record.job_id,
                                        f"worker {record.name} {_describe_exit(code)} in the pool's stop")
             return
-        if self.config.burst and code == 0:
+        if self.config.burst and clean:
             self._draining = True
             group.target = max(group.target - 1, 0)
             log.info("worker %s found its queues empty and exited (burst)", record.name)
             return
-        if code == 0:  # a worker class that stops by itself (e.g. after max jobs): replace it
+        if clean:  # a worker class that stops by itself (e.g. after max jobs): replace it
             log.info("worker %s exited by itself (exit status 0); replacing it", record.name)
             self.state.counters.restarts["exited"] += 1
             return
@@ -608,3 +608,16 @@ def _kill(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
+
+
+def _exited_children() -> list[tuple[int, int]]:
+    """(pid, exit code) of every child that has exited, reaped (a negative code: killed by that signal)."""
+    exits = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return exits
+        if pid == 0:
+            return exits
+        exits.append((pid, os.waitstatus_to_exitcode(status)))
