@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 from redis import Redis
 from rq import Worker
@@ -45,6 +47,32 @@ def test_the_child_finishes_the_worker_with_its_name_pid_host_and_address(redis)
     registered = Worker.find_by_key(worker.key, connection=redis)
     assert (registered.pid, registered.ip_address) == (os.getpid(), worker.ip_address)
     worker.register_death()
+
+
+# A stand-in pool (a process group of its own) whose worker kills a work process that is still in
+# that group, as one is between rq's fork and its setpgrp/setsid: rq's own kill_horse kills the group.
+KILL_FRESH_HORSE = """
+import os, signal, time
+os.setpgrp()
+from rq import Worker
+from rq_orchestrator.worker.process import build_worker
+from tests.test_worker_process import nobody_listens
+horse = os.fork()
+if horse == 0:
+    time.sleep(30)
+    os._exit(0)
+worker = build_worker(Worker, ("default",), {}, nobody_listens())
+worker._horse_pid = horse
+worker.kill_horse()
+_, status = os.waitpid(horse, 0)
+print("survived; the work process", "was killed" if os.WIFSIGNALED(status) else "exited")
+"""
+
+
+def test_killing_a_work_process_not_yet_in_its_own_group_spares_the_pool():
+    done = subprocess.run([sys.executable, "-c", KILL_FRESH_HORSE], capture_output=True, text=True, timeout=60,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.stdout.strip() == "survived; the work process was killed", (done.returncode, done.stderr[-2000:])
 
 
 def test_a_master_with_a_thread_running_refuses_to_fork(start_pool, redis):

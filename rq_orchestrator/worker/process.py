@@ -221,6 +221,23 @@ class PoolWorkerMixin:
             self._stopped_job_id = job_id  # rq then ends the job as stopped, not failed
         self.kill_horse()  # type: ignore[attr-defined]
 
+    def kill_horse(self, sig: int = signal.SIGKILL) -> None:
+        """rq kills the work process's group, which that process makes its own only once it runs.
+
+        Until then (just forked) its group is still the pool's: killing the
+        group would kill the master and every worker. Such a process is killed
+        alone; it has started nothing of its own yet.
+        """
+        pid = getattr(self, "horse_pid", 0)
+        try:
+            alone = bool(pid) and os.getpgid(pid) == os.getpgrp()
+            if alone:
+                os.kill(pid, sig)
+        except ProcessLookupError:
+            return  # already gone, as rq's own kill allows
+        if not alone:
+            super().kill_horse(sig)  # type: ignore[misc]
+
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()  # type: ignore[misc]
         # The job process dies with its worker, so the master can settle the
