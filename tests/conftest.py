@@ -48,6 +48,15 @@ def redis(redis_url: str, redis_server: RedisServer) -> Redis:
     return redis_server.client()
 
 
+def alive(pid: int) -> bool:
+    """Running (a zombie left to an init that does not reap counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, on_fail: Callable[[], str] = str) -> Any:
     deadline = time.monotonic() + timeout
     while True:

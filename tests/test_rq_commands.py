@@ -14,7 +14,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
 from acl_user import BENCH_ID, frappe_url, make_user  # noqa: F401 - fixtures
-from conftest import PoolProcess, wait_until
+from conftest import PoolProcess, alive, wait_until
 from rq_orchestrator.infra.embedded_redis import RedisServer
 
 FAST = ("--scaling-period", "0.2", "--utilization-window", "1")
@@ -74,6 +74,27 @@ def test_shutdown_stops_the_worker_warm_and_the_pool_replaces_it(start_pool, red
     pool.wait_until(lambda: [w["pid"] for w in pool.workers()] not in ([], [worker["pid"]]) and len(pool.workers()) == 1,
                     15, "the worker gone and one replacement")
     assert "rq command: shutdown" in pool.output()
+
+
+def test_the_pool_s_warm_stop_lets_a_retiring_worker_finish_its_job(start_pool, redis):
+    pool, _, job, worker = one_worker_running(start_pool, redis, 4)
+    send_shutdown_command(redis, worker["name"])
+    pool.wait_until(lambda: "rq command: shutdown" in pool.output(), 15, "the shutdown relayed")
+    time.sleep(1.5)  # past the second within which a repeated TERM counts as the same request
+    pool.send(signal.SIGTERM)
+    assert pool.wait(20) == 0
+    assert status_of(job) == JobStatus.FINISHED
+    assert "cold shut down" not in pool.output()
+
+
+def test_a_retiring_worker_whose_master_dies_finishes_its_job(start_pool, redis):
+    pool, _, job, worker = one_worker_running(start_pool, redis, 4)
+    send_shutdown_command(redis, worker["name"])
+    pool.wait_until(lambda: "rq command: shutdown" in pool.output(), 15, "the shutdown relayed")
+    time.sleep(1.5)
+    pool.send(signal.SIGKILL)  # the worker's parent-death signal is a TERM
+    wait_until(lambda: status_of(job) == JobStatus.FINISHED, 15, "the job to finish")
+    wait_until(lambda: not alive(worker["pid"]), 15, "the worker to exit")
 
 
 def test_a_worker_killed_while_retiring_with_a_job_has_its_job_settled(start_pool, redis):

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from conftest import TESTS, PoolProcess, child_env
+from conftest import TESTS, PoolProcess, alive, child_env
 from rq_orchestrator.cli.status import report
 from rq_orchestrator.frappe_adapter import SCHEDULER_SERVICE, run_frappe_scheduler, scheduler_services
 from rq_orchestrator.infra.config import ServiceSpec
@@ -60,15 +60,6 @@ def start_service_pool(redis_url: str, tmp_path: Path) -> Iterator[Callable[[str
 def starts(redis: Redis) -> list[tuple[int, int]]:
     """(pid, parent pid) of every start of the test service, in order."""
     return [tuple(map(int, entry.split())) for entry in redis.lrange(STARTS, 0, -1)]  # type: ignore[misc]
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie left to an init that does not reap counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def scrape(pool: ServicePool) -> dict:

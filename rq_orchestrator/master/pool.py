@@ -272,15 +272,18 @@ class Pool(ForkingMixin):
             self._cold_at = None
         else:
             log.info("warm stop: waiting for %d workers to finish their jobs", len(self._owner))
-            self._stop_children(signal.SIGTERM)
+            self._stop_children(signal.SIGTERM, spare_retiring=True)
             if self.config.graceful_timeout is not None:
                 self._cold_at = self.clock() + self.config.graceful_timeout
         self._stopping = True
 
-    def _stop_children(self, signum: int) -> None:
+    def _stop_children(self, signum: int, spare_retiring: bool = False) -> None:
+        """``spare_retiring``: not the workers already retiring: they stop warm as it is, and a second TERM
+        would be rq's cold stop, killing the job they finish."""
         self.services.terminate()
-        for pid in list(self._owner):
-            _kill(pid, signum)
+        for pid, group in list(self._owner.items()):
+            if not (spare_retiring and pid in group.workers and group.workers[pid].retiring):
+                _kill(pid, signum)
 
     def _resize(self, delta: int) -> None:
         for group in self.groups:

@@ -188,10 +188,13 @@ class PoolWorkerMixin:
 
         A terminal's Ctrl+C reaches the worker and the master at once, and the
         master then forwards a stop: a second TERM/INT within a second of the
-        first is that same request, not an escalation.
+        first is that same request, not an escalation. The master's own cold
+        stop is QUIT.
         """
         if signum in (signal.SIGINT, signal.SIGTERM) and time.monotonic() - self._pool_stop_at < 1.0:
             return
+        if signum == signal.SIGTERM and self.pool_orphaned():
+            return  # the parent-death signal of a retiring worker: the master is gone, the job is finished warm
         if idle_wait.waiting:  # nothing in hand: end the wait as a warm stop would
             self._stop_requested = True
             idle_wait.wake()
