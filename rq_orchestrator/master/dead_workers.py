@@ -39,7 +39,7 @@ def unregister_worker(connection: Redis, name: str, queues: Iterable[str]) -> No
 
 def settle_job(connection: Redis, job_id: str, reason: str, job_class: Any = None, serializer: Any = None) -> str | None:
     """End a job whose worker died: failed (or requeued by its Retry) now. Returns its new status."""
-    from rq.job import Job
+    from rq.job import Job, JobStatus
     from rq.registry import StartedJobRegistry
 
     job_class = job_class or Job
@@ -52,12 +52,14 @@ def settle_job(connection: Redis, job_id: str, reason: str, job_class: Any = Non
     members = [m for m in _members(connection, registry.key) if m == job_id or m.startswith(f"{job_id}:")]
     if not members:
         return _requeue_if_never_started(connection, job)
+    never_started = job.get_status(refresh=False) == JobStatus.QUEUED  # as fetched just now
     job.meta["rq_orchestrator_failure"] = reason
     job.save_meta()
     connection.zadd(registry.key, {m: 1 for m in members}, xx=True)
     registry.cleanup()
-    # Registered but never marked started (it died in between): rq's cleanup leaves it QUEUED yet in no queue.
-    _requeue_if_never_started(connection, job)
+    if never_started:  # registered, never marked started (it died in between): rq's cleanup leaves it QUEUED
+        _requeue_if_never_started(connection, job)
+    # Not otherwise: a job its Retry put back is QUEUED and, once another worker popped it, in no queue either.
     status = job.get_status(refresh=True)
     log.warning("job %s of a dead worker ended as %s: %s", job_id, getattr(status, "value", status), reason)
     return getattr(status, "value", status)
