@@ -54,6 +54,11 @@ def kill_my_worker() -> None:
     time.sleep(30)
 
 
+def raising_callback(job, connection, *exc_info) -> None:  # noqa: ANN001, ANN002
+    """A failure callback that fails (rq 1.15's registry clean-up passes its error on; 2.x/3.x log it)."""
+    raise RuntimeError("the failure callback failed")
+
+
 from rq import Worker  # noqa: E402
 
 

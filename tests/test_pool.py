@@ -203,6 +203,27 @@ def test_job_of_a_killed_worker_is_failed_at_once(start_pool, redis, worker_clas
     pool.wait_until(lambda: len(Worker.all(connection=redis)) == 1, 5, "the dead worker to be unregistered")
 
 
+def test_a_failure_callback_that_raises_does_not_stop_the_master(start_pool, redis):
+    from rq import Callback
+
+    redis.set("test:horse", "1")
+    queue = Queue(connection=redis)
+    pool = start_pool("--num-workers", "1", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+    doomed = queue.enqueue("jobs.kill_my_worker", on_failure=Callback("jobs.raising_callback"))
+    pool.wait_until(lambda: "exited unexpectedly" in pool.output(), 15, "the worker's death")
+    after = queue.enqueue("jobs.noop")
+    pool.wait_until(lambda: after.get_status(refresh=True) == JobStatus.FINISHED, 15, "the next job")
+    assert pool.proc.poll() is None
+    # rq 2.x/3.x log the callback's error and fail the job; rq 1.x's clean-up raises it, and leaves the job to itself
+    assert doomed.get_status(refresh=True) == JobStatus.FAILED or "rq's clean-up failed" in pool.output()
+    pool.send(signal.SIGTERM)
+    assert pool.wait(20) == 0
+    redis.delete(queue.registry_cleaning_key)  # rq 1.x lets its lock expire: the next clean-up would wait 15 min
+    again = start_pool("--num-workers", "1", *FAST)  # its first registry clean-up meets that job (rq 1.x) again
+    again.wait_until(lambda: len(again.ready_pids()) == 1, 15, "a ready worker after a restart")
+
+
 def test_job_of_a_killed_worker_is_retried_when_its_retry_allows(start_pool, redis):
     from rq import Retry
 

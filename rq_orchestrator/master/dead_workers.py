@@ -134,12 +134,14 @@ def settle_dead_worker(
 ) -> bool:
     """Settle the job and registration of a dead worker; False when Redis could not be reached (retry later)."""
     try:
+        unregister_worker(connection, name, queues)
         if job_id:
             settle_job(connection, job_id, reason, worker_kwargs.get("job_class"), worker_kwargs.get("serializer"))
-        unregister_worker(connection, name, queues)
     except RedisError as exc:
         log.debug("could not settle dead worker %s yet: %s", name, exc)
         return False
+    except Exception:  # noqa: BLE001 - rq 1.x's clean-up passes on what the job's failure callback raised
+        log.exception("job %s of dead worker %s: rq's clean-up failed; the job is left to it", job_id, name)
     return True
 
 

@@ -46,6 +46,8 @@ class RegistryMaintenance:
             log.warning("registry maintenance failed, retrying in a minute: %s", exc)
             self._due = now + RETRY_SECONDS
             return
+        except Exception:  # noqa: BLE001 - rq 1.x's clean-up passes on what a job's failure callback raised
+            log.exception("registry maintenance failed")
         self._due = now + INTERVAL_SECONDS
 
     def _clean(self) -> None:
