@@ -156,6 +156,17 @@ def test_no_job_heartbeat_after_a_return_unless_a_success_callback_runs(redis):
     assert Job.fetch(failed.id, connection=redis).get_status() == "failed"
 
 
+def test_a_success_callback_that_cannot_be_imported_fails_the_job_as_rq_does(redis):
+    worker = pool_worker(redis)
+    queue = Queue(connection=redis)
+    job = queue.enqueue("builtins.len", "abc", on_success=Callback("no_fork_jobs.no_such_callback"))
+    after = queue.enqueue("builtins.len", "abc")
+    worker.work(burst=True, logging_level="WARNING")
+    assert Job.fetch(job.id, connection=redis).get_status() == "failed"
+    assert "no_such_callback" in (Job.fetch(job.id, connection=redis).exc_info or "")
+    assert Job.fetch(after.id, connection=redis).get_status() == "finished"  # the worker went on
+
+
 def test_idle_after_a_job_that_returned_goes_with_its_success_transaction(redis):
     """rq writes `idle` alone after every job; here a job that returned carries it in its own transaction."""
     worker = pool_worker(redis)

@@ -156,7 +156,9 @@ class LeanJobMixin:
         return result
 
     def heartbeat(self, timestamp: datetime, ttl: int, pipeline: Any = None, xx: bool = False) -> None:
-        if pipeline is None and self._lean_returned and self.success_callback is None:  # type: ignore[attr-defined]
+        # The callback's name, not rq's property: that imports the callback, and one that cannot be imported
+        # is rq's to report (as the job's failure), not this heartbeat's.
+        if pipeline is None and self._lean_returned and not self._success_callback_name:  # type: ignore[attr-defined]
             self.last_heartbeat = timestamp
             return
         super().heartbeat(timestamp, ttl, pipeline=pipeline, xx=xx)  # type: ignore[misc]
