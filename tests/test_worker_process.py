@@ -11,6 +11,7 @@ from redis import Redis
 from rq import Worker
 
 from rq_orchestrator.infra.connection import fresh_copy, server_version
+from rq_orchestrator.worker.idle_wait import idle_wait
 from rq_orchestrator.worker.process import build_worker, prepare_for_work
 
 
@@ -47,6 +48,28 @@ def test_the_child_finishes_the_worker_with_its_name_pid_host_and_address(redis)
     registered = Worker.find_by_key(worker.key, connection=redis)
     assert (registered.pid, registered.ip_address) == (os.getpid(), worker.ip_address)
     worker.register_death()
+
+
+class LogFailsOnStop(Worker):
+    """Its warm-stop log line raises, as a write does when the signal lands inside a write to the same stream."""
+
+    def handle_warm_shutdown_request(self) -> None:
+        raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+
+
+def test_a_stop_whose_log_line_fails_is_still_a_stop():
+    import signal
+
+    worker = build_worker(LogFailsOnStop, ("default",), {}, nobody_listens())
+    try:
+        worker.request_stop(signal.SIGTERM, None)
+    except RuntimeError:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        stopped, idle_wait.stopping = idle_wait.stopping, False  # this process's, shared with later tests
+    assert worker._stop_requested and stopped
 
 
 # A stand-in pool (a process group of its own) whose worker kills a work process that is still in

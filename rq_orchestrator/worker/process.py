@@ -179,9 +179,10 @@ class PoolWorkerMixin:
         self._pool_stop_at = time.monotonic()
         signal.signal(signal.SIGINT, self.request_force_stop)
         signal.signal(signal.SIGTERM, self.request_force_stop)
-        self.handle_warm_shutdown_request()  # type: ignore[attr-defined]
         self._stop_requested = True
         idle_wait.wake()
+        # Last: it logs, and a handler that lands inside a write to the same stream raises there.
+        self.handle_warm_shutdown_request()  # type: ignore[attr-defined]
 
     def request_force_stop(self, signum: int, frame: Any) -> None:
         """Cold stop: kill the running job and exit, as rq does.
