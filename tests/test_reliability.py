@@ -103,6 +103,17 @@ def test_a_wedged_worker_is_killed_and_its_job_failed(start_pool, redis):
     pool.wait_until(lambda: pool.ready_pids() and pool.ready_pids()[0] != first, 15, "a replacement")
 
 
+def test_a_warm_stop_does_not_wait_forever_for_a_wedged_worker(start_pool, redis):
+    pool = start_pool("--num-workers", "1", "--worker-class", "rq.SimpleWorker", "--stuck-margin", "1", *FAST)
+    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
+    job = Queue(connection=redis).enqueue("jobs.wedge", 60, job_timeout=2)
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 15, "the wedged job to start")
+    pool.send(signal.SIGTERM)
+    assert pool.wait(20) == 0  # its timeout and the margin, not the job's 60 s
+    assert "is stuck" in pool.output()
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+
+
 @pytest.mark.parametrize("mode", [(), ("--no-fork",)], ids=["fork", "no-fork"])
 def test_redis_outage_loses_no_queued_job(tmp_path, mode):
     """In no-fork mode a job's end and the worker's `idle` share one transaction: if it fails, the worker dies and its job is settled."""

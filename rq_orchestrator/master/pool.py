@@ -217,6 +217,7 @@ class Pool(ForkingMixin):
                 if self._cold_at is not None and self.clock() >= self._cold_at:
                     log.warning("graceful timeout of %.0f s reached", self.config.graceful_timeout)
                     self._request_stop(cold=True)
+                self._kill_stuck(self.clock())  # a stop waits for jobs, not for a wedged worker
                 continue
             if self.config.burst and self._draining and not self._owner:
                 log.info("pool %s: burst done, all workers have exited", self.config.pool_name)
