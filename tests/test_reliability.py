@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -269,6 +270,32 @@ def test_the_pool_works_over_tls(tmp_path):
         finally:
             pool.cleanup()
             tls_client.close()
+
+
+def test_the_master_gives_up_connecting_to_a_silent_redis_within_its_socket_timeout():
+    """A Redis whose connects hang (packets dropped: here a listener whose backlog is full) holds the master no longer."""
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    from rq_orchestrator.infra.config import GroupSpec, PoolConfig
+    from rq_orchestrator.master.pool import MASTER_SOCKET_TIMEOUT, Pool
+
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(0)
+        url = "redis://127.0.0.1:%d/0" % hole.getsockname()[1]
+        queued = []  # connections the listener never accepts, until its backlog is full and a connect hangs
+        while len(queued) < 64:
+            try:
+                queued.append(socket.create_connection(hole.getsockname(), timeout=0.5))
+            except TimeoutError:
+                break
+        began = time.monotonic()
+        with pytest.raises(RedisError):  # the master's set-up reads the server's version
+            Pool(PoolConfig(groups=(GroupSpec(("default",), 1, 1),)), Redis.from_url(url, socket_connect_timeout=10))
+        assert time.monotonic() - began < MASTER_SOCKET_TIMEOUT + 2  # not the caller's 10 s
+        for conn in queued:
+            conn.close()
 
 
 def test_a_stop_is_answered_while_redis_stalls(tmp_path):

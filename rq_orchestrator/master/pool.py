@@ -59,7 +59,8 @@ class Pool(ForkingMixin):
         # Workers' clients are copies of the caller's (rq sets their timeouts for its long waits); the master's
         # own gives up on a stalled Redis after MASTER_SOCKET_TIMEOUT, so that it still answers a stop in time.
         self.worker_connection = connection
-        connection = fresh_copy(connection, socket_timeout=MASTER_SOCKET_TIMEOUT)
+        connection = fresh_copy(connection, socket_timeout=MASTER_SOCKET_TIMEOUT,
+                                socket_connect_timeout=MASTER_SOCKET_TIMEOUT)
         self.connection = connection
         self.clock = clock
         self.worker_class = config.worker_class or rq.Worker
