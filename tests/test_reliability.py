@@ -104,6 +104,12 @@ def test_a_wedged_worker_is_killed_and_its_job_failed(start_pool, redis):
     pool.wait_until(lambda: pool.ready_pids() and pool.ready_pids()[0] != first, 15, "a replacement")
 
 
+def test_a_fork_that_fails_is_tried_again(start_pool, redis):
+    pool = start_pool("--num-workers", "2", "--preload", "fork_fails_once", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two ready workers")
+    assert "could not fork a worker" in pool.output()
+
+
 def test_a_warm_stop_does_not_wait_forever_for_a_wedged_worker(start_pool, redis):
     pool = start_pool("--num-workers", "1", "--worker-class", "rq.SimpleWorker", "--stuck-margin", "1", *FAST)
     pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")

@@ -211,6 +211,9 @@ class ForkingMixin:
                 if self._stop_asked():
                     break
                 pids.append(self._fork_one(plan))
+        except OSError as exc:  # EAGAIN, ENOMEM: no room for another process now
+            log.error("could not fork a worker: %s; trying again after a back-off", exc)
+            self._back_off()  # type: ignore[attr-defined]
         finally:  # in the master, also when a fork fails
             now = self.clock()
             for plan, pid in zip(planned, pids):
