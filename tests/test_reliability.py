@@ -147,6 +147,20 @@ def test_redis_outage_loses_no_queued_job(tmp_path, mode):
             client.close()
 
 
+def test_a_warm_stop_during_a_redis_outage_does_not_wait_for_redis(tmp_path):
+    """rq's wait loop retries a lost Redis without looking at a stop: a stopping idle worker leaves after one retry."""
+    with RedisServer(persistent=True) as server:
+        pool = PoolProcess(server.url, ("--num-workers", "2", *FAST), tmp_path / "pool.log")
+        try:
+            pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two workers")
+            server.stop()
+            time.sleep(3)  # the workers are in rq's retry loop (1 s, 2 s, ... between tries)
+            pool.send(signal.SIGTERM)
+            assert pool.wait(30) == 0  # without Redis back
+        finally:
+            pool.cleanup()
+
+
 def test_twenty_starts_with_jobs_already_queued_never_hang(start_pool, redis):
     queue = Queue(connection=redis)
     for attempt in range(20):

@@ -27,7 +27,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError, ResponseError, TimeoutError as RedisTimeoutError
+
+try:
+    from rq.exceptions import StopRequested
+except ImportError:  # rq < 2
+    from rq.worker import StopRequested
 
 from ..infra.connection import share_server_version
 from ..infra.keys import wake_key
@@ -123,6 +128,25 @@ class PoolWorkerMixin:
         return False  # the master cleans the registries for all its workers (maintenance.py)
 
     # -- waiting for jobs without losing one ------------------------------
+    _pool_beat_failed = False  # the last heartbeat could not reach Redis
+
+    def heartbeat(self, timeout: Any = None, pipeline: Any = None) -> None:
+        """Ends rq's wait for a lost Redis once a stop is asked for.
+
+        rq's wait retries a heartbeat that fails for want of Redis, sleeping
+        between tries (up to a minute), and looks at no stop meanwhile. A retry
+        comes only after a failed heartbeat and before the pop, so no job is in
+        hand there: ``StopRequested`` ends the wait, and rq's loop ends cleanly.
+        """
+        if pipeline is None and self._pool_beat_failed and self._stop_requested:  # type: ignore[has-type]
+            raise StopRequested()
+        try:
+            super().heartbeat(timeout, pipeline)  # type: ignore[misc]
+        except (RedisConnectionError, RedisTimeoutError):
+            self._pool_beat_failed = pipeline is None
+            raise
+        self._pool_beat_failed = False
+
     def dequeue_job_and_maintain_ttl(self, timeout: Any, max_idle_time: Any = None) -> Any:
         if timeout is None:  # burst mode: one non-blocking look, as rq does
             return self._pool_took(super().dequeue_job_and_maintain_ttl(timeout, max_idle_time))  # type: ignore[misc]
