@@ -1,6 +1,7 @@
 """Jobs the tests enqueue. Each records its run in Redis so tests can count runs."""
 
 import os
+import signal
 import time
 
 from rq import get_current_job
@@ -95,6 +96,17 @@ class ForkFailsOnce(Worker):
         if not self.name.startswith("rehearsal-") and self.connection.set("test:fork-failed", 1, nx=True):
             raise OSError(12, "Cannot allocate memory")
         return super().fork_work_horse(job, queue)
+
+
+class ColdStopAfterPop(Worker):
+    """Gets the master's cold stop (QUIT), once, right after popping a job and before reporting it."""
+
+    def dequeue_job_and_maintain_ttl(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        result = super().dequeue_job_and_maintain_ttl(*args, **kwargs)
+        first = result is not None and not self.name.startswith("rehearsal-")
+        if first and self.connection.set("test:cold-after-pop", 1, nx=True):
+            os.kill(os.getpid(), signal.SIGQUIT)
+        return result
 
 
 class SlowRehearsal(Worker):

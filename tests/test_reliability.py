@@ -201,6 +201,16 @@ def test_a_job_popped_by_a_worker_that_dies_before_starting_it_is_requeued(start
     assert "back at the front" in pool.output()
 
 
+def test_a_cold_stop_between_a_pop_and_its_report_loses_no_job(start_pool, redis):
+    queue = Queue(connection=redis)
+    pool = start_pool("--num-workers", "1", "--worker-class", "jobs.ColdStopAfterPop", "default", "low", *FAST)
+    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
+    job = queue.enqueue("jobs.noop")
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "the job to run after all")
+    assert run_counts(redis) == {job.id: 1}
+    assert "back at the front" in pool.output()
+
+
 def test_a_worker_whose_loop_quits_with_a_job_in_hand_has_its_job_requeued(start_pool, redis):
     # rq logs the error and leaves its loop without raising: the worker exits with status 0.
     queue = Queue(connection=redis)

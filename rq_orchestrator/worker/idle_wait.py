@@ -18,6 +18,10 @@ the signal handler, in the way that is safe for each pop:
   intermediate list, and the master returns it to the front of its queue
   (``master.dead_workers``, stranded jobs).
 
+A job popped from a list is in no other list until the worker reports it to
+the master: a cold stop in between (``taking``) waits for that report, and the
+master puts the job back.
+
 So an idle worker sends Redis a handful of commands every ``dequeue_timeout``
 instead of every second, and needs neither an ``@admin`` command (``CLIENT
 UNBLOCK``) nor a channel: Frappe's rq ACL user may use the wake key. Nothing
@@ -73,6 +77,7 @@ class IdleWait:
         self.connection: Any = None  # the worker's client, copied for a wake
         self.blocking: Any = None  # BLMOVE's client: one connection, no retries (made at the first BLMOVE)
         self.waiting: str | None = None  # LIST or MOVE while in a blocking pop
+        self.taking = False  # a job popped from a list (in no other list now), not yet reported to the master
         self.stopping = False
         self.cut_short: Callable[[], None] = lambda: None  # told when a BLMOVE was interrupted
         self.pop_and_read: Any = None  # the script; None once the server or its user refused it
@@ -81,7 +86,7 @@ class IdleWait:
     def arm(self, key: str, connection: Any, cut_short: Callable[[], None]) -> None:
         """In a fresh worker: wait on ``key`` besides the queues (whatever the master's rehearsal left here)."""
         self.key, self.connection, self.cut_short = key, connection, cut_short
-        self.waiting, self.stopping, self.eager, self.blocking = None, False, True, None
+        self.waiting, self.stopping, self.eager, self.blocking, self.taking = None, False, True, None, False
         self.pop_and_read = connection.register_script(POP_AND_READ)
 
     def wake(self) -> None:
@@ -127,6 +132,7 @@ class IdleWait:
                 began = time.monotonic()
                 result = connection.blpop([*queue_keys, self.key], timeout)
                 self.eager = time.monotonic() - began < QUEUED_WITHIN  # a job was there already: more may be
+            self.taking = result is not None and as_text(result[0]) != self.key  # while still `waiting`: no gap
         finally:
             self.waiting = None
         if result is None:

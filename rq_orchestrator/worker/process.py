@@ -85,6 +85,7 @@ class PoolWorkerMixin:
     pool_mailbox_slot: int | None = None
     pool_job_module: Callable[[Any], str | None] | None = None  # fork mode: which module a job's code is in
     _pool_stop_at: float = 0.0
+    _pool_cold_pending = False
     _pool_jobs_done: int = 0
     _pool_job_id: str | None = None  # the job in hand, for rq's stop-job command
 
@@ -166,10 +167,13 @@ class PoolWorkerMixin:
 
     def _pool_took(self, result: Any) -> Any:
         """Tell the master the moment a job is in hand, so it knows the job if this worker dies."""
+        idle_wait.taking = False
         if result is not None:
             job = result[0]
             self._pool_job_id = job.id
             self._pool_send(BUSY, job.id, job.timeout)
+            if self._pool_cold_pending:
+                raise SystemExit(1)  # the cold stop that came while the job was taken: the master puts it back
         return result
 
     def perform_job(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> Any:
@@ -220,8 +224,9 @@ class PoolWorkerMixin:
             return
         if signum == signal.SIGTERM and self.pool_orphaned():
             return  # the parent-death signal of a retiring worker: the master is gone, the job is finished warm
-        if idle_wait.waiting:  # nothing in hand: end the wait as a warm stop would
+        if idle_wait.waiting or idle_wait.taking:  # nothing in hand, or a popped job the master does not know yet
             self._stop_requested = True
+            self._pool_cold_pending = idle_wait.taking  # cold once the master knows the job (it is in no list now)
             idle_wait.wake()
             return
         self.log.warning("Worker %s: cold shut down", self.name)  # type: ignore[attr-defined]
