@@ -226,7 +226,7 @@ class PoolWorkerMixin:
             return  # the parent-death signal of a retiring worker: the master is gone, the job is finished warm
         if idle_wait.waiting or idle_wait.taking:  # nothing in hand, or a popped job the master does not know yet
             self._stop_requested = True
-            self._pool_cold_pending = idle_wait.taking  # cold once the master knows the job (it is in no list now)
+            self._pool_cold_pending |= idle_wait.taking  # cold once the master knows the job (it is in no list now)
             idle_wait.wake()
             return
         self.log.warning("Worker %s: cold shut down", self.name)  # type: ignore[attr-defined]
@@ -262,14 +262,15 @@ class PoolWorkerMixin:
         alone; it has started nothing of its own yet.
         """
         pid = getattr(self, "horse_pid", 0)
+        if not pid:
+            return  # no work process (rq's kill would take getpgid(0): this worker's own group)
         try:
-            alone = bool(pid) and os.getpgid(pid) == os.getpgrp()
-            if alone:
+            if os.getpgid(pid) == os.getpgrp():
                 os.kill(pid, sig)
+                return
         except ProcessLookupError:
             return  # already gone, as rq's own kill allows
-        if not alone:
-            super().kill_horse(sig)  # type: ignore[misc]
+        super().kill_horse(sig)  # type: ignore[misc]
 
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()  # type: ignore[misc]
