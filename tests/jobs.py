@@ -109,6 +109,15 @@ class ColdStopAfterPop(Worker):
         return result
 
 
+class DeafWorker(Worker):
+    """Ignores TERM (as a worker wedged outside any job would not act on it)."""
+
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()
+        if not self.name.startswith("rehearsal-"):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class SlowRehearsal(Worker):
     """Takes 3 s to register in the master's pre-fork rehearsal (rq_orchestrator.master.prewarm), and says when it starts."""
 

@@ -104,6 +104,14 @@ def test_a_wedged_worker_is_killed_and_its_job_failed(start_pool, redis):
     pool.wait_until(lambda: pool.ready_pids() and pool.ready_pids()[0] != first, 15, "a replacement")
 
 
+def test_a_warm_stop_kills_an_idle_worker_that_does_not_leave(start_pool, redis):
+    pool = start_pool("--num-workers", "1", "--worker-class", "jobs.DeafWorker", *FAST)
+    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
+    pool.send(signal.SIGTERM)
+    assert pool.wait(20) == 0
+    assert "has not left 5 s after the stop, with no job in hand; killing it" in pool.output()
+
+
 def test_a_fork_that_fails_is_tried_again(start_pool, redis):
     pool = start_pool("--num-workers", "2", "--preload", "fork_fails_once", *FAST)
     pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two ready workers")

@@ -49,6 +49,7 @@ OBSERVE_SECONDS = 1.0  # queues are observed (and the master wakes) at least thi
 CRASH_BACKOFF_MAX = 10.0
 MASTER_SOCKET_TIMEOUT = 1.5  # seconds; the master sends no blocking command
 EVENT_BATCH_SECONDS = 0.05  # busy workers' events wake the master at most this often
+IDLE_STOP_GRACE = 5.0  # seconds: a stopped worker with no job in hand leaves within one; one that has not is killed
 
 
 class Pool(ForkingMixin):
@@ -83,6 +84,8 @@ class Pool(ForkingMixin):
         self._signals: list[int] = []
         self._stopping = False
         self._cold_at: float | None = None  # when a warm stop turns cold (--graceful-timeout)
+        self._stop_at = 0.0  # when the pool's stop was asked for
+        self._stragglers: set[int] = set()  # idle workers killed for not leaving after the stop
         self._draining = False  # burst mode: a worker found the queues empty
         self._exit_status = 0
         self._next_tick = now + config.scaling_period
@@ -219,6 +222,7 @@ class Pool(ForkingMixin):
                     log.warning("graceful timeout of %.0f s reached", self.config.graceful_timeout)
                     self._request_stop(cold=True)
                 self._kill_stuck(self.clock())  # a stop waits for jobs, not for a wedged worker
+                self._kill_idle_stragglers(self.clock())
                 continue
             if self.config.burst and self._draining and not self._owner:
                 log.info("pool %s: burst done, all workers have exited", self.config.pool_name)
@@ -273,6 +277,7 @@ class Pool(ForkingMixin):
             self._stop_children(signal.SIGQUIT)
             self._cold_at = None
         else:
+            self._stop_at = self.clock()
             log.info("warm stop: waiting for %d workers to finish their jobs", len(self._owner))
             self._stop_children(signal.SIGTERM, spare_retiring=True)
             if self.config.graceful_timeout is not None:
@@ -484,6 +489,22 @@ class Pool(ForkingMixin):
                               record.name, record.job_id, now - record.job_started_at, timeout)
                     record.job_timeout = None  # once
                     _kill(int(record.key), signal.SIGKILL)
+
+    def _kill_idle_stragglers(self, now: float) -> None:
+        """In the pool's stop: kill a worker with no job in hand that has not left IDLE_STOP_GRACE after it.
+
+        An idle worker leaves within a second of its stop; one still here is
+        wedged outside any job (the stop would otherwise wait for it forever).
+        """
+        if not self._stop_at or now - self._stop_at < IDLE_STOP_GRACE:
+            return
+        for group in self.groups:
+            for pid, record in group.workers.items():
+                if record.job_id is None and pid not in self._stragglers:
+                    log.warning("worker %s has not left %.0f s after the stop, with no job in hand; killing it",
+                                record.name, now - self._stop_at)
+                    self._stragglers.add(pid)
+                    _kill(int(pid), signal.SIGKILL)
 
     def _begin_reload(self) -> None:
         """SIGHUP: re-fork every worker, one at a time, the new one up before the old one leaves."""
