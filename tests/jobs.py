@@ -78,13 +78,17 @@ def wedge(seconds: float = 60) -> None:
     time.sleep(seconds)
 
 
+def first_time_in_a_pool_worker(worker: Worker, flag: str) -> bool:
+    """True once per test (``flag`` set in Redis), and never in the master's rehearsal (rq_orchestrator.master.prewarm)."""
+    return not worker.name.startswith("rehearsal-") and bool(worker.connection.set(flag, 1, nx=True))
+
+
 class DiesAfterPop(Worker):
     """Dies (once) between popping a job and starting it: the job must not be lost."""
 
     def execute_job(self, job, queue):  # noqa: ANN001
-        # Not in the master's pre-fork rehearsal (rq_orchestrator.master.prewarm): this simulates
-        # a pool worker's crash, and the rehearsal runs in the master itself.
-        if not self.name.startswith("rehearsal-") and self.connection.set("test:died-after-pop", 1, nx=True):
+        # The rehearsal runs in the master itself: this simulates a pool worker's crash.
+        if first_time_in_a_pool_worker(self, "test:died-after-pop"):
             os.kill(os.getpid(), 9)
         return super().execute_job(job, queue)
 
@@ -93,7 +97,7 @@ class ForkFailsOnce(Worker):
     """Cannot fork its work process (once), as when os.fork meets ENOMEM: rq's loop quits and the worker exits 0."""
 
     def fork_work_horse(self, job, queue):  # noqa: ANN001
-        if not self.name.startswith("rehearsal-") and self.connection.set("test:fork-failed", 1, nx=True):
+        if first_time_in_a_pool_worker(self, "test:fork-failed"):
             raise OSError(12, "Cannot allocate memory")
         return super().fork_work_horse(job, queue)
 
@@ -103,8 +107,7 @@ class ColdStopAfterPop(Worker):
 
     def dequeue_job_and_maintain_ttl(self, *args, **kwargs):  # noqa: ANN002, ANN003
         result = super().dequeue_job_and_maintain_ttl(*args, **kwargs)
-        first = result is not None and not self.name.startswith("rehearsal-")
-        if first and self.connection.set("test:cold-after-pop", 1, nx=True):
+        if result is not None and first_time_in_a_pool_worker(self, "test:cold-after-pop"):
             os.kill(os.getpid(), signal.SIGQUIT)
         return result
 

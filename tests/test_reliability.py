@@ -199,34 +199,29 @@ def test_acl_password_never_shown(redis, redis_server, start_pool):
         redis.execute_command("ACL", "DELUSER", "pooluser")
 
 
-def test_a_job_popped_by_a_worker_that_dies_before_starting_it_is_requeued(start_pool, redis):
-    queue = Queue(connection=redis)
-    pool = start_pool("--num-workers", "1", "--worker-class", "jobs.DiesAfterPop", *FAST)
+def one_job_survives(start_pool, redis, worker_class: str, *queues: str) -> tuple[PoolProcess, Job]:
+    """A pool of one ``worker_class`` worker (whose fault strikes once) runs one job: finished, and only once."""
+    pool = start_pool("--num-workers", "1", "--worker-class", worker_class, *queues, *FAST)
     pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
-    job = queue.enqueue("jobs.noop")
+    job = Queue(connection=redis).enqueue("jobs.noop")
     pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "the job to run after all")
     assert run_counts(redis) == {job.id: 1}
+    return pool, job
+
+
+def test_a_job_popped_by_a_worker_that_dies_before_starting_it_is_requeued(start_pool, redis):
+    pool, _ = one_job_survives(start_pool, redis, "jobs.DiesAfterPop")
     assert "back at the front" in pool.output()
 
 
 def test_a_cold_stop_between_a_pop_and_its_report_loses_no_job(start_pool, redis):
-    queue = Queue(connection=redis)
-    pool = start_pool("--num-workers", "1", "--worker-class", "jobs.ColdStopAfterPop", "default", "low", *FAST)
-    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
-    job = queue.enqueue("jobs.noop")
-    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "the job to run after all")
-    assert run_counts(redis) == {job.id: 1}
+    pool, _ = one_job_survives(start_pool, redis, "jobs.ColdStopAfterPop", "default", "low")  # BLPOP: no other list
     assert "back at the front" in pool.output()
 
 
 def test_a_worker_whose_loop_quits_with_a_job_in_hand_has_its_job_requeued(start_pool, redis):
     # rq logs the error and leaves its loop without raising: the worker exits with status 0.
-    queue = Queue(connection=redis)
-    pool = start_pool("--num-workers", "1", "--worker-class", "jobs.ForkFailsOnce", *FAST)
-    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
-    job = queue.enqueue("jobs.noop")
-    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "the job to run after all")
-    assert run_counts(redis) == {job.id: 1}
+    pool, job = one_job_survives(start_pool, redis, "jobs.ForkFailsOnce")
     assert f"exited unexpectedly (exit status 0) while running job {job.id}" in pool.output()
 
 
