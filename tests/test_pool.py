@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 
 import psutil
@@ -14,7 +16,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.worker import Worker
 
-from conftest import run_counts
+from conftest import child_env, run_counts
 from rq_orchestrator.infra.config import hostname
 from rq_orchestrator.master.worker_names import parse_worker_name
 
@@ -324,6 +326,42 @@ def test_queue_wait_grows_the_pool_between_periods(start_pool, redis):
     jobs = [Queue(connection=redis).enqueue("jobs.sleep", 1) for _ in range(6)]
     pool.wait_until(lambda: pool.active_workers() >= 2, 8, "a second worker long before the 30 s period")
     pool.wait_until(lambda: finished(jobs), 20, "the jobs")
+
+
+PREFIXED_ENQUEUE = """
+import sys
+from redis import Redis
+from rq import Queue
+queue = Queue(connection=Redis.from_url(sys.argv[1]))
+print(" ".join(queue.enqueue(sys.argv[2], *map(float, sys.argv[4:])).id for _ in range(int(sys.argv[3]))))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("rq.defaults").defaults, "RQ_KEY_PREFIX"), reason="rq < 3: no key prefix")
+def test_the_master_reads_rq_s_keys_under_rq_key_prefix(start_pool, redis, redis_url, monkeypatch):
+    """rq 3 names its keys after RQ_KEY_PREFIX: the master's settling of a dead worker and its queue look follow."""
+    monkeypatch.setenv("RQ_KEY_PREFIX", "tenant1")  # the pool's and the enqueuer's environment, not this process's rq
+
+    def enqueue(function: str, count: int, *args: float) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", PREFIXED_ENQUEUE, redis_url, function, str(count), *map(str, args)],
+                             env=child_env(), capture_output=True, text=True, check=True).stdout
+        return out.split()
+
+    def status(job_id: str) -> bytes | None:
+        return redis.hget(f"tenant1:job:{job_id}", "status")
+
+    redis.set("test:horse", "1")
+    pool = start_pool("--min-workers", "1", "--max-workers", "3", "--max-queue-wait", "0.5",
+                      "--scaling-period", "30", "--utilization-window", "30")
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "one worker")
+    assert redis.scard("tenant1:workers") == 1 and not redis.exists("rq:workers")
+    [doomed] = enqueue("jobs.kill_my_worker", 1)
+    pool.wait_until(lambda: status(doomed) == b"failed", 15, "the dead worker's job to be failed at once")
+    assert b"killed by SIGKILL" in redis.hget(f"tenant1:job:{doomed}", "meta")  # pickled meta: the reason is in it
+    pool.wait_until(lambda: redis.scard("tenant1:workers") == 1, 10, "the dead worker to be unregistered")
+    jobs = enqueue("jobs.sleep", 6, 1.0)
+    pool.wait_until(lambda: pool.active_workers() >= 2, 8, "a second worker long before the 30 s period")
+    pool.wait_until(lambda: all(status(job) == b"finished" for job in jobs), 20, "the jobs")
 
 
 def test_memory_ceiling_also_holds_back_growth_between_periods(start_pool, redis):

@@ -5,7 +5,7 @@ Frappe's ``bench create-rq-users`` grants the bench's rq user the keys
 Every key here starts with ``rq:o`` and so matches ``rq:[^q]*``: a pool run
 under that user may publish its state, keep its history, take cluster
 leases and wake its workers. rq's own keys (``rq:worker:*``, ``rq:queue:*``,
-``rq:job:*``...) are rq's and named where they are used.
+``rq:job:*``...) are named as rq names them, in ``rq_keys``.
 """
 
 from __future__ import annotations

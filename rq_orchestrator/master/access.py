@@ -28,8 +28,8 @@ from redis.exceptions import ResponseError
 
 from ..infra.errors import BadInput
 from ..infra.keys import wake_key
+from ..infra.rq_keys import queue_key
 from .cluster import ClusterLeases
-from .queue_watch import QUEUE_KEY
 
 
 def redis_user(connection: Any) -> str:
@@ -48,7 +48,7 @@ def check_access(connection: Any, queues: Sequence[str], leases: ClusterLeases |
 def check_queues(connection: Any, queues: Sequence[str]) -> None:
     """Each queue's list, as a worker's pop and the master's requeue use it."""
     for queue in queues:
-        key = QUEUE_KEY.format(queue)
+        key = queue_key(queue)
         refused = list_refusal(connection, key)
         if refused:
             raise BadInput(f"queue {queue}: the Redis user {redis_user(connection)!r} may not use its key "

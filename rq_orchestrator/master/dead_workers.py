@@ -17,22 +17,20 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
+from ..infra.rq_keys import WORKERS_KEY, intermediate_key, worker_key, workers_by_queue_key
 from .worker_names import of_pool, parse_worker_name
 
 log = logging.getLogger("rq_orchestrator")
 
-WORKER_KEY = "rq:worker:{}"
-WORKERS_KEY = "rq:workers"
-WORKERS_BY_QUEUE_KEY = "rq:workers:{}"
 
 
 def unregister_worker(connection: Redis, name: str, queues: Iterable[str]) -> None:
     """Remove a dead worker from rq's worker sets (and so from Frappe's RQ Worker list)."""
-    key = WORKER_KEY.format(name)
+    key = worker_key(name)
     with connection.pipeline() as pipe:
         pipe.srem(WORKERS_KEY, key)
         for queue in queues:
-            pipe.srem(WORKERS_BY_QUEUE_KEY.format(queue), key)
+            pipe.srem(workers_by_queue_key(queue), key)
         pipe.delete(key)
         pipe.execute()
 
@@ -81,11 +79,6 @@ def _requeue_if_never_started(connection: Redis, job: Any) -> str | None:
         pipe.execute()
     log.warning("job %s was popped by a worker that never started it: back at the front of %s", job.id, queue.name)
     return JobStatus.QUEUED.value
-
-
-def intermediate_key(queue: str) -> str:
-    """Where rq (1.15 and later) moves a job id it pops, until the job starts."""
-    return f"rq:queue:{queue}:intermediate"
 
 
 class StrandedJobs:
@@ -156,7 +149,7 @@ def clear_previous_run(connection: Redis, host: str, pool: str, worker_kwargs: d
     cleared = 0
     for raw in connection.smembers(WORKERS_KEY):
         key = raw.decode() if isinstance(raw, bytes) else raw
-        name = key.removeprefix(WORKER_KEY.format(""))
+        name = key.removeprefix(worker_key(""))
         if not of_pool(name, host, pool) or _process_alive(name):
             continue
         worker = Worker.find_by_key(key, connection=connection, **_lookup_kwargs(worker_kwargs))

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-QUEUE_KEY = "rq:queue:{}"
-JOB_KEY = "rq:job:{}"
+from ..infra.rq_keys import job_key, queue_key
 
 
 @dataclass(frozen=True)
@@ -30,8 +29,8 @@ def observe_queues(connection: Any, groups: dict[str, tuple[str, ...]]) -> dict[
     queues = sorted({q for names in groups.values() for q in names})
     with connection.pipeline(transaction=False) as pipe:
         for queue in queues:
-            pipe.llen(QUEUE_KEY.format(queue))
-            pipe.lindex(QUEUE_KEY.format(queue), 0)
+            pipe.llen(queue_key(queue))
+            pipe.lindex(queue_key(queue), 0)
         replies = pipe.execute()
     lengths = dict(zip(queues, replies[0::2]))
     heads = {q: _text(h) for q, h in zip(queues, replies[1::2]) if h is not None}
@@ -39,7 +38,7 @@ def observe_queues(connection: Any, groups: dict[str, tuple[str, ...]]) -> dict[
     if heads:
         with connection.pipeline(transaction=False) as pipe:
             for job_id in heads.values():
-                pipe.hget(JOB_KEY.format(job_id), "enqueued_at")
+                pipe.hget(job_key(job_id), "enqueued_at")
             stamps = pipe.execute()
         now = datetime.now(timezone.utc)
         for queue, stamp in zip(heads, stamps):
