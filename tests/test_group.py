@@ -481,3 +481,27 @@ def test_a_job_lost_with_its_worker_does_not_count_as_ended():
     group.job_started("w2", "b", 6.0)
     group.job_ended("w2", 7.0)
     assert group.observe(7.0).mean_job_seconds == 1.0
+
+
+# -- a worker and the one taking over from it (SIGHUP's re-fork) ---------------
+@pytest.mark.parametrize(("utilization_busy", "action", "after"), [(0, Action.DOWN, 2), (1, Action.HOLD, 3)])
+def test_a_take_over_counts_once_and_leaves_the_decided_size(utilization_busy, action, after):
+    """While a re-forked worker comes up beside its predecessor, the pair is one worker to the policy; once the
+    predecessor leaves, the group has what the policy decided (it fell below the minimum before)."""
+    group = make_group(min_workers=2, max_workers=8, threshold=0.5, window=10.0)
+    keys = populate(group, 3)
+    group.target = 3
+    for key in keys[:utilization_busy]:
+        group.job_started(key, "job", 0.0)
+    group.replacement_started()
+    [new] = populate(group, 1, prefix="new")
+    assert (group.target, group.capacity, group.deficit) == (4, 3, 0)
+    plan = group.tick(20.0)
+    assert plan.decision.action is action
+    assert group.last_observation.workers == 3
+    group.replacement_ended()  # the new worker is up: the pool retires its predecessor
+    old = keys[-1]
+    if not group.workers[old].retiring:
+        group.mark_retiring(old)
+    assert group.target == after
+    assert len(group.active) == after and group.deficit == 0

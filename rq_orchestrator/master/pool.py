@@ -299,9 +299,9 @@ class Pool(ForkingMixin):
             if new_min > new_max:
                 new_min = new_max
             group.resize_bounds(new_min, new_max)
-            target = min(max(len(group.active) + delta, new_min), new_max)
+            target = min(max(group.capacity + delta, new_min), new_max)
             log.info("resize %s: bounds %d-%d, target %d", group.name, new_min, new_max, target)
-            self._set_target(group, target)
+            self._set_target(group, target + group.replacing)
 
     def _set_target(self, group: WorkerGroup, target: int) -> None:
         surplus = len(group.active) - target
@@ -396,7 +396,7 @@ class Pool(ForkingMixin):
         old = self._reload_pending.pop(new_pid, None)
         if old is None:
             return
-        group.target -= 1
+        group.replacement_ended()
         if old in group.workers and not group.workers[old].retiring:
             self._retire(group, group.workers[old])
 
@@ -420,7 +420,7 @@ class Pool(ForkingMixin):
         self._failed.discard(pid)
         self._forked_before_learning.discard(pid)
         if self._reload_pending.pop(pid, None) is not None:
-            group.target -= 1  # a re-fork that never came up: the old worker stays
+            group.replacement_ended()  # a re-fork that never came up: the old worker stays
         # Status 0 with a job in hand is no warm exit: rq quits its loop without raising on an error in
         # the worker, and a job run in the worker (--no-fork) may end the process with status 0.
         clean = code == 0 and (record is None or record.job_id is None)
@@ -530,10 +530,10 @@ class Pool(ForkingMixin):
         group, old = self._reload_queue.pop(0)
         if old not in group.workers or group.workers[old].retiring:
             return
-        group.target += 1
+        group.replacement_started()
         new = self._spawn(group)
         if new is None:  # no cluster slot for the re-fork yet: try again later
-            group.target -= 1
+            group.replacement_ended()
             self._reload_queue.insert(0, (group, old))
             return
         self._reload_pending[new] = old
@@ -580,7 +580,7 @@ class Pool(ForkingMixin):
 
     def _apply(self, group: WorkerGroup, plan: Plan, now: float) -> None:
         d = plan.decision
-        workers = len(group.active) + len(plan.retire)
+        workers = group.capacity + len(plan.retire)
         log.info(
             "scale group=%s workers=%d utilization=%.2f decision=%s target=%d reason=%s",
             group.name, workers, group.ledger.utilization(now, workers), d.action.value, d.target, d.reason,

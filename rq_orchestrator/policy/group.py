@@ -142,6 +142,7 @@ class WorkerGroup:
         self.flow = JobFlow(window, min_span=policy.settings.scaling_period)
         self.workers: dict[Hashable, WorkerRecord] = {}
         self.target = policy.settings.min_workers
+        self.replacing = 0  # workers started to take over from one that stays until they are up (SIGHUP's re-fork)
         self.last_decision: Decision | None = None
         self.last_observation: Observation | None = None  # the latest observe(), e.g. of the last tick
 
@@ -190,12 +191,17 @@ class WorkerGroup:
         return [w for w in self.active if not w.busy]
 
     @property
+    def capacity(self) -> int:
+        """Active workers as the policy counts them: a worker and the one taking over from it count once."""
+        return max(len(self.active) - self.replacing, 0)
+
+    @property
     def deficit(self) -> int:
         """Workers to start now to reach the target size."""
         return max(self.target - len(self.active), 0)
 
     def utilization(self, now: float) -> float:
-        return self.ledger.utilization(now, len(self.active))
+        return self.ledger.utilization(now, self.capacity)
 
     def observe(
         self,
@@ -206,12 +212,12 @@ class WorkerGroup:
         pool_memory: int | None = None,
     ) -> Observation:
         """The group as the policy sees it; arrival rate and mean job length come from the group's own events."""
-        active = self.active
+        workers = self.capacity
         self.last_observation = Observation(
             now=now,
-            workers=len(active),
-            idle_workers=sum(1 for w in active if not w.busy),
-            utilization=self.ledger.utilization(now, len(active)),
+            workers=workers,
+            idle_workers=min(len(self.idle), workers),
+            utilization=self.ledger.utilization(now, workers),
             queued_jobs=queued_jobs,
             oldest_wait=oldest_wait,
             arrival_rate=self.flow.arrival_rate(now),
@@ -260,14 +266,25 @@ class WorkerGroup:
     def _apply(self, decision: Decision) -> Plan:
         self.last_decision = decision
         retire: tuple[Hashable, ...] = ()
+        # The decision counts workers as `capacity` does; the target also holds the take-overs under way.
         if decision.action is Action.DOWN:
-            retire = self._pick_retirees(len(self.active) - decision.target)
-            self.target = decision.target
+            self.target = decision.target + self.replacing
+            retire = self._pick_retirees(len(self.active) - self.target)
         elif decision.action is Action.UP:
-            self.target = max(self.target, decision.target)
+            self.target = max(self.target, decision.target + self.replacing)
         # On HOLD the target stands, so a crashed worker awaiting its
         # replacement (or its back-off) is still replaced.
         return Plan(decision=decision, spawn=self.deficit, retire=retire)
+
+    def replacement_started(self) -> None:
+        """A worker is started to take over from one that leaves once it is up: one slot more, no more capacity."""
+        self.target += 1
+        self.replacing += 1
+
+    def replacement_ended(self) -> None:
+        """The take-over is done (the old worker leaves) or never happens (the new one did not come up)."""
+        self.target -= 1
+        self.replacing -= 1
 
     def mark_retiring(self, key: Hashable) -> None:
         if key in self.workers:
@@ -276,7 +293,7 @@ class WorkerGroup:
     def resize_bounds(self, min_workers: int, max_workers: int) -> None:
         """Move the bounds of a live group (operator resize)."""
         self.policy.settings = replace(self.policy.settings, min_workers=min_workers, max_workers=max_workers)
-        self.target = min(max(self.target, min_workers), max_workers)
+        self.target = min(max(self.target - self.replacing, min_workers), max_workers) + self.replacing
 
     def _pick_retirees(self, count: int) -> tuple[Hashable, ...]:
         # The highest slots go first, so slot numbers stay compact and readable.
