@@ -23,7 +23,6 @@ from .worker_names import of_pool, parse_worker_name
 log = logging.getLogger("rq_orchestrator")
 
 
-
 def unregister_worker(connection: Redis, name: str, queues: Iterable[str]) -> None:
     """Remove a dead worker from rq's worker sets (and so from Frappe's RQ Worker list)."""
     key = worker_key(name)

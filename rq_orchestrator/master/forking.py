@@ -151,7 +151,7 @@ class ForkingMixin:
         now = self.clock()
         donors = [
             g for g in self.groups
-            if g is not needy and g.idle and len(g.active) > g.policy.settings.min_workers
+            if g is not needy and g.idle and g.capacity > g.policy.settings.min_workers
             and g.utilization(now) < g.policy.settings.utilization_threshold
         ]
         if not donors:
@@ -160,7 +160,7 @@ class ForkingMixin:
         worker = max(donor.idle, key=lambda w: w.slot)
         log.info("capacity moves: group %s gives worker %s to group %s (--max-workers-total %d)",
                  donor.name, worker.name, needy.name, self.config.max_workers_total)
-        donor.target = max(len(donor.active) - 1, donor.policy.settings.min_workers)
+        donor.target = max(donor.capacity - 1, donor.policy.settings.min_workers) + donor.replacing
         self._retire(donor, worker)
 
     def _build_worker(self, group: WorkerGroup) -> Any:
