@@ -9,6 +9,12 @@ machine is shared):
   (one per core), each ``--jobs / --workers`` times after one warm-up run,
   all starting at the same instant; jobs/s = jobs / the slowest loop's time.
   No Redis, no queue: nothing a pool can do is cheaper.
+* ``least``: the least protocol a queue needs, to bound what ``--workers``
+  processes can reach with a per-job protocol of their own: each pops a job
+  and marks it started in one script, runs it with ``execute_job``, and marks
+  it finished in one transaction. Two round trips a job and next to no
+  Python: no callbacks, dependents, retries, failure handling, heartbeats or
+  stops. A measuring stick, not a worker (asked for by name: not a default).
 * ``nofork``: `bench worker-pool --num-workers N --no-fork` (this app).
 * ``fork``: `bench worker-pool --num-workers N` (this app, a fork per job).
 * ``builtin``: Frappe's own `bench worker-pool --num-workers N`: this app's
@@ -81,6 +87,47 @@ print(time.perf_counter() - start)
 """
 
 
+LEAST = """
+import pickle, sys, time, zlib
+from datetime import datetime, timezone
+import frappe
+from frappe.utils.background_jobs import execute_job, get_queue
+POP = '''
+local id = redis.call('LPOP', KEYS[1])
+if not id then return false end
+redis.call('HSET', ARGV[1] .. id, 'status', 'started', 'started_at', ARGV[2], 'worker_name', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], id)
+return {id, redis.call('HGET', ARGV[1] .. id, 'data')}
+'''
+frappe.init(site=sys.argv[1], sites_path=".")
+frappe.connect()
+queue = get_queue("default")
+keys, prefix = [queue.key, queue.started_job_registry.key], queue.job_class.redis_job_namespace_prefix
+finished, pop, name = queue.finished_job_registry.key, queue.connection.register_script(POP), sys.argv[2]
+frappe.destroy()
+def stamp():
+    now = datetime.now(timezone.utc)
+    return now.timestamp(), now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+print("ready", flush=True)
+while True:
+    epoch, text = stamp()
+    popped = pop(keys=keys, args=[prefix, text, name, epoch + 600])
+    if not popped:
+        time.sleep(0.001)
+        continue
+    job_id, data = popped[0].decode(), popped[1]
+    _, _, job_args, job_kwargs = pickle.loads(zlib.decompress(data))
+    result = execute_job(*job_args, **job_kwargs)
+    epoch, text = stamp()
+    with queue.connection.pipeline() as pipe:
+        pipe.hset(prefix + job_id, mapping={"status": "finished", "ended_at": text, "result": pickle.dumps(result)})
+        pipe.expire(prefix + job_id, 500)
+        pipe.zrem(keys[1], job_id)
+        pipe.zadd(finished, {job_id: epoch + 500})
+        pipe.execute()
+"""
+
+
 def bench_python(bench: Path, code: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([str(bench / "env" / "bin" / "python"), "-c", code, *args], cwd=bench / "sites",
                             stdout=subprocess.PIPE, text=True)
@@ -117,11 +164,29 @@ def pool(args: argparse.Namespace, setup: str, client: Any) -> dict[str, Any]:
     with without_app(args.bench, setup == "builtin"), started() as group:
         group.start(helper(args.bench, *command), LOGS / f"frappe-tiny-{setup}.log", cwd=args.bench / "sites")
         wait_registered(client, group.pids, args.workers, timeout=180)
-        time.sleep(args.settle)
-        lines = output(bench_python(args.bench, ENQUEUE, args.site, str(args.jobs), str(args.batch), JOB)).split("\n")
-        ids, enqueue_cpu = lines[0].split(), float(lines[1])
-        ended = (b"finished", b"failed")
-        wait_for(lambda: all(row[0] in ended for row in job_rows(client, ids)), 600, "the jobs to end", 0.2)
+        return timed_jobs(args, client)
+
+
+def least(args: argparse.Namespace, client: Any) -> dict[str, Any]:
+    """``--workers`` processes of the least protocol (LEAST), timed as a pool is."""
+    procs = [bench_python(args.bench, LEAST, args.site, f"least.{n}") for n in range(args.workers)]
+    try:
+        if any(proc.stdout is None or proc.stdout.readline().strip() != "ready" for proc in procs):
+            raise SystemExit("a process of the least protocol did not start")
+        return timed_jobs(args, client)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def timed_jobs(args: argparse.Namespace, client: Any) -> dict[str, Any]:
+    """After ``--settle`` s, enqueue the jobs, wait for their end, and time them from Redis."""
+    time.sleep(args.settle)
+    lines = output(bench_python(args.bench, ENQUEUE, args.site, str(args.jobs), str(args.batch), JOB)).split("\n")
+    ids, enqueue_cpu = lines[0].split(), float(lines[1])
+    ended = (b"finished", b"failed")
+    wait_for(lambda: all(row[0] in ended for row in job_rows(client, ids)), 600, "the jobs to end", 0.2)
     rows = job_rows(client, ids)
     enqueued, ended, begun = ([parse_rq_time(r[i]) or 0.0 for r in rows] for i in (1, 2, 3))
     span = max(ended) - min(enqueued)
@@ -170,7 +235,8 @@ def main() -> None:
         order = setups[run % len(setups):] + setups[:run % len(setups)]
         result = {}
         for setup in order:
-            result[setup] = inline(args) if setup == "inline" else pool(args, setup, client)
+            result[setup] = (inline(args) if setup == "inline" else least(args, client) if setup == "least"
+                             else pool(args, setup, client))
             print(f"run {run + 1} {setup}: {result[setup]}", flush=True)
         runs.append(result)
     report(args, setups, runs)
@@ -206,7 +272,8 @@ def report(args: argparse.Namespace, setups: list[str], runs: list[dict[str, Any
             for s in setups]
     print_table(["set-up", "jobs/s median", "min", "max", "runs"], rows)
     ratios = ceiling(args, runs)
-    for a, b in (("nofork", "inline"), ("nofork", "fork"), ("nofork", "builtin"), ("fork", "builtin")):
+    for a, b in (("nofork", "inline"), ("nofork", "fork"), ("nofork", "builtin"), ("fork", "builtin"),
+                 ("least", "inline"), ("nofork", "least")):
         if a in setups and b in setups:
             per_run = [r[a]["jobs_per_second"] / r[b]["jobs_per_second"] for r in runs]
             ratios[f"{a}/{b}"] = {"median": round(statistics.median(per_run), 3),
