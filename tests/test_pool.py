@@ -12,6 +12,7 @@ import time
 import psutil
 import pytest
 from rq import Queue
+from rq import defaults as rq_defaults
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.worker import Worker
@@ -338,7 +339,7 @@ print(" ".join(queue.enqueue(sys.argv[2], *map(float, sys.argv[4:])).id for _ in
 """
 
 
-@pytest.mark.skipif(not hasattr(__import__("rq.defaults").defaults, "RQ_KEY_PREFIX"), reason="rq < 3: no key prefix")
+@pytest.mark.skipif(not hasattr(rq_defaults, "RQ_KEY_PREFIX"), reason="rq < 3: no key prefix")
 def test_the_master_reads_rq_s_keys_under_rq_key_prefix(start_pool, redis, redis_url, monkeypatch):
     """rq 3 names its keys after RQ_KEY_PREFIX: the master's settling of a dead worker and its queue look follow."""
     monkeypatch.setenv("RQ_KEY_PREFIX", "tenant1")  # the pool's and the enqueuer's environment, not this process's rq

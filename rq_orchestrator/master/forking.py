@@ -157,11 +157,11 @@ class ForkingMixin:
         if not donors:
             return
         donor = min(donors, key=lambda g: g.utilization(now))
-        worker = max(donor.idle, key=lambda w: w.slot)
-        log.info("capacity moves: group %s gives worker %s to group %s (--max-workers-total %d)",
-                 donor.name, worker.name, needy.name, self.config.max_workers_total)
-        donor.target = max(donor.capacity - 1, donor.policy.settings.min_workers) + donor.replacing
-        self._retire(donor, worker)
+        for key in donor.resize_to(donor.capacity - 1):  # above its minimum, with an idle worker: that one goes
+            worker = donor.workers[key]
+            log.info("capacity moves: group %s gives worker %s to group %s (--max-workers-total %d)",
+                     donor.name, worker.name, needy.name, self.config.max_workers_total)
+            self._retire(donor, worker)
 
     def _build_worker(self, group: WorkerGroup) -> Any:
         """A worker for ``group``, made before the fork (see ``build_worker``), with a client of its own.

@@ -301,15 +301,8 @@ class Pool(ForkingMixin):
             group.resize_bounds(new_min, new_max)
             target = min(max(group.capacity + delta, new_min), new_max)
             log.info("resize %s: bounds %d-%d, target %d", group.name, new_min, new_max, target)
-            self._set_target(group, target + group.replacing)
-
-    def _set_target(self, group: WorkerGroup, target: int) -> None:
-        surplus = len(group.active) - target
-        group.target = target
-        if surplus > 0:
-            idle = sorted(group.idle, key=lambda w: w.slot, reverse=True)[:surplus]
-            for worker in idle:
-                self._retire(group, worker)
+            for key in group.resize_to(target):
+                self._retire(group, group.workers[key])
 
     def _retire(self, group: WorkerGroup, worker: WorkerRecord) -> None:
         group.mark_retiring(worker.key)

@@ -268,13 +268,17 @@ class WorkerGroup:
         retire: tuple[Hashable, ...] = ()
         # The decision counts workers as `capacity` does; the target also holds the take-overs under way.
         if decision.action is Action.DOWN:
-            self.target = decision.target + self.replacing
-            retire = self._pick_retirees(len(self.active) - self.target)
+            retire = self.resize_to(decision.target)
         elif decision.action is Action.UP:
             self.target = max(self.target, decision.target + self.replacing)
         # On HOLD the target stands, so a crashed worker awaiting its
         # replacement (or its back-off) is still replaced.
         return Plan(decision=decision, spawn=self.deficit, retire=retire)
+
+    def resize_to(self, workers: int) -> tuple[Hashable, ...]:
+        """Size the group to ``workers``, counted as ``capacity`` counts them; the idle workers to retire for it."""
+        self.target = workers + self.replacing
+        return self._pick_retirees(len(self.active) - self.target)
 
     def replacement_started(self) -> None:
         """A worker is started to take over from one that leaves once it is up: one slot more, no more capacity."""
