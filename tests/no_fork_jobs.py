@@ -3,7 +3,7 @@
 import os
 import time
 
-from rq import Worker, get_current_job
+from rq import Queue, Worker, get_current_job
 from rq.timeouts import JobTimeoutException
 
 
@@ -66,3 +66,21 @@ def worker_view() -> list:
     job = get_current_job()
     key = f"rq:worker:{job.worker_name}"
     return [job.connection.hget(key, "state").decode(), job.connection.ttl(key)]
+
+
+def enqueue_my_dependent() -> str:
+    """Enqueue a job that depends on this one, while this one runs (rq defers it until this one ends)."""
+    job = get_current_job()
+    queue = Queue(job.origin, connection=job.connection)
+    return queue.enqueue("builtins.len", "ab", depends_on=job).id
+
+
+def connection_type() -> str:
+    """The class of the client the running job holds, as its own code sees it."""
+    return type(get_current_job().connection).__name__
+
+
+def executions_recorded() -> int:
+    """rq 2/3: how many executions of this job Redis holds while it runs (its execution registry)."""
+    job = get_current_job()
+    return job.connection.zcard(f"rq:executions:{job.id}")

@@ -32,7 +32,15 @@ Here:
 * a job that returned, with no success callback to run, skips rq's job
   heartbeat that guards the callback (``LeanJobMixin``): one or two round
   trips (rq 1.x also moves the job in the started registry) for a write that
-  the job's success transaction follows at once.
+  the job's success transaction follows at once;
+* the job's success transaction, with rq's WATCH and read of the job's
+  dependents before it, is one script when the job has none (``round_trips``):
+  one round trip for three;
+* rq 1.x/2.x's PERSIST of the job's key, sent alone as the job starts, goes
+  with the prepare transaction (rq 3 sends it there itself).
+
+So a job that returns costs three round trips on rq 1.x/2.x (pop and read,
+prepare, end) where rq sends six or more.
 
 What monitors read (``last_heartbeat``) is at most ``COALESCE`` old;
 busy/idle changes are always written.
@@ -45,9 +53,11 @@ from datetime import datetime
 from typing import Any
 
 from rq.utils import as_text
+from rq.version import VERSION as rq_version
 from rq.worker import Worker, WorkerStatus
 
 from .mixins import with_mixin
+from .round_trips import OneTripMixin, pipelines_of
 
 COALESCE = 1.0  # seconds
 BUSY_WITH_JOB_ID = hasattr(Worker, "set_current_job_id")  # rq 1.x/2.x name the job in its own write (3.x: no such call)
@@ -98,7 +108,8 @@ class LeanBookkeepingMixin:
 
     def handle_job_success(self, *args: Any, **kwargs: Any) -> Any:
         self._lean_idle_with_end = False
-        result = super().handle_job_success(*args, **kwargs)  # type: ignore[misc]
+        with pipelines_of(self.connection, OneTripMixin):  # type: ignore[attr-defined]
+            result = super().handle_job_success(*args, **kwargs)  # type: ignore[misc]
         if self._lean_idle_with_end:  # the transaction ran: rq's lone `idle` after the job repeats it
             self._lean_pending_busy, self._lean_state = False, WorkerStatus.IDLE
         return result
@@ -132,8 +143,24 @@ class Prefetched:
 prefetched = Prefetched()  # one per process
 
 
+PERSIST_IN_PERFORM = int(rq_version.split(".")[0]) < 3  # rq 3 persists the job's key in prepare's transaction
+
+
+class KeyPersisted:
+    """A job's client while rq's perform starts: its PERSIST of the job's key was sent with prepare's transaction."""
+
+    def __init__(self, client: Any, key: Any) -> None:
+        self.client, self.key = client, key
+
+    def persist(self, name: Any) -> Any:
+        return True if name == self.key else self.client.persist(name)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
 class LeanJobMixin:
-    """A job read with its pop, and one that skips rq's heartbeat between its return and a success callback it lacks.
+    """A job read with its pop, persisted by its prepare transaction, without rq's heartbeat before a missing callback.
 
     rq writes that heartbeat (and on 1.x the started registry's new deadline)
     so that the job is not taken for abandoned while its callback runs; the
@@ -149,11 +176,33 @@ class LeanJobMixin:
         self.restore(fields)  # type: ignore[attr-defined]
 
     _lean_returned = False
+    _lean_persisted = False  # rq 1.x/2.x: the PERSIST that perform sends went with the prepare transaction
+
+    def prepare_for_execution(self, worker_name: str, pipeline: Any) -> Any:
+        result = super().prepare_for_execution(worker_name, pipeline)  # type: ignore[misc]
+        if PERSIST_IN_PERFORM:
+            pipeline.persist(self.key)  # type: ignore[attr-defined]
+            self._lean_persisted = True
+        return result
 
     def perform(self) -> Any:
-        result = super().perform()  # type: ignore[misc]
+        if self._lean_persisted:  # until the job's own code runs (_execute), rq's PERSIST is a no-op
+            self.connection = KeyPersisted(self.connection, self.key)  # type: ignore[has-type,attr-defined]
+        try:
+            result = super().perform()  # type: ignore[misc]
+        finally:
+            self._lean_unwrap()
         self._lean_returned = True
         return result
+
+    def _execute(self) -> Any:
+        self._lean_unwrap()
+        return super()._execute()  # type: ignore[misc]
+
+    def _lean_unwrap(self) -> None:
+        if isinstance(self.connection, KeyPersisted):  # type: ignore[has-type]
+            self.connection = self.connection.client
+        self._lean_persisted = False
 
     def heartbeat(self, timestamp: datetime, ttl: int, pipeline: Any = None, xx: bool = False) -> None:
         # The callback's name, not rq's property: that imports the callback, and one that cannot be imported

@@ -8,7 +8,8 @@ bookkeeping is the class's own on every rq version (1.x/2.x call
 ``monitor_work_horse(job, queue)``, 3.x adds the execution). A class that
 already runs jobs itself (``rq.SimpleWorker``, Frappe's ``FrappeWorkerNoFork``)
 never calls them and runs as it is. The job's timeout is still rq's death
-penalty, SIGALRM in this process.
+penalty, SIGALRM in this process. On rq 2/3 the execution's transaction and
+the job's prepare go to Redis as one (``round_trips``).
 
 What makes it safe in a pool is what happens after the job: the worker is
 retired (``RECYCLE``: the master starts a fresh fork of its clean memory at
@@ -40,6 +41,7 @@ from rq.worker import SimpleWorker
 
 from .events import RECYCLE
 from .mixins import with_mixin
+from .round_trips import CarryMixin, HoldMixin, pipelines_of
 
 IN_DOUBT = "in doubt"  # how a RECYCLE reason of this rule starts (the master counts it apart)
 
@@ -89,6 +91,15 @@ class NoForkMixin:
         if reason is not None:
             self._no_fork_retire(job, reason)
         return result
+
+    def prepare_execution(self, job: Any) -> Any:
+        """rq 2/3 (1.x has none): the execution's transaction waits to go with the job's prepare (``round_trips``)."""
+        with pipelines_of(self.connection, HoldMixin, held_for=job.id):  # type: ignore[attr-defined]
+            return super().prepare_execution(job)  # type: ignore[misc]
+
+    def prepare_job_execution(self, job: Any, *args: Any, **kwargs: Any) -> None:
+        with pipelines_of(self.connection, CarryMixin, held_for=job.id):  # type: ignore[attr-defined]
+            super().prepare_job_execution(job, *args, **kwargs)  # type: ignore[misc]
 
     def fork_work_horse(self, job: Any, queue: Any) -> None:
         """No work process: the job runs in ``monitor_work_horse``, here."""
