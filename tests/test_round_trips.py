@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import rq
 from redis import Redis
 from redis.exceptions import ResponseError, WatchError
 from rq import Queue, SimpleWorker
@@ -60,6 +61,29 @@ def test_a_job_with_a_dependent_waiting_enqueues_it_through_rq_s_own_transaction
         worker.work(burst=True, logging_level="WARNING")
     assert finished(redis, parent) and finished(redis, child).return_value() == 2
     assert f"WATCH {parent.dependents_key}" in [command for command, _ in seen], seen  # the script wrote nothing
+
+
+def test_a_job_with_a_dependent_leaves_nothing_of_its_run_behind(redis):
+    """The script refused, rq's second pass runs from where the first began: its execution is deleted (rq 2.x)."""
+    worker = pool_worker(redis)
+    queue = Queue(connection=redis)
+    parent = queue.enqueue("builtins.len", "abc")
+    queue.enqueue("builtins.len", "ab", depends_on=parent)
+    worker.work(burst=True, logging_level="WARNING")
+    assert redis.zrange(queue.started_job_registry.key, 0, -1) == []
+    assert redis.keys("rq:execution:*") == []
+    queue.started_job_registry.cleanup(timestamp=10**11)  # what rq does to what it finds there, much later
+    finished(redis, parent)
+
+
+@pytest.mark.skipif(not hasattr(rq, "Repeat"), reason="rq < 2.2 has no Repeat")
+def test_a_repeating_job_with_a_dependent_runs_every_repeat(redis):
+    worker = pool_worker(redis)
+    queue = Queue(connection=redis)
+    parent = queue.enqueue("builtins.len", "abc", repeat=rq.Repeat(times=1))
+    queue.enqueue("builtins.len", "ab", depends_on=parent)
+    worker.work(burst=True, logging_level="WARNING")
+    assert redis.xlen(f"rq:results:{parent.id}") == 2
 
 
 def test_a_dependent_added_while_the_job_runs_is_enqueued_when_it_ends(redis):
@@ -263,3 +287,11 @@ def test_held_commands_go_with_their_job_s_next_transaction_only(redis):
             pipe.set("c-prepared", "1")
             pipe.execute()
     assert redis.get("c-prepared") == b"1" and redis.get("held-for-b") is None
+
+
+def test_pipelines_of_blocks_nest_and_leave_the_client_as_it_was(redis):
+    with pipelines_of(redis, HoldMixin, held_for="job-x"):
+        with pipelines_of(redis, OneTripMixin):
+            assert isinstance(redis.pipeline(), HoldMixin) and isinstance(redis.pipeline(), OneTripMixin)
+        assert isinstance(redis.pipeline(), HoldMixin) and not isinstance(redis.pipeline(), OneTripMixin)
+    assert not isinstance(redis.pipeline(), HoldMixin) and "pipeline" not in vars(redis)

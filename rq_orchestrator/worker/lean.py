@@ -57,7 +57,7 @@ from rq.version import VERSION as rq_version
 from rq.worker import Worker, WorkerStatus
 
 from .mixins import with_mixin
-from .round_trips import OneTripMixin, pipelines_of
+from .round_trips import OneTripMixin, pipelines_of, undo_of
 
 COALESCE = 1.0  # seconds
 BUSY_WITH_JOB_ID = hasattr(Worker, "set_current_job_id")  # rq 1.x/2.x name the job in its own write (3.x: no such call)
@@ -108,7 +108,8 @@ class LeanBookkeepingMixin:
 
     def handle_job_success(self, *args: Any, **kwargs: Any) -> Any:
         self._lean_idle_with_end = False
-        with pipelines_of(self.connection, OneTripMixin):  # type: ignore[attr-defined]
+        job = kwargs["job"] if "job" in kwargs else args[0]
+        with pipelines_of(self.connection, OneTripMixin, undo=undo_of(self, job)):  # type: ignore[attr-defined]
             result = super().handle_job_success(*args, **kwargs)  # type: ignore[misc]
         if self._lean_idle_with_end:  # the transaction ran: rq's lone `idle` after the job repeats it
             self._lean_pending_busy, self._lean_state = False, WorkerStatus.IDLE

@@ -13,11 +13,20 @@ the watched keys do not exist, which is what the answer assumed. If one
 does, the script writes nothing and the pipeline raises ``WatchError``, the
 error a changed watched key raises: rq's own loop runs again, and this time
 the pipeline sends WATCH and SMEMBERS for real. Any other command while
-"watching" sends the WATCH first, so every other use is rq's.
+"watching" sends the WATCH first, so every other use is rq's. Before that
+second pass, the worker's and the job's attributes are put back as they were
+before the first (``undo``): rq 2.x changes some in a pass (the execution it
+deletes, the repeats left) and does not restore them on a ``WatchError``,
+which in rq comes only from a dependent added at that very moment, and here
+from every job that has one.
 
 As with MULTI/EXEC, the script runs the commands in order with nothing
-between them, goes on past a command that fails, and the first failure is
-raised (as redis-py does); a connection lost while it runs is a
+between them, goes on past a command that fails as it runs (a wrong type),
+and the first failure is raised (as redis-py does). What MULTI refuses before
+it runs anything (a key the ACL user may not touch; a write on Redis 6 over
+its maxmemory) the script meets command by command, and writes the others:
+rq's keys are all under Frappe's rq user's ``rq:[^q]*``, and Redis 7 runs the
+script whole over maxmemory. A connection lost while it runs is a
 ``WatchError`` (what redis-py raises for a transaction under WATCH), so it is
 never sent twice. A server that refuses the script (an ACL without
 scripting, scripts disabled) gets rq's transaction from then on. The
@@ -37,9 +46,9 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from redis.exceptions import NoPermissionError, NoScriptError, ResponseError, WatchError
 
@@ -69,6 +78,7 @@ class OneTripMixin:
 
     _one_trip_keys: tuple[Any, ...] = ()  # watched here, not yet on the server
     _one_trip_tried = False  # one attempt a pipeline: after a WatchError, rq's loop gets the real thing
+    undo: Callable[[], None] | None = None  # what rq's pass changed in Python, put back when the script wrote nothing
 
     def watch(self, *names: Any) -> Any:
         busy = self.watching or self.explicit_transaction  # type: ignore[attr-defined]
@@ -108,7 +118,7 @@ class OneTripMixin:
             self.watching = False  # nothing is watched on the server: no UNWATCH
             self.reset()  # type: ignore[attr-defined]
         if replies is None:
-            raise WatchError("a watched key exists")
+            self._refused("a watched key exists")
         failures = [reply for reply in replies if isinstance(reply, ResponseError)]
         if failures and raise_on_error:
             raise failures[0]
@@ -120,8 +130,14 @@ class OneTripMixin:
         super().immediate_execute_command("WATCH", *keys)  # type: ignore[misc]
         if super().immediate_execute_command("EXISTS", *keys):  # type: ignore[misc]
             self.reset()  # type: ignore[attr-defined]
-            raise WatchError("a watched key exists")
+            self._refused("a watched key exists")
         return super().execute(raise_on_error)  # type: ignore[misc]
+
+    def _refused(self, why: str) -> NoReturn:
+        """Nothing was written: undo the pass in Python too, and have rq's loop run it again."""
+        if self.undo is not None:
+            self.undo()
+        raise WatchError(why)
 
     def _one_trip_run(self, keys: tuple[Any, ...], argv: list[Any]) -> Any:
         """The script's replies (None: a watched key exists); rq's transaction next if the server refuses it."""
@@ -134,7 +150,7 @@ class OneTripMixin:
         except ResponseError as exc:  # the script's own commands' failures are among its replies, not raised
             if isinstance(exc, NoPermissionError) or "unknown command" in str(exc):
                 refused.add(self.connection_pool)  # type: ignore[attr-defined]
-                raise WatchError("the server refused the script") from exc
+                self._refused(f"the server refused the script: {exc}")
             raise
 
 
@@ -179,10 +195,21 @@ class CarryMixin:
         return super().execute(raise_on_error)  # type: ignore[misc]
 
 
+def undo_of(*objects: Any) -> Callable[[], None]:
+    """A function that gives ``objects`` back the attributes they have now (values, not their contents)."""
+    saved = [(item, dict(vars(item))) for item in objects]
+
+    def undo() -> None:
+        for item, attributes in saved:
+            vars(item).update(attributes)
+
+    return undo
+
+
 @contextmanager
 def pipelines_of(client: Any, mixin: type, **attributes: Any) -> Iterator[None]:
     """Within the block, the pipelines ``client`` makes have ``mixin`` in front of their class (and ``attributes``)."""
-    make = client.pipeline
+    make, outer = client.pipeline, vars(client).get("pipeline")  # outer: an enclosing block's
 
     def pipeline(*args: Any, **kwargs: Any) -> Any:
         made = make(*args, **kwargs)
@@ -194,4 +221,7 @@ def pipelines_of(client: Any, mixin: type, **attributes: Any) -> Iterator[None]:
     try:
         yield
     finally:
-        del client.pipeline
+        if outer is None:
+            del client.pipeline
+        else:
+            client.pipeline = outer
