@@ -47,16 +47,16 @@ def settle_job(connection: Redis, job_id: str, reason: str, job_class: Any = Non
     registry = StartedJobRegistry(job.origin, connection=connection, job_class=job_class, serializer=serializer)
     # rq <2 stores the job id; rq >=2 stores "<job id>:<execution id>".
     members = [m for m in _members(connection, registry.key) if m == job_id or m.startswith(f"{job_id}:")]
-    if not members:
-        return _requeue_if_never_started(connection, job)
     never_started = job.get_status(refresh=False) == JobStatus.QUEUED  # as fetched just now
+    if never_started or not members:
+        if members:  # rq 2/3 register the execution before the work process marks the job started: rq's
+            connection.zrem(registry.key, *members)  # cleanup would fail it (2.x: AbandonedJobError), it never ran
+        return _requeue_if_never_started(connection, job)
     job.meta["rq_orchestrator_failure"] = reason
     job.save_meta()
     connection.zadd(registry.key, {m: 1 for m in members}, xx=True)
     registry.cleanup()
-    if never_started:  # registered, never marked started (it died in between): rq's cleanup leaves it QUEUED
-        _requeue_if_never_started(connection, job)
-    # Not otherwise: a job its Retry put back is QUEUED and, once another worker popped it, in no queue either.
+    # Not requeued here: a job its Retry put back is QUEUED and, once another worker popped it, in no queue either.
     status = job.get_status(refresh=True)
     log.warning("job %s of a dead worker ended as %s: %s", job_id, getattr(status, "value", status), reason)
     return getattr(status, "value", status)
