@@ -28,9 +28,9 @@ from rq_orchestrator.worker.process import build_worker, prepare_for_work
 JOBS = 40
 
 
-def pool_worker(redis, name: str = "w1.lean"):
+def pool_worker(redis, name: str = "w1.lean", queues: tuple[str, ...] = ("default",)):
     """A --no-fork pool worker run in this process (burst mode: no master, no idle wait)."""
-    worker = build_worker(SimpleWorker, ["default"], {}, redis, no_fork=True)
+    worker = build_worker(SimpleWorker, list(queues), {}, redis, no_fork=True)
     prepare_for_work(worker, name)
     return worker
 
@@ -186,8 +186,7 @@ def test_idle_after_a_job_that_returned_goes_with_its_success_transaction(redis)
 
 def armed_worker(redis, queues, name: str):
     """A --no-fork pool worker that waits as in a pool (idle_wait armed), stopping after one empty wait."""
-    worker = build_worker(SimpleWorker, queues, {}, redis, no_fork=True)
-    prepare_for_work(worker, name)
+    worker = pool_worker(redis, name, queues)
     idle_wait.arm(wake_key(name), redis, lambda: None)
     worker.pool_poll_seconds, worker.pool_polls_left = 1, 1
     return worker

@@ -6,23 +6,14 @@ import pytest
 import rq
 from redis import Redis
 from redis.exceptions import ResponseError, WatchError
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.job import Job
-
-from acl_user import BENCH_ID, frappe_redis, frappe_url, make_user, user_url  # noqa: F401 - fixtures
 from rq.version import VERSION as RQ_VERSION
 
+from acl_user import BENCH_ID, frappe_redis, frappe_url, make_user, user_url  # noqa: F401 - fixtures
 from rq_orchestrator.worker import round_trips
 from rq_orchestrator.worker.round_trips import CarryMixin, HoldMixin, OneTripMixin, pipelines_of
-from rq_orchestrator.worker.process import build_worker, prepare_for_work
-from test_lean import monitored
-
-
-def pool_worker(redis, queues: tuple[str, ...] = ("default",)):
-    """A --no-fork pool worker run in this process (burst mode: no master, no idle wait)."""
-    worker = build_worker(SimpleWorker, list(queues), {}, redis, no_fork=True)
-    prepare_for_work(worker, "w1.one-trip")
-    return worker
+from test_lean import monitored, pool_worker
 
 
 def finished(redis, job) -> Job:
@@ -112,7 +103,7 @@ def test_a_job_with_a_time_to_live_is_persisted_before_it_runs(redis):
 
 def test_frappe_s_rq_user_ends_jobs_with_the_script(frappe_redis, redis):
     queue = Queue(f"{BENCH_ID}:default", connection=frappe_redis)
-    worker = pool_worker(frappe_redis, (queue.name,))
+    worker = pool_worker(frappe_redis, queues=(queue.name,))
     jobs = [queue.enqueue("builtins.len", "abc") for _ in range(2)]
     with monitored(redis) as seen:
         worker.work(burst=True, logging_level="WARNING")
