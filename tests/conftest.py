@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from redis import Redis
 
@@ -124,7 +125,21 @@ class PoolProcess:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"pool did not exit within {timeout}s\n{self.interesting_output()}")
+            pytest.fail(f"pool did not exit within {timeout}s\n{self.processes()}\nits log:\n{self.interesting_output()}")
+
+    def processes(self) -> str:
+        """The pool's processes still there, one a line: pid, state, title (a worker's says what it is doing)."""
+        try:
+            tree = [psutil.Process(self.pid), *psutil.Process(self.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return "no pool process left"
+        lines = []
+        for process in tree:
+            try:
+                lines.append(f"{process.pid} {process.status()} {' '.join(process.cmdline()).strip()}")
+            except psutil.Error:
+                pass
+        return "processes left:\n" + "\n".join(lines)
 
     def cleanup(self) -> None:
         if self.proc.poll() is None:

@@ -113,12 +113,12 @@ class ColdStopAfterPop(Worker):
 
 
 class DeafWorker(Worker):
-    """Ignores TERM (as a worker wedged outside any job would not act on it)."""
+    """Never acts on TERM or QUIT, the master's warm and cold stops (as a worker wedged outside any job would not)."""
 
     def _install_signal_handlers(self) -> None:
         super()._install_signal_handlers()
         if not self.name.startswith("rehearsal-"):
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGQUIT})  # pending for good
 
 
 class SlowRehearsal(Worker):

@@ -104,10 +104,11 @@ def test_a_wedged_worker_is_killed_and_its_job_failed(start_pool, redis):
     pool.wait_until(lambda: pool.ready_pids() and pool.ready_pids()[0] != first, 15, "a replacement")
 
 
-def test_a_warm_stop_kills_an_idle_worker_that_does_not_leave(start_pool, redis):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGQUIT], ids=["warm", "cold"])
+def test_a_stop_kills_an_idle_worker_that_does_not_leave(start_pool, redis, signum):
     pool = start_pool("--num-workers", "1", "--worker-class", "jobs.DeafWorker", *FAST)
     pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
-    pool.send(signal.SIGTERM)
+    pool.send(signum)
     assert pool.wait(20) == 0
     assert "has not left 5 s after the stop, with no job in hand; killing it" in pool.output()
 

@@ -272,12 +272,12 @@ class Pool(ForkingMixin):
                 self._begin_reload()
 
     def _request_stop(self, cold: bool) -> None:
+        self._stop_at = self._stop_at or self.clock()  # the first stop, warm or cold, starts the stragglers' grace
         if cold:
             log.warning("cold stop: killing the jobs of %d workers", len(self._owner))
             self._stop_children(signal.SIGQUIT)
             self._cold_at = None
         else:
-            self._stop_at = self.clock()
             log.info("warm stop: waiting for %d workers to finish their jobs", len(self._owner))
             self._stop_children(signal.SIGTERM, spare_retiring=True)
             if self.config.graceful_timeout is not None:
