@@ -151,12 +151,21 @@ def test_a_killed_holder_s_slots_return_within_the_lease_time(redis, redis_url):
 
 # -- end to end: three real pools sharing one cap ---------------------------------
 def live_workers(master_pids: list[int]) -> dict[int, int]:
-    """master pid -> its live (not zombie) children but the probe that imports a job module, in one pass."""
+    """master pid -> its live (not zombie) children but the probe that imports a job module, in one pass.
+
+    A child still titled as its master has just been forked and is not yet a
+    worker or the probe (a probe forked while jobs begin, not yet titled, was
+    once counted as a fifth worker): it is counted once it has its title.
+    """
+    processes = list(psutil.process_iter(["pid", "ppid", "status", "cmdline"]))
+    titles = {p.info["pid"]: " ".join(p.info["cmdline"] or []) for p in processes}
     counts = dict.fromkeys(master_pids, 0)
-    for proc in psutil.process_iter(["ppid", "status", "cmdline"]):
-        probe = " ".join(proc.info["cmdline"] or []).startswith(PROBE_TITLE)
-        if proc.info["ppid"] in counts and proc.info["status"] != psutil.STATUS_ZOMBIE and not probe:
-            counts[proc.info["ppid"]] += 1
+    for proc in processes:
+        master, title = proc.info["ppid"], titles[proc.info["pid"]]
+        if master not in counts or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if not title.startswith(PROBE_TITLE) and title != titles.get(master):
+            counts[master] += 1
     return counts
 
 
