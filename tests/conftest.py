@@ -130,7 +130,8 @@ class PoolProcess:
     def processes(self) -> str:
         """The pool's processes still there, one a line: pid, state, title (a worker's says what it is doing)."""
         try:
-            tree = [psutil.Process(self.pid), *psutil.Process(self.pid).children(recursive=True)]
+            master = psutil.Process(self.pid)
+            tree = [master, *master.children(recursive=True)]
         except psutil.NoSuchProcess:
             return "no pool process left"
         lines = []

@@ -93,7 +93,7 @@ class OneTripMixin:
 
     def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
         keys = self._one_trip_keys
-        if keys and args[0] == "SMEMBERS" and args[1:] == keys[:1] and len(keys) == 1:
+        if keys and args[0] == "SMEMBERS" and args[1:] == keys:  # the one watched set
             return set()  # what the script checks before it writes anything
         if keys:
             self._one_trip_keys, self.watching = (), False
