@@ -121,6 +121,36 @@ class DeafWorker(Worker):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGQUIT})  # pending for good
 
 
+class Lingering:
+    """An object whose finalizer takes ``seconds``, after it marks ``mark``: a signal handler that raises in it raises
+    into a finalizer, where Python prints the exception and goes on."""
+
+    def __init__(self, mark: str, seconds: float) -> None:
+        self.mark, self.seconds = mark, seconds
+
+    def __del__(self) -> None:
+        open(self.mark, "w").close()
+        time.sleep(self.seconds)
+
+
+class StopInFinalizer(Worker):
+    """Runs a 10 s finalizer before its first wait for a job, marking ``finalizer_mark(its master's pid)`` as it begins."""
+
+    _finalized = False
+
+    def dequeue_job_and_maintain_ttl(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        if not self._finalized and not self.name.startswith("rehearsal-"):
+            self._finalized = True
+            Lingering(finalizer_mark(os.getppid()), 10)  # dropped at once: its finalizer runs here
+        return super().dequeue_job_and_maintain_ttl(*args, **kwargs)
+
+
+def finalizer_mark(master_pid: int) -> str:
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"rq-orchestrator-test-finalizer-{master_pid}")
+
+
 class SlowRehearsal(Worker):
     """Takes 3 s to register in the master's pre-fork rehearsal (rq_orchestrator.master.prewarm), and says when it starts."""
 

@@ -16,6 +16,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from conftest import PoolProcess, run_counts, wait_until
+from jobs import finalizer_mark
 from rq_orchestrator.infra.embedded_redis import RedisServer
 from test_pool import FAST, finished, pool_processes
 
@@ -111,6 +112,20 @@ def test_a_stop_kills_an_idle_worker_that_does_not_leave(start_pool, redis, sign
     pool.send(signum)
     assert pool.wait(20) == 0
     assert "has not left 5 s after the stop, with no job in hand; killing it" in pool.output()
+
+
+def test_a_cold_stop_that_lands_in_a_finalizer_still_stops_the_worker(start_pool, redis):
+    """The cold stop's SystemExit is lost in a finalizer (Python prints it and goes on): the worker stops all the same."""
+    pool = start_pool("--num-workers", "1", "--worker-class", "jobs.StopInFinalizer", *FAST)
+    mark = Path(finalizer_mark(pool.proc.pid))
+    try:
+        pool.wait_until(mark.exists, 15, "the worker in its finalizer")
+        pool.send(signal.SIGQUIT)
+        assert pool.wait(20) == 0
+    finally:
+        mark.unlink(missing_ok=True)
+    assert "Exception ignored in" in pool.output()  # the stop did land in the finalizer
+    assert "has not left 5 s after the stop" not in pool.output()  # the worker left by itself
 
 
 def test_a_fork_that_fails_is_tried_again(start_pool, redis):

@@ -229,6 +229,11 @@ class PoolWorkerMixin:
             self._pool_cold_pending |= idle_wait.taking  # cold once the master knows the job (it is in no list now)
             idle_wait.wake()
             return
+        # The SystemExit below is lost where this handler lands in a finalizer (Python
+        # prints it and goes on): then the stop is still asked for, and the worker leaves
+        # at its next look (its job, if any, finished), instead of waiting on for a job.
+        self._stop_requested = True
+        idle_wait.wake()
         self.log.warning("Worker %s: cold shut down", self.name)  # type: ignore[attr-defined]
         if getattr(self, "horse_pid", 0):
             self.kill_horse()  # type: ignore[attr-defined]
