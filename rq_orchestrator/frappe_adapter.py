@@ -116,19 +116,21 @@ def nofork_switched() -> bool:
 
 
 def worker_class(background_jobs: Any, no_fork: bool = False) -> type:
-    """The class Frappe's pool would use, minus the Frappe scheduler thread.
+    """The class Frappe's own pool uses, minus the Frappe scheduler thread.
 
-    v15 runs plain ``rq.Worker`` for `bench worker`; newer lines have
-    ``FrappeWorker`` and a no-fork variant, used for ``no_fork`` (v15 has
-    none: the pool runs rq.Worker's jobs in the worker, ``worker.no_fork``).
-    FrappeWorker starts Frappe's scheduler in a thread of every worker; here
-    it never runs in a worker (``bench schedule`` does that job, once).
+    Frappe's pool runs ``FrappeWorker`` (v15 and newer; v15's `bench worker`
+    runs plain ``rq.Worker``), which starts Frappe's scheduler in a thread of
+    every worker; here it never runs in a worker (``scheduler_services`` runs
+    it once). Newer lines also have a no-fork variant, used for ``no_fork``
+    (v15 has none: the pool runs FrappeWorker's jobs in the worker,
+    ``worker.no_fork``). A Frappe without FrappeWorker gets ``rq.Worker``.
     """
-    if not hasattr(background_jobs, "FrappeWorkerNoFork"):
+    base = getattr(background_jobs, "FrappeWorkerNoFork", None) if no_fork else None
+    base = base or getattr(background_jobs, "FrappeWorker", None)
+    if base is None:
         from rq import Worker
 
         return Worker
-    base = background_jobs.FrappeWorkerNoFork if no_fork else background_jobs.FrappeWorker
     return type(base.__name__, (base,), {"start_frappe_scheduler": _no_scheduler_thread, "__module__": __name__})
 
 
@@ -139,9 +141,9 @@ def _no_scheduler_thread(self: Any) -> None:
 def scheduler_services(pool_worker_class: type) -> tuple[ServiceSpec, ...]:
     """Frappe's scheduler as the pool's service child, where Frappe's worker class would start it in every worker.
 
-    Told by the class, not the version: FrappeWorker (develop / v16) has
-    ``start_frappe_scheduler``; v15's pool runs plain ``rq.Worker``, which
-    starts no scheduler, and gets no service (``bench schedule`` schedules).
+    Told by the class, not the version: FrappeWorker (v15's pool and newer
+    lines) has ``start_frappe_scheduler``; plain ``rq.Worker`` starts no
+    scheduler and gets no service (``bench schedule`` schedules).
     """
     if not hasattr(pool_worker_class, "start_frappe_scheduler"):
         return ()

@@ -21,7 +21,7 @@ from redis import Redis
 
 from conftest import TESTS, PoolProcess, alive, child_env
 from rq_orchestrator.cli.status import report
-from rq_orchestrator.frappe_adapter import SCHEDULER_SERVICE, run_frappe_scheduler, scheduler_services
+from rq_orchestrator.frappe_adapter import SCHEDULER_SERVICE, run_frappe_scheduler, scheduler_services, worker_class
 from rq_orchestrator.infra.config import ServiceSpec
 from rq_orchestrator.master.service_child import MAX_DELAY, ServiceChild, ServiceChildren
 from service_pool import STARTS
@@ -183,8 +183,32 @@ def test_frappe_s_scheduler_is_a_service_only_where_frappe_s_worker_class_would_
 
     class FrappeLikeWorker(Worker):
         def start_frappe_scheduler(self) -> None:
-            """As FrappeWorker (develop, v16) has it."""
+            """As FrappeWorker (v15's pool, develop, v16) has it."""
 
-    assert scheduler_services(Worker) == ()  # what the pool runs on v15
+    assert scheduler_services(Worker) == ()  # a Frappe without FrappeWorker
     [service] = scheduler_services(FrappeLikeWorker)
     assert (service.name, service.target) == (SCHEDULER_SERVICE, run_frappe_scheduler)
+
+
+def test_the_pool_runs_the_class_frappe_s_own_pool_runs_without_its_scheduler_thread():
+    """v15 has FrappeWorker (its pool starts the scheduler in every worker) and no no-fork class; develop has both."""
+    from types import SimpleNamespace
+
+    from rq import Worker
+
+    class FrappeWorker(Worker):
+        def start_frappe_scheduler(self) -> None:
+            raise AssertionError("the scheduler thread must not start in a pool worker")
+
+    class FrappeWorkerNoFork(FrappeWorker):
+        pass
+
+    v15 = SimpleNamespace(FrappeWorker=FrappeWorker)
+    develop = SimpleNamespace(FrappeWorker=FrappeWorker, FrappeWorkerNoFork=FrappeWorkerNoFork)
+    for background_jobs, no_fork, base in [(v15, False, FrappeWorker), (v15, True, FrappeWorker),
+                                           (develop, False, FrappeWorker), (develop, True, FrappeWorkerNoFork)]:
+        chosen = worker_class(background_jobs, no_fork)
+        assert chosen.__mro__[1] is base
+        chosen.start_frappe_scheduler(None)  # a no-op here
+        assert scheduler_services(chosen) != ()
+    assert worker_class(SimpleNamespace(), False) is Worker
