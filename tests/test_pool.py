@@ -139,6 +139,24 @@ def test_burst_mode_exits_when_the_queues_are_empty(start_pool, redis):
     assert len(run_counts(redis)) == 20
 
 
+def test_burst_runs_every_group_s_jobs_when_another_group_is_done_first(start_pool, redis):
+    """Group `a` finds its queue empty and is done; `b`'s worker recycles mid-way and is still replaced."""
+    jobs = [Queue("b", connection=redis).enqueue("jobs.sleep", 0.2) for _ in range(8)]
+    pool = start_pool("--queue", "a:1", "--queue", "b:1", "--max-jobs-per-worker", "2", "--burst", *FAST)
+    assert pool.wait(60) == 0
+    assert finished(jobs)
+    assert "recycling" in pool.output()  # b's worker was replaced after `a` was done
+
+
+@pytest.mark.parametrize("queued", [0, 3])
+def test_burst_with_no_minimum_runs_what_is_queued_and_exits(start_pool, redis, queued):
+    jobs = [Queue(connection=redis).enqueue("jobs.noop") for _ in range(queued)]
+    pool = start_pool("--min-workers", "0", "--max-workers", "2", "--burst", *FAST)
+    assert pool.wait(30) == 0
+    assert finished(jobs)
+    assert len(run_counts(redis)) == queued
+
+
 def test_queue_priority_order_is_kept(start_pool, redis):
     low, high = Queue("low", connection=redis), Queue("high", connection=redis)
     low_jobs = [low.enqueue("jobs.noop") for _ in range(5)]

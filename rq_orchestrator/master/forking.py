@@ -89,7 +89,7 @@ class ForkingMixin:
     _selector: selectors.BaseSelector
     _signals: list[int]
     _stopping: bool
-    _draining: bool
+    _drained: set[str]
     _respawn_at: float
     _server_version: tuple[int, ...] | None
     _owner: dict[int, WorkerGroup]
@@ -103,7 +103,7 @@ class ForkingMixin:
     def _spawn_missing(self) -> None:
         """Fork every group's deficit, a round of at most ROUND_SIZE at a time, until a stop is asked for."""
         self._start_services()
-        while not (self._stopping or (self.config.burst and self._draining)) and self.clock() >= self._respawn_at:
+        while not self._stopping and self.clock() >= self._respawn_at:
             if not self._fork(self._plan_missing()) or self._stop_asked():
                 return
 
@@ -124,9 +124,14 @@ class ForkingMixin:
         return any(signum in STOP_SIGNALS for signum in self._signals)
 
     def _plan_missing(self) -> list[PlannedWorker]:
-        """The next round to fork: each group's deficit, as far as --max-workers-total, the cluster and ROUND_SIZE allow."""
+        """The next round to fork: each group's deficit, as far as --max-workers-total, the cluster and ROUND_SIZE allow.
+
+        In burst mode a group whose queues a worker found empty gets no more workers.
+        """
         planned: list[PlannedWorker] = []
         for group in self.groups:
+            if group.name in self._drained:
+                continue
             for slot in group.free_slots(min(group.deficit, ROUND_SIZE - len(planned))):
                 if not self._room_for_one_more(group, len(planned)):
                     break

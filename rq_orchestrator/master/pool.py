@@ -86,7 +86,7 @@ class Pool(ForkingMixin):
         self._cold_at: float | None = None  # when a warm stop turns cold (--graceful-timeout)
         self._stop_at = 0.0  # when the pool's stop was asked for
         self._stragglers: set[int] = set()  # idle workers killed for not leaving after the stop
-        self._draining = False  # burst mode: a worker found the queues empty
+        self._drained: set[str] = set()  # burst mode: groups done (a worker found their queues empty, or none to run)
         self._exit_status = 0
         self._next_tick = now + config.scaling_period
         self._next_observation = now
@@ -224,7 +224,7 @@ class Pool(ForkingMixin):
                 self._kill_stuck(self.clock())  # a stop waits for jobs, not for a wedged worker
                 self._kill_idle_stragglers(self.clock())
                 continue
-            if self.config.burst and self._draining and not self._owner:
+            if self.config.burst and not self._owner and len(self._drained) == len(self.groups):
                 log.info("pool %s: burst done, all workers have exited", self.config.pool_name)
                 return
             now = self.clock()
@@ -426,7 +426,7 @@ class Pool(ForkingMixin):
                                        f"worker {record.name} {_describe_exit(code)} in the pool's stop")
             return
         if self.config.burst and clean:
-            self._draining = True
+            self._drained.add(group.name)
             group.target = max(group.target - 1, 0)
             log.info("worker %s found its queues empty and exited (burst)", record.name)
             return
@@ -568,6 +568,8 @@ class Pool(ForkingMixin):
                 plan = group.urgent_tick(now, observed.queued, **kwargs)
                 if plan is not None:
                     self._apply(group, plan, now)
+            if self.config.burst and not observed.queued and not group.workers and not group.deficit:
+                self._drained.add(group.name)  # nothing queued and none to start (--min-workers 0): done
         if due:
             self.state.record_tick(now, stats)
 
