@@ -321,6 +321,24 @@ def test_the_pool_works_over_tls(tmp_path):
             tls_client.close()
 
 
+def test_the_pool_and_status_work_over_a_unix_socket(tmp_path):
+    """redis-py 4.x's unix-socket connection takes no connect timeout; the private server of prewarm is on TCP."""
+    from test_status import status_json
+
+    socket_path = tmp_path / "redis.sock"
+    with RedisServer(extra_args=("--unixsocket", str(socket_path))) as server:
+        url = f"unix://{socket_path}?db=0"
+        job = Queue(connection=server.client()).enqueue("jobs.noop")
+        pool = PoolProcess(url, ("--num-workers", "1", *FAST), tmp_path / "pool.log")
+        try:
+            pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "the job over the socket")
+            code, document = status_json(url)
+            assert code == 0 and document["pools"], document
+            assert "prewarm skipped" not in pool.output()
+        finally:
+            pool.cleanup()
+
+
 def test_the_master_gives_up_connecting_to_a_silent_redis_within_its_socket_timeout():
     """A Redis whose connects hang (packets dropped: here a listener whose backlog is full) holds the master no longer."""
     from redis import Redis

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -54,7 +55,7 @@ def from_url(url: str, **kwargs: object) -> Redis:
 def connect(url: str) -> Any:
     """A Redis client for URL that answered PING, or BadInput naming the URL (password hidden)."""
     try:
-        connection = from_url(url, socket_connect_timeout=5)
+        connection = fresh_copy(from_url(url), socket_connect_timeout=5)
         connection.ping()
     except BadRedisURL as exc:
         raise BadInput(f"--url: {exc}") from None
@@ -80,8 +81,27 @@ def fresh_copy(connection: Redis, **overrides: Any) -> Redis:
     """
     pool = connection.connection_pool
     kwargs = {**with_driver_info(pool.connection_kwargs), **overrides}
+    if not _takes_connect_timeout(pool.connection_class):
+        kwargs.pop("socket_connect_timeout", None)
     new_pool = type(pool)(connection_class=pool.connection_class, **kwargs)
     return type(connection)(connection_pool=new_pool)
+
+
+@functools.cache
+def _takes_connect_timeout(connection_class: type) -> bool:
+    """Whether a connection class takes ``socket_connect_timeout`` (redis-py 4.x's unix-socket class does not).
+
+    Followed through the classes whose ``__init__`` passes ``**kwargs`` on to the next one's.
+    """
+    for cls in connection_class.__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        if any(p.name == "socket_connect_timeout" for p in parameters):
+            return True
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return False
+    return False
 
 
 def with_driver_info(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -147,12 +147,14 @@ def _private_client(connection: Any, port: int) -> Any:
     pool = connection.connection_pool
     kwargs = {k: v for k, v in pool.connection_kwargs.items()
               if k not in ("host", "port", "path", "password", "username", "db", "credential_provider")}
-    if "ssl" in pool.connection_class.__name__.lower():
-        from redis import Connection
+    from redis import Connection
 
+    if "ssl" in pool.connection_class.__name__.lower():
         new_pool = type(pool)(connection_class=Connection, host="127.0.0.1", port=port, db=0)
     else:
-        new_pool = type(pool)(connection_class=pool.connection_class, host="127.0.0.1", port=port, db=0, **kwargs)
+        # A unix socket's class takes no host or port: the private server is on TCP.
+        cls = Connection if "path" in pool.connection_kwargs else pool.connection_class
+        new_pool = type(pool)(connection_class=cls, host="127.0.0.1", port=port, db=0, **kwargs)
     return type(connection)(connection_pool=new_pool)
 
 
