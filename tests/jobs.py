@@ -70,6 +70,13 @@ class BrokenWorker(Worker):
         raise RuntimeError("cannot register")
 
 
+class UnbuildableWorker(Worker):
+    """A worker class that imports fine but whose constructor raises."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise RuntimeError("this worker cannot be built")
+
+
 def wedge(seconds: float = 60) -> None:
     """A job rq cannot time out: it blocks the alarm signal rq's death penalty uses."""
     import signal

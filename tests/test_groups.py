@@ -33,7 +33,7 @@ def test_group_specs_parse(spec, expected):
     assert parse_group(spec) == expected
 
 
-@pytest.mark.parametrize("spec", [":3", "a,,b:2", "a:5-2", "a:3x", "a:2-", "a:-1", "a,a:2", "a:0"])
+@pytest.mark.parametrize("spec", [":3", "a,,b:2", "a:5-2", "a:3x", "a:2-", "a:-1", "a,a:2", "a:0", "a:", "a,b:"])
 def test_bad_group_specs_are_rejected(spec):
     with pytest.raises(BadInput):
         parse_group(spec)

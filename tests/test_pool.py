@@ -327,6 +327,14 @@ def test_workers_failing_at_start_up_stop_the_pool(start_pool):
     assert "workers fail at start-up" in pool.output()
 
 
+def test_a_worker_class_that_cannot_be_built_stops_the_pool_with_one_line(start_pool):
+    pool = start_pool("--num-workers", "2", "--worker-class", "jobs.UnbuildableWorker", *FAST)
+    assert pool.wait(20) == 1
+    assert "cannot build a worker of class jobs.UnbuildableWorker: RuntimeError: this worker cannot be built" \
+        in pool.output()
+    assert "Traceback" not in pool.output()
+
+
 def test_scale_to_zero_wakes_within_a_second_of_a_job(start_pool, redis):
     pool = start_pool("--min-workers", "0", "--max-workers", "2", "--scaling-period", "30", "--utilization-window", "30")
     pool.wait_until(lambda: pool.state() is not None, 15, "the pool to publish")

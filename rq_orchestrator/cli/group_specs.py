@@ -34,10 +34,11 @@ class GroupRequest:
 def parse_group(spec: str, option: str = "--queue") -> GroupRequest:
     names, bounds = spec, None
     head, sep, tail = spec.rpartition(":")
-    if sep and (tail[:1].isdigit() or tail.startswith("-")):
+    if sep and (not tail or tail[:1].isdigit() or tail.startswith("-")):  # "name:" is a count left off
         match = SUFFIX.match(tail)
         if not match:
-            raise BadInput(f"{option} {spec}: {tail!r} is not N or MIN-MAX")
+            raise BadInput(f"{option} {spec}: {tail!r} is not N or MIN-MAX" if tail else
+                           f"{option} {spec}: no worker count after the colon (N or MIN-MAX)")
         low = int(match["low"])
         high = int(match["high"]) if match["high"] is not None else low
         if low > high:

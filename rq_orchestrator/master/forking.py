@@ -175,8 +175,13 @@ class ForkingMixin:
         callbacks) and the worker's are shared by the child instead of copied into it.
         """
         client = fresh_copy(self.worker_connection)
-        return build_worker(self.worker_class, group.queues, self.config.worker_kwargs, client, self._server_version,
-                            self.config.no_fork)
+        try:
+            return build_worker(self.worker_class, group.queues, self.config.worker_kwargs, client,
+                                self._server_version, self.config.no_fork)
+        except Exception as exc:  # noqa: BLE001 - the class's own constructor: any error stops the pool, in one line
+            cls = self.worker_class
+            raise PoolError(f"cannot build a worker of class {cls.__module__}.{cls.__qualname__}: "
+                            f"{type(exc).__name__}: {exc}") from None
 
     def _plan(self, group: WorkerGroup, slot: int) -> PlannedWorker | None:
         """A worker for ``slot`` of ``group``, built, with its cluster lease; None when the cluster is full."""
