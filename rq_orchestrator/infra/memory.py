@@ -19,10 +19,23 @@ def proportional_set_size(pid: int) -> int | None:
 
 
 def total_pss(pids: Iterable[int]) -> int | None:
-    """Sum of PSS over processes; None when the kernel offers no smaps_rollup."""
-    sizes = [proportional_set_size(pid) for pid in pids]
+    """Sum of PSS over processes and their children (a worker's job process); None without smaps_rollup."""
+    sizes = [proportional_set_size(pid) for pid in with_children(pids)]
     known = [size for size in sizes if size is not None]
     return sum(known) if known else None
+
+
+def with_children(pids: Iterable[int]) -> list[int]:
+    """``pids`` and their direct children (``/proc/PID/task/PID/children``; none where the kernel does not list them)."""
+    found: list[int] = []
+    for pid in pids:
+        found.append(pid)
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as children:
+                found += [int(child) for child in children.read().split()]
+        except (OSError, ValueError):
+            pass
+    return list(dict.fromkeys(found))
 
 
 def resident_memory() -> int | None:

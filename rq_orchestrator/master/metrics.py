@@ -110,7 +110,7 @@ def pool_families(snapshot: dict[str, Any]) -> Iterator[Any]:
     yield _gauge("rq_orchestrator_start_time_seconds", "When the master started (Unix time).",
                  base, snapshot["started_at"])
     yield _gauge("rq_orchestrator_memory_bytes",
-                 "Memory of the master and its workers (PSS: shared pages counted once).",
+                 "Memory of the master, its workers and their job processes (PSS: shared pages counted once).",
                  base, snapshot.get("memory_bytes") or 0)
     counters = snapshot.get("counters") or {}
     yield _by_label("rq_orchestrator_worker_restarts", "Workers replaced, by cause.",

@@ -598,7 +598,7 @@ class Pool(ForkingMixin):
         self.state.record_decision(group, d, now)
 
     def _pool_memory(self, now: float) -> int | None:
-        """Total PSS of the master and its workers where a ceiling asks for it, measured at most once a period.
+        """Total PSS of the master, its workers and their job processes where a ceiling asks for it, once a period.
 
         Every check gets the latest figure, the growth between periods included.
         """

@@ -231,7 +231,7 @@ class StatePublisher:
             return {}
 
     def _measure_memory(self, now: float) -> None:
-        """The pool's memory: PSS of the master, every worker and service child (shared pages counted once)."""
+        """The pool's memory: PSS of the master, every worker, job process and service child (shared pages once)."""
         workers = [int(w.key) for group in self.pool.groups for w in group.workers.values()]
         activity = (sum(self.counters.jobs.values()), sorted(workers))
         quiet = activity == self._memory_activity
