@@ -99,13 +99,13 @@ def bench_connection() -> Any:
             raise BadInput(f"cannot connect to the bench's Redis queue: {type(exc).__name__}: {exc}") from None
 
 
-def longest_queue_timeout() -> int:
-    """The longest job timeout of the bench's queues, in seconds."""
+def queue_timeouts() -> dict[str, int]:
+    """The bench's queues (short names, Frappe's and those of common_site_config's `workers`) and their job timeouts."""
     import frappe
     from frappe.utils import background_jobs
 
     with frappe.init_site():
-        return max(background_jobs.get_queues_timeout().values())
+        return dict(background_jobs.get_queues_timeout())
 
 
 def nofork_switched() -> bool:

@@ -61,6 +61,11 @@ def longest_job(variant: str) -> int:
     return max([300, 1500] + [w.get("timeout", 300) for w in VARIANTS[variant][1].values()])
 
 
+def bench_queues(variant: str) -> list[str]:
+    """The variant's queues, as frappe's get_queues_timeout() names them."""
+    return ["short", "default", "long", *VARIANTS[variant][1]]
+
+
 def sections(text: str) -> list[str]:
     """Every `[...]` section's raw text, from its header to the next one."""
     return [chunk for chunk in re.split(r"(?m)^(?=\[)", text) if chunk.startswith("[")]
@@ -199,10 +204,18 @@ def test_procfile_worker_lines_become_one_pool_line(bench: Path, variant: str):
 
 
 def test_queues_of_replaced_workers_that_no_queue_group_names_are_reported(bench: Path, variant: str):
-    groups = parse_groups(["short,default:1-4", "long,default,short:1-2"])
-    assert left_out_queues(str(bench), groups) == ([] if variant == "default" else ["rqo", "reports"])
-    assert left_out_queues(str(bench), parse_groups(["short,default", "long,rqo,reports"])) == []
-    assert left_out_queues(str(bench), []) == []  # without --queue the pool takes every queue of the bench
+    groups, queues = parse_groups(["short,default:1-4", "long,default,short:1-2"]), bench_queues(variant)
+    assert left_out_queues(str(bench), groups, queues) == ([] if variant == "default" else ["rqo", "reports"])
+    assert left_out_queues(str(bench), parse_groups(["short,default", "long,rqo,reports"]), queues) == []
+    assert left_out_queues(str(bench), [], queues) == []  # without --queue the pool takes every queue of the bench
+
+
+def test_a_replaced_worker_without_queue_consumed_every_queue_of_the_bench(bench: Path, variant: str):
+    """Procfile's `worker: bench worker` names no queue: it took all of them, so a pool of `short` leaves the rest."""
+    (bench / SUPERVISOR).unlink()
+    assert re.search(r"^worker: .*bench worker 1>>", (bench / "Procfile").read_text(), re.M)
+    left_out = left_out_queues(str(bench), parse_groups(["short:1-2"]), bench_queues(variant))
+    assert left_out == bench_queues(variant)[1:]
 
 
 def test_pool_arguments_are_quoted_for_supervisor_and_the_shell():

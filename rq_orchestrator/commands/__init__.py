@@ -100,8 +100,9 @@ def worker_pool_setup(dry_run: bool, program_name: str | None, pool_args: tuple[
 
     groups = check_pool_args(pool_args)
     bench_dir = bench_directory()
-    left_out = left_out_queues(bench_dir, groups)
-    outcomes = setup_bench(bench_dir, pool_args, bench_longest_job(), program_name, dry_run)
+    queues = bench_queues()
+    left_out = left_out_queues(bench_dir, groups, list(queues))
+    outcomes = setup_bench(bench_dir, pool_args, max(queues.values()), program_name, dry_run)
     for outcome in outcomes:
         if outcome.diff:
             click.echo(outcome.diff, nl=False)
@@ -132,10 +133,15 @@ def bench_directory() -> str:
 
 def bench_longest_job() -> int:
     """The bench's longest queue timeout, from Frappe."""
-    from ..frappe_adapter import longest_queue_timeout
+    return max(bench_queues().values())
+
+
+def bench_queues() -> dict[str, int]:
+    """The bench's queues and their job timeouts, from Frappe."""
+    from ..frappe_adapter import queue_timeouts
 
     try:
-        return longest_queue_timeout()
+        return queue_timeouts()
     except ModuleNotFoundError as exc:
         if exc.name != "frappe":
             raise

@@ -169,9 +169,12 @@ def rewrite_procfile(text: str, pool_args: Sequence[str]) -> str:
     return "".join(out)
 
 
-def queues_named(command: str) -> list[str]:
-    """The queues a `bench worker`/`bench worker-pool` command names with --queue, in order."""
+def queues_named(command: str, all_queues: Sequence[str]) -> list[str]:
+    """The queues a `bench worker`/`bench worker-pool` command consumes, in order: those its --queue options name,
+    or ``all_queues`` (the bench's) when it has none."""
     words = shlex.split(command)
+    if "--queue" not in words:
+        return list(all_queues)
     queues: list[str] = []
     for option, value in zip(words, words[1:]):
         if option == "--queue":
@@ -182,26 +185,26 @@ def queues_named(command: str) -> list[str]:
     return queues
 
 
-def replaced_queues(supervisor_text: str, procfile_text: str) -> list[str]:
-    """Every queue that a worker program or Procfile worker line names with --queue."""
+def replaced_queues(supervisor_text: str, procfile_text: str, all_queues: Sequence[str]) -> list[str]:
+    """Every queue that a worker program or Procfile worker line consumes."""
     _, sections = split_sections(supervisor_text)
     commands = [s.values()["command"] for s in sections if is_worker_program(s)]
     for line in procfile_text.splitlines():
         match = PROCFILE_LINE.match(line)
         if match and BENCH_WORKER.search(match["command"]):
             commands.append(match["command"])
-    return list(dict.fromkeys(q for c in commands for q in queues_named(c)))
+    return list(dict.fromkeys(q for c in commands for q in queues_named(c, all_queues)))
 
 
-def left_out_queues(bench_dir: str, groups: Sequence[GroupRequest]) -> list[str]:
+def left_out_queues(bench_dir: str, groups: Sequence[GroupRequest], all_queues: Sequence[str]) -> list[str]:
     """Queues the bench's worker programs consumed that no ``--queue`` group names (none without --queue:
-    the pool then takes all of the bench's queues)."""
+    the pool then takes all of the bench's queues, ``all_queues``)."""
     if not groups:
         return []
     files = [Path(bench_dir, "config", "supervisor.conf"), Path(bench_dir, "Procfile")]
     texts = [f.read_text() if f.is_file() else "" for f in files]
     named = {q for g in groups for q in g.queues}
-    return [q for q in replaced_queues(*texts) if q not in named]
+    return [q for q in replaced_queues(*texts, all_queues) if q not in named]
 
 
 def diff(old: str, new: str, path: str) -> str:
