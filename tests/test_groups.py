@@ -48,6 +48,8 @@ def test_bad_group_specs_are_rejected(spec):
         (["--queue", "a:1", "--queue", "a:2"], "--queue"),
         (["--queue", "a:2", "--queue", "b:2", "--max-workers-total", "3"], "--max-workers-total"),
         (["default", "--queue", "a:1"], "either as arguments or with --queue"),
+        (["--num-workers", "2", "--queue", "a:1-3"], "--num-workers: every --queue group has its own worker count"),
+        (["--max-workers", "4", "--queue", "a:1", "--queue", "b:2"], "--max-workers: every --queue group"),
     ],
 )
 def test_bad_group_command_lines_exit_2(redis_url, args, names):

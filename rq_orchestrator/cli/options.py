@@ -209,6 +209,15 @@ def check_numbers(opts: dict[str, Any]) -> tuple[int, int]:
     return bounds
 
 
+def check_bounds_apply(groups: Sequence[Any], opts: dict[str, Any]) -> None:
+    """Pool-wide bounds given while every --queue group has its own would be ignored: refused instead."""
+    given = [o for o in ("num_workers", "min_workers", "max_workers") if opts[o] is not None]
+    if given and groups and all(g.bounds for g in groups):
+        names = "/".join("--" + o.replace("_", "-") for o in given)
+        raise BadInput(f"{names}: every --queue group has its own worker count, so this would apply to none; "
+                       "give the count in the group (QUEUES:N or QUEUES:MIN-MAX)")
+
+
 def check_cluster(name: str | None, max_workers: int | None, lease_ttl: float) -> None:
     if name is not None and max_workers is None:
         raise BadInput("--cluster needs --cluster-max-workers")
@@ -243,6 +252,7 @@ def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_cla
     from rq.worker import BaseWorker, Worker
 
     low, high = check_numbers(opts)
+    check_bounds_apply(groups, opts)
     level = logging_level(opts["logging_level"], opts["quiet"])
     specs = tuple(GroupSpec(g.queues, *(g.bounds or (low, high))) for g in groups)
     check_total([(s.min_workers, s.max_workers) for s in specs], opts["max_workers_total"])

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ..cli.group_specs import GroupRequest, parse_groups
-from ..cli.options import OneLineErrors, build_config, check_numbers, pool_options, setup_logging
+from ..cli.options import OneLineErrors, build_config, check_bounds_apply, check_numbers, pool_options, setup_logging
 from ..infra.errors import BadInput
 
 
@@ -121,6 +121,7 @@ def check_pool_args(pool_args: tuple[str, ...]) -> list[GroupRequest]:
     params = worker_pool.make_context("worker-pool", list(pool_args)).params
     groups = parse_groups(params["queue_groups"])
     check_numbers(params)
+    check_bounds_apply(groups, params)
     return groups
 
 
