@@ -274,12 +274,13 @@ class Pool(ForkingMixin):
 
     def _request_stop(self, cold: bool) -> None:
         self._stop_at = self._stop_at or self.clock()  # the first stop, warm or cold, starts the stragglers' grace
+        busy = sum(w.busy for g in self.groups for w in g.workers.values())
         if cold:
-            log.warning("cold stop: killing the jobs of %d workers", len(self._owner))
+            log.warning("cold stop: killing the jobs of %d busy workers (%d workers)", busy, len(self._owner))
             self._stop_children(signal.SIGQUIT)
             self._cold_at = None
         else:
-            log.info("warm stop: waiting for %d workers to finish their jobs", len(self._owner))
+            log.info("warm stop: waiting for %d busy workers to finish their jobs (%d workers)", busy, len(self._owner))
             self._stop_children(signal.SIGTERM, spare_retiring=True)
             if self.config.graceful_timeout is not None:
                 self._cold_at = self.clock() + self.config.graceful_timeout
