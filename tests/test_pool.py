@@ -425,3 +425,20 @@ def test_a_stop_during_a_huge_round_is_answered_and_leaves_no_process(start_pool
     wait_until(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 10,
                "every forked worker to be gone")
     assert not pool_processes("hugeround")
+
+
+def test_a_suspended_pool_neither_grows_nor_shrinks_for_the_jobs_that_wait(start_pool, redis):
+    """`rq suspend`: workers take no job, so the pool does not start one for the waiting jobs (rq resume ends it)."""
+    from rq.suspension import resume, suspend
+
+    pool = start_pool("--min-workers", "0", "--max-workers", "2", *FAST)
+    pool.wait_until(lambda: pool.state() is not None, 15, "the pool to publish")
+    suspend(redis)
+    jobs = [Queue(connection=redis).enqueue("jobs.noop") for _ in range(3)]
+    pool.wait_until(lambda: "rq workers are suspended" in pool.output(), 10, "the master to see the suspension")
+    for _ in range(10):
+        assert pool.workers() == [] and "decision=up" not in pool.output()
+        time.sleep(0.2)
+    resume(redis)
+    pool.wait_until(lambda: finished(jobs), 20, "the jobs after rq resume")
+    assert "no longer suspended" in pool.output()

@@ -18,6 +18,7 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.suspension import is_suspended
 
 from ..infra.config import PoolConfig, hostname
 from ..infra.connection import fresh_copy, server_version
@@ -102,6 +103,7 @@ class Pool(ForkingMixin):
         self.learner = ModuleLearner() if learning else None
         self._forked_before_learning: set[int] = set()  # busy workers to replace after their job (_refresh_workers)
         self._leaving_for_learning: set[int] = set()  # idle ones told to leave, replaced once gone (_refresh_workers)
+        self._suspension_seen = False  # `rq suspend` in force at the last look (_workers_suspended)
         self.aftercare = Aftercare(connection, [g.queues[0] for g in config.groups if len(g.queues) == 1],
                                    config.worker_kwargs)
         self.maintenance = RegistryMaintenance(config.all_queues, fresh_copy(connection), config.worker_kwargs)
@@ -573,8 +575,11 @@ class Pool(ForkingMixin):
         if stats is None:
             return  # no decision on missing data
         memory = self._pool_memory(now)
+        suspended: bool | None = None  # asked once, and only where jobs wait: an idle pool sends nothing for it
         for group in self.groups:
             observed = stats[group.name]
+            if observed.queued and (suspended := self._workers_suspended() if suspended is None else suspended):
+                continue  # `rq suspend`: workers take no job, so none to start for the jobs, nor any to retire
             kwargs = {"oldest_wait": observed.oldest_wait, "pool_memory": memory}
             if due:
                 self._apply(group, group.tick(now, observed.queued, **kwargs), now)
@@ -586,6 +591,18 @@ class Pool(ForkingMixin):
                 self._drained.add(group.name)  # nothing queued and none to start (--min-workers 0): done
         if due:
             self.state.record_tick(now, stats)
+
+    def _workers_suspended(self) -> bool:
+        """Whether `rq suspend` is in force (False if Redis does not answer); said in the log when it starts and ends."""
+        try:
+            suspended = bool(is_suspended(self.connection))
+        except RedisError:
+            return False
+        if suspended != self._suspension_seen:
+            self._suspension_seen = suspended
+            log.info("rq workers are suspended (rq suspend): no scaling while jobs wait" if suspended
+                     else "rq workers are no longer suspended: scaling again")
+        return suspended
 
     def _apply(self, group: WorkerGroup, plan: Plan, now: float) -> None:
         d = plan.decision
