@@ -321,6 +321,18 @@ def test_ttin_and_ttou_resize_a_live_pool(start_pool):
     assert (state["min"], state["max"]) == (2, 3)
 
 
+def test_ttin_stops_at_the_worker_bound(start_pool, monkeypatch):
+    monkeypatch.setenv("RQ_ORCHESTRATOR_MAX_WORKERS", "2")
+    pool = start_pool("--num-workers", "2", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two ready workers")
+    pool.send(signal.SIGTTIN)
+    pool.wait_until(lambda: "resize default: bounds 2-2, target 2" in pool.output(), 15, "the resize")
+    time.sleep(0.5)
+    assert len(pool.workers()) == 2
+    state = pool.state()["groups"][0]
+    assert (state["min"], state["max"]) == (2, 2)
+
+
 def test_workers_failing_at_start_up_stop_the_pool(start_pool):
     pool = start_pool("--num-workers", "2", "--worker-class", "jobs.BrokenWorker", *FAST)
     assert pool.wait(20) == 1

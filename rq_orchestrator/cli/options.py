@@ -28,7 +28,7 @@ from ..master.cluster import default_cluster_name
 from ..master.metrics import require_client
 from .group_specs import check_total
 from .limits import (MAX_LEASE_TTL, MAX_WINDOW, MAX_WORKERS_ENV, MIN_SCALING_PERIOD, MIN_STUCK_MARGIN, WORKER_CEILING,
-                     WORKER_MEMORY, check_period_and_window, check_worker_memory, check_workers)
+                     WORKER_MEMORY, check_period_and_window, check_worker_memory, check_workers, worker_bound)
 from .policy_options import policy_options, policy_settings
 from ..infra.sizes import parse_size
 from ..infra.errors import BadInput
@@ -277,6 +277,7 @@ def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_cla
     return PoolConfig(
         groups=specs,
         max_workers_total=opts["max_workers_total"],
+        worker_bound=worker_bound()[0],
         utilization_threshold=opts["utilization_threshold"],
         scaling_period=opts["scaling_period"],
         utilization_window=opts["utilization_window"],

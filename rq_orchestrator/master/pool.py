@@ -300,6 +300,8 @@ class Pool(ForkingMixin):
         for group in self.groups:
             s = group.policy.settings
             new_min, new_max = max(s.min_workers + delta, 0), max(s.max_workers + delta, 1)
+            if self.config.worker_bound is not None:
+                new_min, new_max = min(new_min, self.config.worker_bound), min(new_max, self.config.worker_bound)
             if new_min > new_max:
                 new_min = new_max
             group.resize_bounds(new_min, new_max)
