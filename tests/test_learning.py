@@ -124,3 +124,18 @@ def test_a_worker_that_took_its_next_job_as_the_module_was_learned_runs_it_alone
         job.refresh()
     spans = sorted((j.started_at, j.ended_at) for j in jobs)
     assert all(ended <= started for (_, ended), (started, _) in zip(spans, spans[1:])), spans  # one at a time
+
+
+def test_a_warm_stop_lets_a_worker_leaving_for_a_learned_module_finish_its_job(start_pool, redis):
+    """The worker told to leave as the module was learned gets no second TERM (a cold stop) from the pool's stop."""
+    pool = start_pool("--num-workers", "1", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+    queue = Queue(connection=redis)
+    first, second = queue.enqueue("learned_jobs.hold", 0.5), queue.enqueue("learned_jobs.hold", 4)
+    pool.wait_until(lambda: "learned job module learned_jobs" in pool.output(), 15, "the master to learn it")
+    pool.wait_until(lambda: second.get_status(refresh=True) == JobStatus.STARTED, 10, "the second job")
+    time.sleep(1.5)  # a second TERM over a second after the first is a cold stop
+    pool.send(signal.SIGTERM)
+    assert pool.wait(20) == 0
+    assert first.get_status(refresh=True) == second.get_status(refresh=True) == JobStatus.FINISHED
+    assert "cold shut down" not in pool.output()

@@ -102,7 +102,7 @@ class Pool(ForkingMixin):
         learning = config.learn_job_modules and not config.no_fork  # a no-fork worker keeps what its jobs import
         self.learner = ModuleLearner() if learning else None
         self._forked_before_learning: set[int] = set()  # busy workers to replace after their job (_refresh_workers)
-        self._leaving_for_learning: set[int] = set()  # idle ones told to leave, replaced once gone (_refresh_workers)
+        self._leaving_for_learning: set[int] = set()  # retired for a learned module, replacement held (_refresh_workers)
         self._suspension_seen = False  # `rq suspend` in force at the last look (_workers_suspended)
         self.aftercare = Aftercare(connection, [g.queues[0] for g in config.groups if len(g.queues) == 1],
                                    config.worker_kwargs)
@@ -367,9 +367,9 @@ class Pool(ForkingMixin):
             if event.pid in self._forked_before_learning:
                 self._forked_before_learning.discard(event.pid)
                 if not (self._stopping or group.workers[event.pid].retiring):
-                    self._leave_for_learning(event.pid)
-            elif event.pid in self._leaving_for_learning:  # it had taken a job as it was told to leave: over now
-                group.mark_retiring(event.pid)
+                    self._leave_for_learning(group, group.workers[event.pid])
+            else:
+                self._leaving_for_learning.discard(event.pid)  # the job it took as it was told to leave is over
         elif event.kind == READY:
             group.worker_ready(event.pid)
             self._boot_failures = 0
@@ -420,14 +420,13 @@ class Pool(ForkingMixin):
         self._release_lease(pid)
         self._failed.discard(pid)
         self._forked_before_learning.discard(pid)
-        left_for_learning = pid in self._leaving_for_learning
         self._leaving_for_learning.discard(pid)
         if self._reload_pending.pop(pid, None) is not None:
             group.replacement_ended()  # a re-fork that never came up: the old worker stays
         # Status 0 with a job in hand is no warm exit: rq quits its loop without raising on an error in
         # the worker, and a job run in the worker (--no-fork) may end the process with status 0.
         clean = code == 0 and (record is None or record.job_id is None)
-        if record is None or clean and (self._stopping or record.retiring or left_for_learning):  # warm, or the stop
+        if record is None or clean and (self._stopping or record.retiring):  # a warm retirement, or the pool's stop
             log.debug("worker %s exited (%s)", record.name if record else pid, _describe_exit(code))
             return
         if self._stopping:  # a cold stop's, or killed before rq's handlers were in: rq left its registration, maybe a job
@@ -519,21 +518,21 @@ class Pool(ForkingMixin):
 
         Not SIGHUP's re-fork (the new worker up before the old one leaves): a
         long job would hold an old worker and its new one side by side. An idle
-        one is replaced once it has left, not as it is told to: it may have
-        taken a job that the master has not heard of yet, and runs it first.
+        one is retired now, and replaced once it has left, not as it is told to:
+        it may have taken a job that the master has not heard of yet, and runs
+        it first.
         """
         for group in self.groups:
             for worker in group.active:
                 if worker.busy:
                     self._forked_before_learning.add(int(worker.key))
                 else:
-                    self._leave_for_learning(int(worker.key))
+                    self._leave_for_learning(group, worker)
 
-    def _leave_for_learning(self, pid: int) -> None:
-        """Tell a worker that looks idle to leave; its replacement comes when it is gone, or its next job is over."""
-        if pid not in self._leaving_for_learning:
-            self._leaving_for_learning.add(pid)
-            _kill(pid, signal.SIGTERM)
+    def _leave_for_learning(self, group: WorkerGroup, worker: WorkerRecord) -> None:
+        """Retire a worker that looks idle; its replacement waits until it is gone, or the job it took is over."""
+        self._leaving_for_learning.add(int(worker.key))
+        self._retire(group, worker)
 
     def _continue_reload(self) -> None:
         if self._reload_pending or not self._reload_queue:
