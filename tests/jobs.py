@@ -23,6 +23,14 @@ def noop() -> None:
     _record("noop")
 
 
+def enqueue_after(seconds: float, queue: str) -> str:
+    """Sleep, then enqueue a ``noop`` on ``queue``: its id."""
+    from rq import Queue
+
+    time.sleep(seconds)
+    return Queue(queue, connection=get_current_job().connection).enqueue("jobs.noop").id
+
+
 _held: list[bytes] = []
 
 

@@ -148,6 +148,25 @@ def test_burst_runs_every_group_s_jobs_when_another_group_is_done_first(start_po
     assert "recycling" in pool.output()  # b's worker was replaced after `a` was done
 
 
+def test_burst_runs_what_a_job_of_another_group_enqueues_for_a_group_scaled_to_zero(start_pool, redis):
+    job = Queue("a", connection=redis).enqueue("jobs.enqueue_after", 1.5, "b")
+    pool = start_pool("--queue", "a:1", "--queue", "b:0-2", "--burst", *FAST)
+    assert pool.wait(30) == 0
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+    assert Job.fetch(job.return_value(), connection=redis).get_status() == JobStatus.FINISHED
+
+
+def test_a_suspended_burst_with_no_minimum_exits_leaving_the_jobs_queued(start_pool, redis):
+    """As rq's own burst workers do when suspended."""
+    from rq.suspension import suspend
+
+    suspend(redis)
+    job = Queue(connection=redis).enqueue("jobs.noop")
+    pool = start_pool("--min-workers", "0", "--max-workers", "2", "--burst", *FAST)
+    assert pool.wait(30) == 0
+    assert job.get_status(refresh=True) == JobStatus.QUEUED
+
+
 @pytest.mark.parametrize("queued", [0, 3])
 def test_burst_with_no_minimum_runs_what_is_queued_and_exits(start_pool, redis, queued):
     jobs = [Queue(connection=redis).enqueue("jobs.noop") for _ in range(queued)]
@@ -331,6 +350,17 @@ def test_ttin_stops_at_the_worker_bound(start_pool, monkeypatch):
     assert len(pool.workers()) == 2
     state = pool.state()["groups"][0]
     assert (state["min"], state["max"]) == (2, 2)
+
+
+def test_ttin_keeps_the_groups_together_within_the_worker_bound(start_pool, monkeypatch):
+    monkeypatch.setenv("RQ_ORCHESTRATOR_MAX_WORKERS", "4")
+    pool = start_pool("--queue", "a:2", "--queue", "b:2", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 4, 15, "four ready workers")
+    pool.send(signal.SIGTTIN)
+    pool.wait_until(lambda: "resize b: bounds 2-2, target 2" in pool.output(), 15, "the resize")
+    time.sleep(0.5)
+    assert len(pool.workers()) == 4
+    assert [(g["min"], g["max"]) for g in pool.state()["groups"]] == [(2, 2), (2, 2)]
 
 
 def test_workers_failing_at_start_up_stop_the_pool(start_pool):

@@ -297,11 +297,14 @@ class Pool(ForkingMixin):
                 _kill(pid, signum)
 
     def _resize(self, delta: int) -> None:
+        bound, total = self.config.worker_bound, sum(g.policy.settings.max_workers for g in self.groups)
         for group in self.groups:
             s = group.policy.settings
             new_min, new_max = max(s.min_workers + delta, 0), max(s.max_workers + delta, 1)
-            if self.config.worker_bound is not None:
-                new_min, new_max = min(new_min, self.config.worker_bound), min(new_max, self.config.worker_bound)
+            if bound is not None:  # the groups' maximums together stay within the worker bound
+                new_max = min(new_max, max(bound - (total - s.max_workers), s.max_workers))
+                new_min = min(new_min, new_max)
+            total += new_max - s.max_workers
             if new_min > new_max:
                 new_min = new_max
             group.resize_bounds(new_min, new_max)
@@ -580,6 +583,8 @@ class Pool(ForkingMixin):
         for group in self.groups:
             observed = stats[group.name]
             if observed.queued and (suspended := self._workers_suspended() if suspended is None else suspended):
+                if self.config.burst:
+                    self._drained.add(group.name)  # as rq's burst workers, suspended, quit
                 continue  # `rq suspend`: workers take no job, so none to start for the jobs, nor any to retire
             kwargs = {"oldest_wait": observed.oldest_wait, "pool_memory": memory}
             if due:
@@ -588,8 +593,8 @@ class Pool(ForkingMixin):
                 plan = group.urgent_tick(now, observed.queued, **kwargs)
                 if plan is not None:
                     self._apply(group, plan, now)
-            if self.config.burst and not observed.queued and not group.workers and not group.deficit:
-                self._drained.add(group.name)  # nothing queued and none to start (--min-workers 0): done
+            if self.config.burst and not observed.queued and not self._owner and not group.deficit:
+                self._drained.add(group.name)  # nothing queued, no worker left to queue more, none to start: done
         if due:
             self.state.record_tick(now, stats)
 
