@@ -218,6 +218,13 @@ def test_a_replaced_worker_without_queue_consumed_every_queue_of_the_bench(bench
     assert left_out == bench_queues(variant)[1:]
 
 
+def test_queues_given_as_queue_equals_are_read_too():
+    from rq_orchestrator.commands.bench_setup import queues_named
+
+    assert queues_named("bench worker --queue=short,default", ["short", "default", "long"]) == ["short", "default"]
+    assert queues_named("bench worker-pool --queue=long:1-2 --queue short", ["x"]) == ["long", "short"]
+
+
 def test_pool_arguments_are_quoted_for_supervisor_and_the_shell():
     conf = "[program:b-frappe-long-worker]\ncommand=/b/env/bin/bench worker --queue long\ndirectory=/b\n"
     text = rewrite_supervisor(conf, "b-pool", ["--name", "a b%"], 1500)

@@ -173,15 +173,16 @@ def queues_named(command: str, all_queues: Sequence[str]) -> list[str]:
     """The queues a `bench worker`/`bench worker-pool` command consumes, in order: those its --queue options name,
     or ``all_queues`` (the bench's) when it has none."""
     words = shlex.split(command)
-    if "--queue" not in words:
+    values = [value if option == "--queue" else option.partition("=")[2]
+              for option, value in zip(words, [*words[1:], ""]) if option == "--queue" or option.startswith("--queue=")]
+    if not values:
         return list(all_queues)
     queues: list[str] = []
-    for option, value in zip(words, words[1:]):
-        if option == "--queue":
-            try:
-                queues += parse_group(value).queues
-            except BadInput:
-                continue
+    for value in values:
+        try:
+            queues += parse_group(value).queues
+        except BadInput:
+            continue
     return queues
 
 
