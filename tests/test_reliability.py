@@ -102,6 +102,8 @@ def test_a_wedged_worker_is_killed_and_its_job_failed(start_pool, redis):
     job = Queue(connection=redis).enqueue("jobs.wedge", 60, job_timeout=1)
     pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FAILED, 20, "the wedged job to fail")
     assert "is stuck" in pool.output()
+    job.refresh()
+    assert "is stuck" in job.meta["rq_orchestrator_failure"] and "--stuck-margin" in job.meta["rq_orchestrator_failure"]
     pool.wait_until(lambda: pool.ready_pids() and pool.ready_pids()[0] != first, 15, "a replacement")
 
 

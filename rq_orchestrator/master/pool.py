@@ -104,6 +104,7 @@ class Pool(ForkingMixin):
         self._forked_before_learning: set[int] = set()  # busy workers to replace after their job (_refresh_workers)
         self._leaving_for_learning: set[int] = set()  # retired for a learned module, replacement held (_refresh_workers)
         self._suspension_seen = False  # `rq suspend` in force at the last look (_workers_suspended)
+        self._stuck: dict[int, str] = {}  # workers killed as stuck -> why, for their job's failure (_kill_stuck)
         self.aftercare = Aftercare(connection, [g.queues[0] for g in config.groups if len(g.queues) == 1],
                                    config.worker_kwargs)
         self.maintenance = RegistryMaintenance(config.all_queues, fresh_copy(connection), config.worker_kwargs)
@@ -424,6 +425,7 @@ class Pool(ForkingMixin):
         self._failed.discard(pid)
         self._forked_before_learning.discard(pid)
         self._leaving_for_learning.discard(pid)
+        stuck = self._stuck.pop(pid, None)
         if self._reload_pending.pop(pid, None) is not None:
             group.replacement_ended()  # a re-fork that never came up: the old worker stays
         # Status 0 with a job in hand is no warm exit: rq quits its loop without raising on an error in
@@ -435,7 +437,7 @@ class Pool(ForkingMixin):
         if self._stopping:  # a cold stop's, or killed before rq's handlers were in: rq left its registration, maybe a job
             log.debug("worker %s exited (%s) in the pool's stop", record.name, _describe_exit(code))
             self.aftercare.worker_died(record.name, group.queues, record.job_id,
-                                       f"worker {record.name} {_describe_exit(code)} in the pool's stop")
+                                       stuck or f"worker {record.name} {_describe_exit(code)} in the pool's stop")
             return
         if self.config.burst and clean:
             self._drained.add(group.name)
@@ -455,7 +457,7 @@ class Pool(ForkingMixin):
         log.warning("worker %s exited unexpectedly (%s)%s%s", record.name, _describe_exit(code), retiring,
                     f" while running job {record.job_id}" if record.job_id else "")
         self.aftercare.worker_died(record.name, group.queues, record.job_id,
-                                   f"worker {record.name} {_describe_exit(code)}{retiring}")
+                                   stuck or f"worker {record.name} {_describe_exit(code)}{retiring}")
         if not record.ready and not record.retiring and self._redis_reachable():
             self._boot_failures += 1
             if self._boot_failures >= self.config.max_boot_failures:
@@ -490,8 +492,10 @@ class Pool(ForkingMixin):
                 if not record.busy or timeout is None or timeout < 0:
                     continue
                 if now - record.job_started_at > timeout + self.config.stuck_margin:
-                    log.error("worker %s is stuck: job %s has run %.0f s, past its timeout of %.0f s; killing it",
-                              record.name, record.job_id, now - record.job_started_at, timeout)
+                    why = (f"worker {record.name} is stuck: job {record.job_id} has run "
+                           f"{now - record.job_started_at:.0f} s, past its timeout of {timeout:.0f} s")
+                    log.error("%s; killing it", why)
+                    self._stuck[int(record.key)] = f"{why}; killed by the pool (--stuck-margin)"
                     record.job_timeout = None  # once
                     _kill(int(record.key), signal.SIGKILL)
 
