@@ -62,7 +62,7 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "that needs one takes it from an idle group below its threshold. Without it, the groups' "
                           "maximums together must be within the bound of --max-workers."),
         click.option("--scaling-period", type=float, default=DEFAULT_SCALING_PERIOD, show_default=True,
-                     help=f"Seconds between scaling decisions, from {MIN_SCALING_PERIOD:g} (fractions allowed)."),
+                     help=f"Seconds between scaling decisions, from {MIN_SCALING_PERIOD:g} to {MAX_WINDOW:g} (fractions allowed)."),
         click.option("--utilization-threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
                      help="Add a worker above this utilization, retire one below half of it; in (0, 1]."),
         click.option("--utilization-window", type=float, default=DEFAULT_WINDOW, show_default=True,
