@@ -112,22 +112,8 @@ def test_a_warm_stop_is_not_turned_cold_by_learning(start_pool, redis):
     assert "learned job module" not in pool.output() and "cold shut down" not in pool.output()
 
 
-def test_a_worker_that_took_its_next_job_as_the_module_was_learned_runs_it_alone(start_pool, redis):
-    """Jobs back to back: the worker has taken the next one before the master reads it, and is replaced only after it."""
-    pool = start_pool("--num-workers", "1", *FAST)
-    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
-    queue = Queue(connection=redis)
-    jobs = [queue.enqueue("learned_jobs.hold", 1) for _ in range(4)]
-    pool.wait_until(lambda: all(j.get_status(refresh=True) == JobStatus.FINISHED for j in jobs), 30, "the jobs")
-    assert "learned job module learned_jobs" in pool.output()
-    for job in jobs:
-        job.refresh()
-    spans = sorted((j.started_at, j.ended_at) for j in jobs)
-    assert all(ended <= started for (_, ended), (started, _) in zip(spans, spans[1:])), spans  # one at a time
-
-
 def test_a_warm_stop_lets_a_worker_leaving_for_a_learned_module_finish_its_job(start_pool, redis):
-    """The worker told to leave as the module was learned gets no second TERM (a cold stop) from the pool's stop."""
+    """A worker retired as the module was learned, busy with a job, gets no second TERM (a cold stop) from the pool's stop."""
     pool = start_pool("--num-workers", "1", *FAST)
     pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
     queue = Queue(connection=redis)

@@ -90,7 +90,6 @@ class ForkingMixin:
     _signals: list[int]
     _stopping: bool
     _drained: set[str]
-    _leaving_for_learning: set[int]
     _respawn_at: float
     _server_version: tuple[int, ...] | None
     _owner: dict[int, WorkerGroup]
@@ -133,8 +132,7 @@ class ForkingMixin:
         for group in self.groups:
             if group.name in self._drained:
                 continue
-            held = sum(pid in group.workers for pid in self._leaving_for_learning)  # replaced once they are gone
-            for slot in group.free_slots(max(min(group.deficit - held, ROUND_SIZE - len(planned)), 0)):
+            for slot in group.free_slots(min(group.deficit, ROUND_SIZE - len(planned))):
                 if not self._room_for_one_more(group, len(planned)):
                     break
                 plan = self._plan(group, slot)

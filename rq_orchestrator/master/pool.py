@@ -102,7 +102,6 @@ class Pool(ForkingMixin):
         learning = config.learn_job_modules and not config.no_fork  # a no-fork worker keeps what its jobs import
         self.learner = ModuleLearner() if learning else None
         self._forked_before_learning: set[int] = set()  # busy workers to replace after their job (_refresh_workers)
-        self._leaving_for_learning: set[int] = set()  # retired for a learned module, replacement held (_refresh_workers)
         self._suspension_seen = False  # `rq suspend` in force at the last look (_workers_suspended)
         self._stuck: dict[int, str] = {}  # workers killed as stuck -> why, for their job's failure (_kill_stuck)
         self.aftercare = Aftercare(connection, [g.queues[0] for g in config.groups if len(g.queues) == 1],
@@ -371,9 +370,7 @@ class Pool(ForkingMixin):
             if event.pid in self._forked_before_learning:
                 self._forked_before_learning.discard(event.pid)
                 if not (self._stopping or group.workers[event.pid].retiring):
-                    self._leave_for_learning(group, group.workers[event.pid])
-            else:
-                self._leaving_for_learning.discard(event.pid)  # the job it took as it was told to leave is over
+                    self._retire(group, group.workers[event.pid])
         elif event.kind == READY:
             group.worker_ready(event.pid)
             self._boot_failures = 0
@@ -424,7 +421,6 @@ class Pool(ForkingMixin):
         self._release_lease(pid)
         self._failed.discard(pid)
         self._forked_before_learning.discard(pid)
-        self._leaving_for_learning.discard(pid)
         stuck = self._stuck.pop(pid, None)
         if self._reload_pending.pop(pid, None) is not None:
             group.replacement_ended()  # a re-fork that never came up: the old worker stays
@@ -524,22 +520,14 @@ class Pool(ForkingMixin):
         """The master learned a job module: replace the workers forked before, idle ones now, busy ones after their job.
 
         Not SIGHUP's re-fork (the new worker up before the old one leaves): a
-        long job would hold an old worker and its new one side by side. An idle
-        one is retired now, and replaced once it has left, not as it is told to:
-        it may have taken a job that the master has not heard of yet, and runs
-        it first.
+        long job would hold an old worker and its new one side by side.
         """
         for group in self.groups:
             for worker in group.active:
                 if worker.busy:
                     self._forked_before_learning.add(int(worker.key))
                 else:
-                    self._leave_for_learning(group, worker)
-
-    def _leave_for_learning(self, group: WorkerGroup, worker: WorkerRecord) -> None:
-        """Retire a worker that looks idle; its replacement waits until it is gone, or the job it took is over."""
-        self._leaving_for_learning.add(int(worker.key))
-        self._retire(group, worker)
+                    self._retire(group, worker)
 
     def _continue_reload(self) -> None:
         if self._reload_pending or not self._reload_queue:
