@@ -298,7 +298,7 @@ def test_workers_recycle_over_the_memory_limit(start_pool, redis):
     first = pool.ready_pids()[0]
     job = Queue(connection=redis).enqueue("jobs.hold_memory", 256)
     pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 15, "the job")
-    pool.wait_until(lambda: pool.ready_pids() and pool.ready_pids()[0] != first, 15, "a fresh worker")
+    pool.wait_until(lambda: (pids := pool.ready_pids()) and pids[0] != first, 15, "a fresh worker")
     assert "resident memory" in pool.output()
 
 

@@ -104,7 +104,7 @@ def test_a_wedged_worker_is_killed_and_its_job_failed(start_pool, redis):
     assert "is stuck" in pool.output()
     job.refresh()
     assert "is stuck" in job.meta["rq_orchestrator_failure"] and "--stuck-margin" in job.meta["rq_orchestrator_failure"]
-    pool.wait_until(lambda: pool.ready_pids() and pool.ready_pids()[0] != first, 15, "a replacement")
+    pool.wait_until(lambda: (pids := pool.ready_pids()) and pids[0] != first, 15, "a replacement")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGQUIT], ids=["warm", "cold"])
