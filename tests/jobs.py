@@ -149,35 +149,30 @@ class Lingering:
 
 
 class StopInFinalizer(Worker):
-    """Runs a 10 s finalizer before its first wait for a job, marking ``finalizer_mark(its master's pid)`` as it begins."""
+    """Runs a 10 s finalizer before its first wait for a job, marking ``mark_path("finalizer", its master's pid)`` as it begins."""
 
     _finalized = False
 
     def dequeue_job_and_maintain_ttl(self, *args, **kwargs):  # noqa: ANN002, ANN003
         if not self._finalized and not self.name.startswith("rehearsal-"):
             self._finalized = True
-            Lingering(finalizer_mark(os.getppid()), 10)  # dropped at once: its finalizer runs here
+            Lingering(mark_path("finalizer", os.getppid()), 10)  # dropped at once: its finalizer runs here
         return super().dequeue_job_and_maintain_ttl(*args, **kwargs)
-
-
-def finalizer_mark(master_pid: int) -> str:
-    import tempfile
-
-    return os.path.join(tempfile.gettempdir(), f"rq-orchestrator-test-finalizer-{master_pid}")
 
 
 class SlowRehearsal(Worker):
     """Takes 3 s to register in the master's pre-fork rehearsal (rq_orchestrator.master.prewarm), and says when it starts."""
 
     def register_birth(self) -> None:
-        mark = rehearsal_mark(os.getpid())
+        mark = mark_path("rehearsal", os.getpid())
         if self.name.startswith("rehearsal-") and not os.path.exists(mark):  # the first round only
             open(mark, "w").close()
             time.sleep(3)
         super().register_birth()
 
 
-def rehearsal_mark(master_pid: int) -> str:
+def mark_path(kind: str, master_pid: int) -> str:
+    """A file a worker class of these tests creates to tell the test where it is (one per kind and pool)."""
     import tempfile
 
-    return os.path.join(tempfile.gettempdir(), f"rq-orchestrator-test-rehearsal-{master_pid}")
+    return os.path.join(tempfile.gettempdir(), f"rq-orchestrator-test-{kind}-{master_pid}")

@@ -12,7 +12,7 @@ import textwrap
 from rq import Queue, Worker
 
 from conftest import child_env
-from jobs import rehearsal_mark
+from jobs import mark_path
 from rq_orchestrator.master.sharing import file_only_mappings
 from test_pool import FAST, finished
 
@@ -46,7 +46,7 @@ def test_a_worker_class_that_fails_the_rehearsal_still_gets_a_pool(start_pool, r
 
 def test_a_stop_during_the_rehearsal_is_not_lost(start_pool, redis):
     pool = start_pool("--num-workers", "2", "--worker-class", "jobs.SlowRehearsal", *FAST)
-    mark = rehearsal_mark(pool.pid)
+    mark = mark_path("rehearsal", pool.pid)
     try:
         pool.wait_until(lambda: os.path.exists(mark), 20, "the rehearsal to start")
         pool.send(signal.SIGTERM)  # the rehearsal's worker has its own handlers now

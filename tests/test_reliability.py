@@ -16,7 +16,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from conftest import PoolProcess, run_counts, wait_until
-from jobs import finalizer_mark
+from jobs import mark_path
 from rq_orchestrator.infra.embedded_redis import RedisServer
 from test_pool import FAST, finished, pool_processes
 
@@ -119,7 +119,7 @@ def test_a_stop_kills_an_idle_worker_that_does_not_leave(start_pool, redis, sign
 def test_a_cold_stop_that_lands_in_a_finalizer_still_stops_the_worker(start_pool, redis):
     """The cold stop's SystemExit is lost in a finalizer (Python prints it and goes on): the worker stops all the same."""
     pool = start_pool("--num-workers", "1", "--worker-class", "jobs.StopInFinalizer", *FAST)
-    mark = Path(finalizer_mark(pool.proc.pid))
+    mark = Path(mark_path("finalizer", pool.proc.pid))
     try:
         pool.wait_until(mark.exists, 15, "the worker in its finalizer")
         pool.send(signal.SIGQUIT)

@@ -39,7 +39,7 @@ class ServiceSpec:
 class PoolConfig:
     groups: tuple[GroupSpec, ...]
     max_workers_total: int | None = None  # cap on all groups together
-    worker_bound: int | None = None  # the most workers a group may reach, TTIN included (cli.limits.worker_bound)
+    worker_bound: int | None = None  # the most workers the groups together may reach, TTIN included (cli.limits)
     utilization_threshold: float = DEFAULT_THRESHOLD
     scaling_period: float = DEFAULT_SCALING_PERIOD
     utilization_window: float = DEFAULT_WINDOW

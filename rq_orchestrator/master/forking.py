@@ -126,7 +126,7 @@ class ForkingMixin:
     def _plan_missing(self) -> list[PlannedWorker]:
         """The next round to fork: each group's deficit, as far as --max-workers-total, the cluster and ROUND_SIZE allow.
 
-        In burst mode a group whose queues a worker found empty gets no more workers.
+        In burst mode a group that is done (``_drained``) gets no more workers.
         """
         planned: list[PlannedWorker] = []
         for group in self.groups:

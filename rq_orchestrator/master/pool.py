@@ -303,7 +303,6 @@ class Pool(ForkingMixin):
             new_min, new_max = max(s.min_workers + delta, 0), max(s.max_workers + delta, 1)
             if bound is not None:  # the groups' maximums together stay within the worker bound
                 new_max = min(new_max, max(bound - (total - s.max_workers), s.max_workers))
-                new_min = min(new_min, new_max)
             total += new_max - s.max_workers
             if new_min > new_max:
                 new_min = new_max
