@@ -15,3 +15,19 @@ def hold(seconds: float) -> int:
 
     time.sleep(seconds)
     return IMPORTED_BY
+
+
+def hold_alone(seconds: float, lock: str) -> bool:
+    """Stay busy ``seconds`` holding ``lock`` (a file); False if another job held it: two ran at once."""
+    import time
+
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    try:
+        time.sleep(seconds)
+    finally:
+        os.close(fd)
+        os.unlink(lock)
+    return True

@@ -320,6 +320,22 @@ def test_exit_of_a_retiring_worker_leaves_no_deficit():
     assert group.deficit == 0
 
 
+def test_a_worker_that_keeps_its_place_is_replaced_only_after_it_exits():
+    """Told to leave (a learned module), it stays capacity: its replacement waits, it is not retired twice."""
+    group = make_group(min_workers=2)
+    populate(group, 2)
+    group.mark_retiring("w2", keep_place=True)
+    assert slots(group.active) == [1, 2] and slots(group.idle) == [1]
+    assert group.capacity == 2 and group.deficit == 0
+    group.job_started("w2", "taken before the stop reached it", 1.0)
+    assert group.deficit == 0  # no replacement beside the job it took
+    assert group.resize_to(1) == ()  # going to one: w2 leaving is that retirement
+    assert group.resize_to(2) == () and group.deficit == 0
+    group.job_ended("w2", 2.0)
+    group.worker_exited("w2", 2.5)
+    assert group.deficit == 1 and group.free_slot() == 2
+
+
 def test_pending_crash_replacement_survives_an_in_band_tick():
     """A HOLD tick between a crash and its respawn must not forget the missing worker."""
     group = make_group()

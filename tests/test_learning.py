@@ -101,6 +101,18 @@ def test_a_busy_worker_is_replaced_after_its_job_not_beside_it(start_pool, redis
     assert run_jobs(pool, redis, 2) == [pool.pid] * 2
 
 
+def test_a_worker_that_took_its_next_job_as_the_module_was_learned_runs_it_alone(start_pool, redis, tmp_path):
+    """-n 1 with jobs queued: the worker may take the next job before the master hears that it did,
+    so its replacement waits until it has left, and no two jobs ever run at once."""
+    pool = start_pool("--num-workers", "1", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+    queue = Queue(connection=redis)
+    jobs = [queue.enqueue("learned_jobs.hold_alone", 0.2, str(tmp_path / "lock")) for _ in range(8)]
+    pool.wait_until(lambda: all(j.get_status(refresh=True) == JobStatus.FINISHED for j in jobs), 30, "the jobs")
+    assert "learned job module learned_jobs" in pool.output()
+    assert [j.return_value() for j in jobs] == [True] * 8
+
+
 def test_a_warm_stop_is_not_turned_cold_by_learning(start_pool, redis):
     pool = start_pool("--num-workers", "1", *FAST)
     pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")

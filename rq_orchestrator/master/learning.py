@@ -7,7 +7,7 @@ once from a module the master never imported, two thirds of its time). A job
 process that found its job's module not imported names it to the master
 after the job (``worker.job_module``, ``PoolWorkerMixin.perform_job``). The
 master imports it, as ``--preload`` would have, and replaces the workers
-forked before (idle ones at once, busy ones after their job:
+forked before (each once it has left, busy ones after their job:
 ``Pool._refresh_workers``), so later jobs find the module imported and
 shared. Each module is imported first in a throwaway fork of the master
 (``probe``): one that fails to import there, starts a thread while imported

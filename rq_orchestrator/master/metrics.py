@@ -35,7 +35,9 @@ POOL_LABELS = ("pool", "host")
 
 # (name, help, key in a group's snapshot); every one labelled pool, host, group.
 GROUP_GAUGES = (
-    ("rq_orchestrator_workers", "Workers alive and not retiring (the pool's size).", "workers"),
+    ("rq_orchestrator_workers",
+     "Workers that make the pool's size: alive and not retiring, or retiring with their replacement after them.",
+     "workers"),
     ("rq_orchestrator_workers_target", "Workers the scaling policy wants.", "target"),
     ("rq_orchestrator_workers_min", "Fewest workers (--min-workers).", "min"),
     ("rq_orchestrator_workers_max", "Most workers (--max-workers).", "max"),

@@ -101,7 +101,6 @@ class Pool(ForkingMixin):
         self._reload_pending: dict[int, int] = {}  # new worker pid -> old worker it replaces
         learning = config.learn_job_modules and not config.no_fork  # a no-fork worker keeps what its jobs import
         self.learner = ModuleLearner() if learning else None
-        self._forked_before_learning: set[int] = set()  # busy workers to replace after their job (_refresh_workers)
         self._suspension_seen = False  # `rq suspend` in force at the last look (_workers_suspended)
         self._stuck: dict[int, str] = {}  # workers killed as stuck -> why, for their job's failure (_kill_stuck)
         self.aftercare = Aftercare(connection, [g.queues[0] for g in config.groups if len(g.queues) == 1],
@@ -312,8 +311,8 @@ class Pool(ForkingMixin):
             for key in group.resize_to(target):
                 self._retire(group, group.workers[key])
 
-    def _retire(self, group: WorkerGroup, worker: WorkerRecord) -> None:
-        group.mark_retiring(worker.key)
+    def _retire(self, group: WorkerGroup, worker: WorkerRecord, keep_place: bool = False) -> None:
+        group.mark_retiring(worker.key, keep_place)
         _kill(int(worker.key), signal.SIGTERM)
         self.state.mark_dirty()
 
@@ -366,10 +365,6 @@ class Pool(ForkingMixin):
             group.job_ended(event.pid, event.at)
             self.state.counters.jobs["failed" if event.pid in self._failed else "finished"] += 1
             self._failed.discard(event.pid)
-            if event.pid in self._forked_before_learning:
-                self._forked_before_learning.discard(event.pid)
-                if not (self._stopping or group.workers[event.pid].retiring):
-                    self._retire(group, group.workers[event.pid])
         elif event.kind == READY:
             group.worker_ready(event.pid)
             self._boot_failures = 0
@@ -419,7 +414,6 @@ class Pool(ForkingMixin):
         self.state.mark_dirty()
         self._release_lease(pid)
         self._failed.discard(pid)
-        self._forked_before_learning.discard(pid)
         stuck = self._stuck.pop(pid, None)
         if self._reload_pending.pop(pid, None) is not None:
             group.replacement_ended()  # a re-fork that never came up: the old worker stays
@@ -516,17 +510,19 @@ class Pool(ForkingMixin):
         log.info("SIGHUP: re-forking %d workers one at a time", len(self._reload_queue))
 
     def _refresh_workers(self) -> None:
-        """The master learned a job module: replace the workers forked before, idle ones now, busy ones after their job.
+        """The master learned a job module: replace the workers forked before, each once it has left.
 
-        Not SIGHUP's re-fork (the new worker up before the old one leaves): a
-        long job would hold an old worker and its new one side by side.
+        Each gets its warm stop now (a busy one finishes its job) and keeps its
+        place until it exits: its replacement is forked only then. Not SIGHUP's
+        re-fork (the new worker up before the old one leaves): a long job would
+        hold an old worker and its new one side by side, and a worker the master
+        believes idle may have just taken a job. A worker still starting up is
+        left as it is (a stop could reach it before rq's handlers do).
         """
         for group in self.groups:
             for worker in group.active:
-                if worker.busy:
-                    self._forked_before_learning.add(int(worker.key))
-                else:
-                    self._retire(group, worker)
+                if worker.ready and not worker.retiring:
+                    self._retire(group, worker, keep_place=True)
 
     def _continue_reload(self) -> None:
         if self._reload_pending or not self._reload_queue:

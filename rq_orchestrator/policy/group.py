@@ -27,6 +27,7 @@ class WorkerRecord:
     job_id: str | None = None
     jobs_done: int = 0
     retiring: bool = False
+    keeps_place: bool = False  # retiring, yet capacity until it exits: its replacement waits (mark_retiring)
     ready: bool = False
     job_started_at: float = 0.0
     job_timeout: float | None = None
@@ -183,12 +184,13 @@ class WorkerGroup:
     # -- views ------------------------------------------------------------
     @property
     def active(self) -> list[WorkerRecord]:
-        """Workers that count as capacity: alive and not retiring."""
-        return [w for w in self.workers.values() if not w.retiring]
+        """Workers that count as capacity: alive and not retiring, or retiring but keeping their place."""
+        return [w for w in self.workers.values() if not w.retiring or w.keeps_place]
 
     @property
     def idle(self) -> list[WorkerRecord]:
-        return [w for w in self.active if not w.busy]
+        """Active workers free to take a job (not one already told to leave)."""
+        return [w for w in self.active if not w.busy and not w.retiring]
 
     @property
     def capacity(self) -> int:
@@ -290,9 +292,13 @@ class WorkerGroup:
         self.target -= 1
         self.replacing -= 1
 
-    def mark_retiring(self, key: Hashable) -> None:
+    def mark_retiring(self, key: Hashable, keep_place: bool = False) -> None:
+        """The worker is told to leave (warm). ``keep_place``: it counts as capacity until it has exited,
+        so its replacement starts only then; a job it took before the stop reached it never runs beside
+        one its replacement takes."""
         if key in self.workers:
             self.workers[key].retiring = True
+            self.workers[key].keeps_place = keep_place
 
     def resize_bounds(self, min_workers: int, max_workers: int) -> None:
         """Move the bounds of a live group (operator resize)."""
@@ -300,6 +306,7 @@ class WorkerGroup:
         self.target = min(max(self.target - self.replacing, min_workers), max_workers) + self.replacing
 
     def _pick_retirees(self, count: int) -> tuple[Hashable, ...]:
+        count -= sum(w.retiring for w in self.active)  # those keeping their place leave anyway
         # The highest slots go first, so slot numbers stay compact and readable.
         idle = sorted(self.idle, key=lambda w: w.slot, reverse=True)
         chosen = tuple(w.key for w in idle[: max(count, 0)])
