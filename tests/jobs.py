@@ -85,6 +85,18 @@ class UnbuildableWorker(Worker):
         raise RuntimeError("this worker cannot be built")
 
 
+class BuiltOnce(Worker):
+    """A worker class whose constructor raises from its second call in a process on."""
+
+    built = 0
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        BuiltOnce.built += 1
+        if BuiltOnce.built > 1:
+            raise RuntimeError("built once already")
+        super().__init__(*args, **kwargs)
+
+
 def wedge(seconds: float = 60) -> None:
     """A job rq cannot time out: it blocks the alarm signal rq's death penalty uses."""
     import signal

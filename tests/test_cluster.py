@@ -214,6 +214,15 @@ def test_three_pools_share_the_cap_under_load_and_a_killed_pool_s_slots_return(s
     assert time.monotonic() - killed_at < ttl + 10
 
 
+def test_a_pool_stopped_by_an_unbuildable_worker_frees_its_cluster_slots_at_once(start_pool, redis):
+    """The first worker of the round built and leased, the second's constructor raises: no lease waits for its TTL."""
+    pool = start_pool("--cluster", "built", "--cluster-max-workers", "4", "--cluster-lease-ttl", "60",
+                      "--num-workers", "2", "--no-prewarm", "--worker-class", "jobs.BuiltOnce", *FAST)
+    assert pool.wait(20) == 1
+    assert "cannot build a worker of class jobs.BuiltOnce: RuntimeError: built once already" in pool.output()
+    assert leases_in_use(redis, "built") == 0
+
+
 @pytest.mark.skipif(not WIRED, reason="--cluster-max-workers is not wired into worker-pool yet")
 @pytest.mark.parametrize("args,message", [
     (["--cluster", "db"], "--cluster needs --cluster-max-workers"),

@@ -129,16 +129,20 @@ class ForkingMixin:
         In burst mode a group that is done (``_drained``) gets no more workers.
         """
         planned: list[PlannedWorker] = []
-        for group in self.groups:
-            if group.name in self._drained:
-                continue
-            for slot in group.free_slots(min(group.deficit, ROUND_SIZE - len(planned))):
-                if not self._room_for_one_more(group, len(planned)):
-                    break
-                plan = self._plan(group, slot)
-                if plan is None:
-                    return planned  # the cluster is full: try again next loop
-                planned.append(plan)
+        try:
+            for group in self.groups:
+                if group.name in self._drained:
+                    continue
+                for slot in group.free_slots(min(group.deficit, ROUND_SIZE - len(planned))):
+                    if not self._room_for_one_more(group, len(planned)):
+                        break
+                    plan = self._plan(group, slot)
+                    if plan is None:
+                        return planned  # the cluster is full: try again next loop
+                    planned.append(plan)
+        except PoolError:
+            self._give_back(planned)  # the pool stops: its cluster slots are free at once, not after their TTL
+            raise
         return planned
 
     def _room_for_one_more(self, needy: WorkerGroup, pending: int) -> bool:
@@ -189,7 +193,21 @@ class ForkingMixin:
         lease = self.leases.acquire() if self.leases is not None else None
         if self.leases is not None and lease is None:
             return None
-        return PlannedWorker(group, slot, lease, self._build_worker(group), self.mailbox.take())
+        try:
+            worker = self._build_worker(group)
+        except PoolError:
+            if lease is not None:
+                self.leases.release(lease)  # type: ignore[union-attr]
+            raise
+        return PlannedWorker(group, slot, lease, worker, self.mailbox.take())
+
+    def _give_back(self, planned: list[PlannedWorker]) -> None:
+        """Planned workers not forked: their cluster leases and mailbox slots are free again."""
+        for plan in planned:
+            if plan.lease is not None and self.leases is not None:
+                self.leases.release(plan.lease)
+            if plan.mailbox is not None:
+                self.mailbox.give_back(plan.mailbox)
 
     def _refuse_threads(self) -> None:
         threads = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
@@ -234,11 +252,7 @@ class ForkingMixin:
             for plan, pid in zip(planned, pids):
                 if plan.mailbox is not None:
                     self._mailbox_of[pid] = plan.mailbox
-            for plan in planned[len(pids):]:
-                if plan.lease is not None and self.leases is not None:
-                    self.leases.release(plan.lease)
-                if plan.mailbox is not None:
-                    self.mailbox.give_back(plan.mailbox)
+            self._give_back(planned[len(pids):])
             self.state.mark_dirty()
         return pids
 
