@@ -256,6 +256,9 @@ def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_cla
     level = logging_level(opts["logging_level"], opts["quiet"])
     specs = tuple(GroupSpec(g.queues, *(g.bounds or (low, high))) for g in groups)
     check_total([(s.min_workers, s.max_workers) for s in specs], opts["max_workers_total"])
+    minimum, cluster_cap = sum(s.min_workers for s in specs), opts["cluster_max_workers"]
+    if cluster_cap is not None and minimum > cluster_cap:  # the pool would wait for slots it can never get
+        raise BadInput(f"--cluster-max-workers ({cluster_cap}) is below this pool's minimum ({minimum} workers)")
     preload(opts["preload"])
     worker_kwargs: dict[str, Any] = {}
     if opts["worker_class"]:
