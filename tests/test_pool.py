@@ -336,8 +336,11 @@ def test_ttin_and_ttou_resize_a_live_pool(start_pool):
     assert (state["min"], state["max"]) == (3, 4)
     pool.send(signal.SIGTTOU)
     pool.wait_until(lambda: len(pool.workers()) == 2, 15, "two workers after TTOU")
+    pool.wait_until(lambda: pool.state()["groups"][0]["last_change"]["reason"] == "SIGTTOU: bounds 2-3", 5,
+                    "the resize shown as the last change")
     state = pool.state()["groups"][0]
     assert (state["min"], state["max"]) == (2, 3)
+    assert (state["last_change"]["action"], state["last_change"]["target"]) == ("down", 2)
 
 
 def test_ttin_stops_at_the_worker_bound(start_pool, monkeypatch):

@@ -37,7 +37,7 @@ from ..infra.memory import total_pss
 from .metrics import MetricsServer, render_metrics
 from .queue_watch import NOTHING_WAITS, QueueStats, observe_queues
 from .prewarm import prewarm
-from ..policy.scaling import ScalingPolicy, ScalingSettings
+from ..policy.scaling import Action, Decision, ScalingPolicy, ScalingSettings
 from .sharing import settle_for_fork
 from .state import StatePublisher
 from ..worker.mailbox import KILL_HORSE, SIGNAL as COMMAND_SIGNAL, STOP_JOB, Mailbox
@@ -308,6 +308,10 @@ class Pool(ForkingMixin):
             group.resize_bounds(new_min, new_max)
             target = min(max(group.capacity + delta, new_min), new_max)
             log.info("resize %s: bounds %d-%d, target %d", group.name, new_min, new_max, target)
+            # What status shows as the last decision (not the period's before the signal).
+            group.last_decision = Decision(Action.UP if delta > 0 else Action.DOWN, target,
+                                           f"SIGTT{'IN' if delta > 0 else 'OU'}: bounds {new_min}-{new_max}")
+            self.state.record_decision(group, group.last_decision, self.clock())
             for key in group.resize_to(target):
                 self._retire(group, group.workers[key])
 
@@ -325,9 +329,7 @@ class Pool(ForkingMixin):
         command, pid = payload.get("command"), int(record.key)
         if command == "shutdown" and not record.retiring:
             log.info("rq command: shutdown of worker %s (warm; the pool replaces it)", record.name)
-            group.mark_retiring(pid)  # no longer capacity: its replacement starts now
-            _kill(pid, signal.SIGTERM)
-            self.state.mark_dirty()
+            self._retire(group, record)  # no longer capacity: its replacement starts now
         elif command in (STOP_JOB, "stop-execution") and record.busy and record.job_id == payload.get("job_id"):
             log.info("rq command: stop job %s on worker %s", record.job_id, record.name)
             self._post(pid, STOP_JOB, record.job_id)
