@@ -97,6 +97,15 @@ class BuiltOnce(Worker):
         super().__init__(*args, **kwargs)
 
 
+class SlowSecondBirth(Worker):
+    """The worker of slot 2 takes 2.5 s to register (a slow start-up); the others none."""
+
+    def register_birth(self) -> None:
+        if self.name.startswith("w2."):
+            time.sleep(2.5)
+        super().register_birth()
+
+
 def wedge(seconds: float = 60) -> None:
     """A job rq cannot time out: it blocks the alarm signal rq's death penalty uses."""
     import signal

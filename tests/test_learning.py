@@ -113,6 +113,21 @@ def test_a_worker_that_took_its_next_job_as_the_module_was_learned_runs_it_alone
     assert [j.return_value() for j in jobs] == [True] * 8
 
 
+def test_a_worker_still_starting_when_the_module_is_learned_is_replaced_once_up(start_pool, redis):
+    pool = start_pool("--num-workers", "2", "--worker-class", "jobs.SlowSecondBirth", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "the first worker")
+    run_jobs(pool, redis, 1)
+    pool.wait_until(lambda: "learned job module learned_jobs" in pool.output(), 10, "the master to learn it")
+    slow = [w["pid"] for w in pool.workers() if w["state"] == "starting"]
+    assert len(slow) == 1  # the second worker, forked before, is still starting
+    pool.wait_until(lambda: len(pool.ready_pids()) == 2 and slow[0] not in pool.ready_pids(), 15,
+                    "the second worker replaced once up")
+    queue = Queue(connection=redis)
+    jobs = [queue.enqueue("learned_jobs.hold", 1.0) for _ in range(2)]  # one for each idle worker
+    pool.wait_until(lambda: all(j.get_status(refresh=True) == JobStatus.FINISHED for j in jobs), 15, "the jobs")
+    assert [j.return_value() for j in jobs] == [pool.pid] * 2
+
+
 def test_a_warm_stop_is_not_turned_cold_by_learning(start_pool, redis):
     pool = start_pool("--num-workers", "1", *FAST)
     pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")

@@ -8,7 +8,7 @@ process that found its job's module not imported names it to the master
 after the job (``worker.job_module``, ``PoolWorkerMixin.perform_job``). The
 master imports it, as ``--preload`` would have, and replaces the workers
 forked before (each once it has left, busy ones after their job:
-``Pool._refresh_workers``), so later jobs find the module imported and
+``Pool._refresh_if_old``), so later jobs find the module imported and
 shared. Each module is imported first in a throwaway fork of the master
 (``probe``): one that fails to import there, starts a thread while imported
 (the master refuses to fork while a thread runs), or takes longer than

@@ -101,6 +101,7 @@ class Pool(ForkingMixin):
         self._reload_pending: dict[int, int] = {}  # new worker pid -> old worker it replaces
         learning = config.learn_job_modules and not config.no_fork  # a no-fork worker keeps what its jobs import
         self.learner = ModuleLearner() if learning else None
+        self._learned_at = float("-inf")  # when the master last learned a module: workers born before lack it
         self._suspension_seen = False  # `rq suspend` in force at the last look (_workers_suspended)
         self._stuck: dict[int, str] = {}  # workers killed as stuck -> why, for their job's failure (_kill_stuck)
         self.aftercare = Aftercare(connection, [g.queues[0] for g in config.groups if len(g.queues) == 1],
@@ -213,7 +214,10 @@ class Pool(ForkingMixin):
             self._handle_signals()
             self._read_events()
             if self.learner is not None and not self._stopping and self.learner.learn_pending(self._stop_asked):
-                self._refresh_workers()  # not while stopping: a second TERM a second later would be a cold stop
+                self._learned_at = self.clock()
+                for group in self.groups:  # not while stopping: a second TERM a second later would be a cold stop
+                    for worker in group.active:
+                        self._refresh_if_old(group, worker)
             self._reap()
             self._renew_leases()
             if self._stopping:
@@ -371,6 +375,7 @@ class Pool(ForkingMixin):
             group.worker_ready(event.pid)
             self._boot_failures = 0
             self._finish_reload_step(group, event.pid)
+            self._refresh_if_old(group, group.workers[event.pid])
         elif event.kind == RECYCLE:
             # It exits after this job: its replacement starts now, not after it is gone.
             log.info("worker %s recycles (%s)", group.workers[event.pid].name, event.job_id)
@@ -511,20 +516,18 @@ class Pool(ForkingMixin):
         self._reload_queue = [(g, int(w.key)) for g in self.groups for w in g.active]
         log.info("SIGHUP: re-forking %d workers one at a time", len(self._reload_queue))
 
-    def _refresh_workers(self) -> None:
-        """The master learned a job module: replace the workers forked before, each once it has left.
+    def _refresh_if_old(self, group: WorkerGroup, worker: WorkerRecord) -> None:
+        """Replace a worker forked before the master learned a job module, once it has left.
 
-        Each gets its warm stop now (a busy one finishes its job) and keeps its
+        It gets its warm stop now (a busy one finishes its job) and keeps its
         place until it exits: its replacement is forked only then. Not SIGHUP's
         re-fork (the new worker up before the old one leaves): a long job would
         hold an old worker and its new one side by side, and a worker the master
         believes idle may have just taken a job. A worker still starting up is
-        left as it is (a stop could reach it before rq's handlers do).
+        stopped once it is up (READY): a stop could reach it before rq's handlers.
         """
-        for group in self.groups:
-            for worker in group.active:
-                if worker.ready and not worker.retiring:
-                    self._retire(group, worker, keep_place=True)
+        if worker.born_at < self._learned_at and worker.ready and not (worker.retiring or self._stopping):
+            self._retire(group, worker, keep_place=True)
 
     def _continue_reload(self) -> None:
         if self._reload_pending or not self._reload_queue:
