@@ -126,6 +126,7 @@ def test_a_worker_still_starting_when_the_module_is_learned_is_replaced_once_up(
     jobs = [queue.enqueue("learned_jobs.hold", 1.0) for _ in range(2)]  # one for each idle worker
     pool.wait_until(lambda: all(j.get_status(refresh=True) == JobStatus.FINISHED for j in jobs), 15, "the jobs")
     assert [j.return_value() for j in jobs] == [pool.pid] * 2
+    assert "exited unexpectedly" not in pool.output()  # its stop came once rq's handlers were in: warm
 
 
 def test_a_warm_stop_is_not_turned_cold_by_learning(start_pool, redis):

@@ -11,7 +11,7 @@ import time
 
 import psutil
 import pytest
-from rq import Queue
+from rq import Queue, Worker
 from rq import defaults as rq_defaults
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
@@ -341,6 +341,17 @@ def test_ttin_and_ttou_resize_a_live_pool(start_pool):
     state = pool.state()["groups"][0]
     assert (state["min"], state["max"]) == (2, 3)
     assert (state["last_change"]["action"], state["last_change"]["target"]) == ("down", 2)
+
+
+def test_a_worker_retired_while_starting_leaves_quietly(start_pool, redis):
+    """TTOU picks the worker still starting (slot 2): stopped before rq's handlers, it dies of the TERM, no job lost."""
+    pool = start_pool("--num-workers", "2", "--worker-class", "jobs.SlowSecondBirth", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "the first worker")
+    assert [w["state"] for w in pool.workers()].count("starting") == 1
+    pool.send(signal.SIGTTOU)
+    pool.wait_until(lambda: len(pool.workers()) == 1, 15, "the starting worker gone")
+    assert "exited unexpectedly" not in pool.output()
+    assert [w.name for w in Worker.all(connection=redis)] == [pool.workers()[0]["name"]]
 
 
 def test_ttin_stops_at_the_worker_bound(start_pool, monkeypatch):

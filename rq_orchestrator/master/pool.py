@@ -430,10 +430,13 @@ class Pool(ForkingMixin):
         if record is None or clean and (self._stopping or record.retiring):  # a warm retirement, or the pool's stop
             log.debug("worker %s exited (%s)", record.name if record else pid, _describe_exit(code))
             return
-        if self._stopping:  # a cold stop's, or killed before rq's handlers were in: rq left its registration, maybe a job
-            log.debug("worker %s exited (%s) in the pool's stop", record.name, _describe_exit(code))
+        if self._stopping or record.retiring and not record.ready and code == -signal.SIGTERM:
+            # A cold stop's, or a stop that came before rq's handlers were in (no job yet): rq left its
+            # registration, maybe a job.
+            when = "in the pool's stop" if self._stopping else "stopped before it was up"
+            log.debug("worker %s exited (%s) %s", record.name, _describe_exit(code), when)
             self.aftercare.worker_died(record.name, group.queues, record.job_id,
-                                       stuck or f"worker {record.name} {_describe_exit(code)} in the pool's stop")
+                                       stuck or f"worker {record.name} {_describe_exit(code)} {when}")
             return
         if self.config.burst and clean:
             self._drained.add(group.name)

@@ -120,10 +120,6 @@ class PoolWorkerMixin:
             self._pool_send(RECYCLE, reason)
             self._stop_requested = True
 
-    def register_birth(self) -> None:
-        super().register_birth()  # type: ignore[misc]
-        self._pool_send(READY)
-
     @property
     def should_run_maintenance_tasks(self) -> bool:
         return False  # the master cleans the registries for all its workers (maintenance.py)
@@ -241,10 +237,13 @@ class PoolWorkerMixin:
         raise SystemExit(1)
 
     def _install_signal_handlers(self) -> None:
+        """rq's handlers and the pool's; then READY: registered (rq's work() installs them after its
+        bootstrap), and a stop the master sends from now on is warm, not the default TERM that kills."""
         super()._install_signal_handlers()  # type: ignore[misc]
         signal.signal(signal.SIGQUIT, self.request_force_stop)
         if self.pool_mailbox is not None:
             signal.signal(COMMAND_SIGNAL, self._pool_command)
+        self._pool_send(READY)
 
     def _pool_command(self, signum: int, frame: Any) -> None:
         """rq's stop-job or kill-horse, relayed by the master: kill the work process of the job named, as rq does."""
