@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 
-READY = "ready"  # registered in Redis, about to take jobs
+READY = "ready"  # registered in Redis, its signal handlers in: about to take jobs, a TERM now stops it warm
 BUSY = "busy"  # took a job
 IDLE = "idle"  # finished it
 STRANDED = "stranded"  # a stop or a lost connection cut a BLMOVE short: a job may wait in rq's intermediate list
