@@ -286,7 +286,19 @@ def test_below_min_tick_spawns_the_whole_gap():
     group = make_group(min_workers=4)
     populate(group, 1)
     plan = group.tick(5.0)
-    assert (plan.decision.action, plan.decision.target, plan.spawn) == (Action.UP, 4, 3)
+    # The target is the minimum already: the gap is spawned, and no scale-up is counted for it.
+    assert (plan.decision.action, plan.decision.target, plan.spawn) == (Action.HOLD, 4, 3)
+    assert plan.decision.reason == "1 workers below the minimum 4 (its workers are on their way)"
+
+
+def test_an_up_to_a_size_already_targeted_is_no_new_scale_up():
+    """Jobs wait, no worker, and the one asked for cannot start yet (a crash back-off): asked again, no new decision."""
+    group = make_group(min_workers=0)
+    first = group.urgent_tick(1.0, queued_jobs=3)
+    assert first is not None and (first.decision.action, first.decision.target, first.spawn) == (Action.UP, 1, 1)
+    assert group.urgent_tick(2.0, queued_jobs=3) is None  # the worker has not started: same target
+    assert group.tick(3.0, queued_jobs=3).decision.action is Action.HOLD
+    assert group.deficit == 1
 
 
 def test_zero_workers_tick_with_and_without_queued_jobs():
@@ -387,7 +399,7 @@ def test_resize_bounds_applies_to_next_decision():
     group.resize_bounds(4, 8)
     assert group.deficit == 2
     plan = group.tick(5.0)
-    assert (plan.decision.action, plan.decision.target, plan.spawn) == (Action.UP, 4, 2)
+    assert (plan.decision.action, plan.decision.target, plan.spawn) == (Action.HOLD, 4, 2)
 
 
 # -- observations for the policy options -------------------------------------------

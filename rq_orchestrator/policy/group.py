@@ -263,9 +263,16 @@ class WorkerGroup:
         self.flow.sample_queue(now, queued_jobs)
         obs = self.observe(now, queued_jobs, oldest_wait=oldest_wait, pool_memory=pool_memory)
         decision = self.policy.urgent(obs)
-        return None if decision is None else self._apply(decision)
+        return None if decision is None or self._reached(decision) else self._apply(decision)
+
+    def _reached(self, decision: Decision) -> bool:
+        """An UP to a size the target already holds: its workers are starting, or wait (a crash back-off,
+        the cluster's cap); not another scale-up."""
+        return decision.action is Action.UP and decision.target + self.replacing <= self.target
 
     def _apply(self, decision: Decision) -> Plan:
+        if self._reached(decision):
+            decision = replace(decision, action=Action.HOLD, reason=f"{decision.reason} (its workers are on their way)")
         self.last_decision = decision
         retire: tuple[Hashable, ...] = ()
         # The decision counts workers as `capacity` does; the target also holds the take-overs under way.
