@@ -173,6 +173,27 @@ def test_redis_outage_loses_no_queued_job(tmp_path, mode):
             client.close()
 
 
+def test_workers_lost_in_a_redis_outage_are_replaced_once_it_is_back_not_after_their_back_off(tmp_path):
+    """Busy workers die of the outage and their replacements at start-up, so the crash back-off grows to its
+    10 s cap; those crashes were the outage's: once Redis answers, the pool forks again at once."""
+    with RedisServer(persistent=True) as server:
+        client = server.client()
+        pool = PoolProcess(server.url, ("--num-workers", "2", *FAST), tmp_path / "pool.log")
+        try:
+            pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two workers")
+            jobs = [Queue(connection=client).enqueue("jobs.sleep", 0.5) for _ in range(2)]
+            pool.wait_until(lambda: all(j.get_status(refresh=True) == JobStatus.STARTED for j in jobs), 10, "busy")
+            server.stop()
+            pool.wait_until(lambda: "Redis unreachable" in pool.output(), 10, "the outage seen")
+            time.sleep(16)  # crash, back off, fork, crash: the back-off reaches its cap
+            server.start()
+            pool.wait_until(lambda: "Redis is back" in pool.output(), 10, "the outage's end seen")
+            pool.wait_until(lambda: len(pool.ready_pids()) == 2, 3, "two workers again, not after a back-off")
+        finally:
+            pool.cleanup()
+            client.close()
+
+
 def test_a_warm_stop_during_a_redis_outage_does_not_wait_for_redis(tmp_path):
     """rq's wait loop retries a lost Redis without looking at a stop: a stopping idle worker leaves after one retry."""
     with RedisServer(persistent=True) as server:
@@ -180,6 +201,7 @@ def test_a_warm_stop_during_a_redis_outage_does_not_wait_for_redis(tmp_path):
         try:
             pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two workers")
             server.stop()
+            pool.wait_until(lambda: "Redis unreachable" in pool.output(), 5, "the outage logged (the workers idle)")
             time.sleep(3)  # the workers are in rq's retry loop (1 s, 2 s, ... between tries)
             pool.send(signal.SIGTERM)
             assert pool.wait(30) == 0  # without Redis back

@@ -549,9 +549,24 @@ class Pool(ForkingMixin):
     def _redis_reachable(self) -> bool:
         try:
             self.connection.ping()
-            return True
-        except RedisError:
+        except RedisError as exc:
+            self._redis_lost(exc)
             return False
+        self._redis_back()
+        return True
+
+    def _redis_lost(self, exc: RedisError) -> None:
+        if self._redis_down_since is None:
+            self._redis_down_since = self.clock()
+            log.error("Redis unreachable (%s): no scaling decisions until it is back", exc)
+
+    def _redis_back(self) -> None:
+        """The outage is over: the workers that died of it are replaced now, not after their crash back-off."""
+        if self._redis_down_since is not None:
+            log.info("Redis is back after %.0f s", self.clock() - self._redis_down_since)
+            self._redis_down_since = None
+            self._crashes = 0
+            self._respawn_at = min(self._respawn_at, self.clock())
 
     def _back_off(self) -> None:
         """Replace crashed workers, but slow down when they keep crashing."""
@@ -633,19 +648,20 @@ class Pool(ForkingMixin):
 
         A group with an idle ready worker is not asked about: that worker waits
         on every queue of the group, so nothing waits there (an idle pool sends
-        Redis nothing for this).
+        Redis nothing for this). While rq's command subscription is lost or
+        Redis was found away, a PING tells when it is away and when it is back.
         """
         watched = {g.name: g.queues for g in self.groups if not any(w.ready for w in g.idle)}
+        seen: dict[str, QueueStats] = {}
         try:
-            seen = observe_queues(self.connection, watched) if watched else {}
+            if watched:
+                seen = observe_queues(self.connection, watched)
+            elif self._redis_down_since is not None or self.relay.lost:
+                self.connection.ping()  # nothing to ask about, but an outage to see (idle workers say nothing of it)
         except RedisError as exc:
-            if self._redis_down_since is None:
-                self._redis_down_since = self.clock()
-                log.error("Redis unreachable (%s): no scaling decisions until it is back", exc)
+            self._redis_lost(exc)
             return None
-        if self._redis_down_since is not None:
-            log.info("Redis is back after %.0f s", self.clock() - self._redis_down_since)
-            self._redis_down_since = None
+        self._redis_back()
         return {g.name: seen.get(g.name, NOTHING_WAITS) for g in self.groups}
 
 

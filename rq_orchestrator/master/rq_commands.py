@@ -55,6 +55,11 @@ class CommandRelay:
         """The subscription's socket (-1 while there is none): a forked worker closes it."""
         return self._fd
 
+    @property
+    def lost(self) -> bool:
+        """The subscription dropped and is not back yet: most likely Redis is away."""
+        return self._retry_at is not None
+
     def start(self, selector: selectors.BaseSelector, now: float) -> None:
         self._selector = selector
         self._subscribe(now)
