@@ -20,6 +20,7 @@ from rq.worker import Worker
 from conftest import child_env, run_counts
 from rq_orchestrator.infra.config import hostname
 from rq_orchestrator.master.worker_names import parse_worker_name
+from rq_orchestrator.master.forking import jittered
 
 FAST = ("--scaling-period", "0.2", "--utilization-window", "1")
 
@@ -324,6 +325,13 @@ def test_master_killed_workers_finish_their_job_and_exit(start_pool, redis):
 
     wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 15, "the job to finish")
     wait_until(lambda: not pool_processes("orphans"), 5, "every worker to exit")
+
+
+def test_max_jobs_jitter_is_up_to_ten_percent_and_none_below_ten():
+    assert jittered(None) is None
+    assert {jittered(1) for _ in range(200)} == {1}  # a fresh worker per job means one job, not one or two
+    assert {jittered(9) for _ in range(200)} == {9}
+    assert {jittered(100) for _ in range(2000)} == set(range(100, 111))
 
 
 def test_ttin_and_ttou_resize_a_live_pool(start_pool):

@@ -306,7 +306,7 @@ class ForkingMixin:
             logging_level=self.config.logging_level,
             events_fd=self._events_w,
             master_pid=self.pid,
-            max_jobs=_jittered(self.config.max_jobs_per_worker),
+            max_jobs=jittered(self.config.max_jobs_per_worker),
             max_memory=self.config.max_memory_per_worker,
             mailbox=self.mailbox if mailbox_slot is not None else None,
             mailbox_slot=mailbox_slot,
@@ -330,8 +330,12 @@ class ForkingMixin:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
 
-def _jittered(max_jobs: int | None) -> int | None:
-    """Up to 10% more, so workers started together do not all recycle together."""
+def jittered(max_jobs: int | None) -> int | None:
+    """Up to 10% more (whole jobs: none below 10), so workers started together do not all recycle together.
+
+    Exact for small N: ``--max-jobs-per-worker 1`` is how one asks for a fresh
+    process per job (Celery's ``--max-tasks-per-child 1``).
+    """
     if max_jobs is None:
         return None
-    return max_jobs + random.randint(0, max(max_jobs // 10, 1))
+    return max_jobs + random.randint(0, max_jobs // 10)
