@@ -107,6 +107,7 @@ def test_a_fixed_pool_from_num_workers(redis_url, redis):
 
 MORE_BAD_INPUT = [
     (["--max-jobs-per-worker", "0"], "--max-jobs-per-worker"),
+    (["--name", "a b"], "--name: no spaces or control characters in a pool name (worker names carry it), got 'a b'"),
     (["--max-memory-per-worker", "lots"], "--max-memory-per-worker"),
     (["--max-memory-per-worker", "12XB"], "--max-memory-per-worker"),
     (["--max-memory-per-worker", "0MB"], "--max-memory-per-worker"),

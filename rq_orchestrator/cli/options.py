@@ -204,6 +204,9 @@ def check_numbers(opts: dict[str, Any]) -> tuple[int, int]:
     if not MIN_STUCK_MARGIN <= opts["stuck_margin"] < math.inf:
         raise BadInput(f"--stuck-margin must be at least {MIN_STUCK_MARGIN:g} second (finite), got {opts['stuck_margin']:g}")
     check_cluster(opts["cluster"], opts["cluster_max_workers"], opts["cluster_lease_ttl"])
+    if any(c.isspace() or not c.isprintable() for c in opts["name"]):
+        raise BadInput(f"--name: no spaces or control characters in a pool name (worker names carry it), "
+                       f"got {opts['name']!r}")
     if opts["metrics_port"] is not None:
         require_client()
     return bounds
