@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import signal
+from collections import Counter
 
 import pytest
 from rq import Queue
@@ -115,7 +117,7 @@ def test_max_jobs_recycles_no_fork_workers(start_pool, redis):
     jobs = [queue.enqueue("no_fork_jobs.pid") for _ in range(12)]
     pool.wait_until(lambda: all(j.get_status(refresh=True) == JobStatus.FINISHED for j in jobs), 30, "all jobs")
     pids = [ran_in(redis, job) for job in jobs]
-    assert pids[0] == worker and len(set(pids)) >= 3  # 3 jobs (+ up to 1 of jitter) a worker
+    assert pids[0] == worker and sorted(Counter(pids).values()) == [3] * 4  # no jitter below 10 jobs
     assert set(run_counts(redis).values()) == {1}
     assert "recycles (" in pool.output()
 
@@ -129,6 +131,17 @@ def test_a_worker_killed_mid_job_has_its_job_settled(start_pool, redis):
     assert "killed by SIGKILL" in job.meta["rq_orchestrator_failure"]
     replaced(pool, redis, queue, worker)
     assert StartedJobRegistry(queue=queue).count == 0
+
+
+def test_a_cold_stop_fails_the_job_in_hand_as_a_cold_stop_not_as_a_worker_in_doubt(start_pool, redis):
+    pool, worker = one_worker(start_pool)
+    job = Queue(connection=redis).enqueue("jobs.sleep", 30)
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 15, "the job to start")
+    pool.send(signal.SIGQUIT)
+    pool.wait(20)
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert "cold stop: the worker was stopped without waiting for its job" in (job.exc_info or "")
+    assert "in doubt" not in pool.output()  # it leaves in the stop: no retirement, no replacement counted
 
 
 def test_no_job_is_lost_while_workers_in_doubt_churn(start_pool, redis):

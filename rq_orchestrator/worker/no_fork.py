@@ -88,8 +88,8 @@ class NoForkMixin:
         timeout_watch.fired, self._no_fork_doubt = False, None
         result = super().execute_job(job, queue)  # type: ignore[misc]
         reason = "its timeout fired" if timeout_watch.fired else self._no_fork_doubt
-        if reason is not None:
-            self._no_fork_retire(job, reason)
+        if reason is not None and not self._stop_requested:  # type: ignore[has-type]
+            self._no_fork_retire(job, reason)  # (a worker told to stop leaves after this job anyway)
         return result
 
     def prepare_execution(self, job: Any) -> Any:

@@ -72,6 +72,9 @@ def set_parent_death_signal(signum: int) -> None:
         _prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
 
+COLD_STOP = "cold stop: the worker was stopped without waiting for its job"
+
+
 class PoolWorkerMixin:
     """Behaviour every pool worker gets on top of its RQ worker class."""
 
@@ -234,7 +237,7 @@ class PoolWorkerMixin:
         if getattr(self, "horse_pid", 0):
             self.kill_horse()  # type: ignore[attr-defined]
             self.wait_for_horse()  # type: ignore[attr-defined]
-        raise SystemExit(1)
+        raise SystemExit(COLD_STOP)  # exit status 1; what a --no-fork job that it lands in fails with
 
     def _install_signal_handlers(self) -> None:
         """rq's handlers and the pool's; then READY: registered (rq's work() installs them after its
