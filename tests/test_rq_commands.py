@@ -30,12 +30,12 @@ def status_of(job: Job) -> JobStatus | None:
     return job.get_status(refresh=True)
 
 
-def one_worker_running(start_pool, redis, seconds: float) -> tuple[PoolProcess, Queue, Job, dict]:
+def one_worker_running(start_pool, redis, seconds: float, *args: str) -> tuple[PoolProcess, Queue, Job, dict]:
     """A pool of one worker, running a job of ``seconds``: (pool, queue, job, worker).
 
     The jobs' module is preloaded: the worker is not replaced after its first job to share it.
     """
-    pool = start_pool("--num-workers", "1", "--preload", "jobs", *FAST)
+    pool = start_pool("--num-workers", "1", "--preload", "jobs", *FAST, *args)
     pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
     queue = Queue(connection=redis)
     job = queue.enqueue("jobs.sleep", seconds)
@@ -64,6 +64,15 @@ def test_kill_horse_fails_the_job_as_rq_does_and_the_worker_goes_on(start_pool, 
     send_kill_horse_command(redis, worker["name"])
     pool.wait_until(lambda: status_of(job) == JobStatus.FAILED, 15, "the job to fail")
     assert "terminated unexpectedly" in (job.exc_info or "")
+    assert_the_worker_goes_on(pool, queue, worker)
+
+
+def test_no_fork_workers_ignore_stop_job_and_kill_horse_and_say_so(start_pool, redis):
+    pool, queue, job, worker = one_worker_running(start_pool, redis, 1.5, "--no-fork")
+    send_stop_job_command(redis, job.id)
+    send_kill_horse_command(redis, worker["name"])
+    pool.wait_until(lambda: status_of(job) == JobStatus.FINISHED, 15, "the job to finish all the same")
+    assert pool.output().count("ignored: with --no-fork its job runs in the worker itself") == 2
     assert_the_worker_goes_on(pool, queue, worker)
 
 

@@ -334,6 +334,9 @@ class Pool(ForkingMixin):
         if command == "shutdown" and not record.retiring:
             log.info("rq command: shutdown of worker %s (warm; the pool replaces it)", record.name)
             self._retire(group, record)  # no longer capacity: its replacement starts now
+        elif command in (STOP_JOB, "stop-execution", KILL_HORSE) and record.busy and self.config.no_fork:
+            log.info("rq command: %s on worker %s ignored: with --no-fork its job runs in the worker itself "
+                     "(rq's shutdown command stops the worker after it)", command, record.name)
         elif command in (STOP_JOB, "stop-execution") and record.busy and record.job_id == payload.get("job_id"):
             log.info("rq command: stop job %s on worker %s", record.job_id, record.name)
             self._post(pid, STOP_JOB, record.job_id)
