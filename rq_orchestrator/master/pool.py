@@ -42,7 +42,7 @@ from .sharing import settle_for_fork
 from .state import StatePublisher
 from ..worker.mailbox import KILL_HORSE, SIGNAL as COMMAND_SIGNAL, STOP_JOB, Mailbox
 from ..worker.no_fork import IN_DOUBT
-from ..worker.process import set_process_title
+from ..worker.process import MAX_JOBS, set_process_title
 
 log = logging.getLogger("rq_orchestrator")
 
@@ -385,7 +385,7 @@ class Pool(ForkingMixin):
             group.mark_retiring(event.pid)
             reason = event.job_id or ""
             self.state.counters.restarts[
-                "in_doubt" if reason.startswith(IN_DOUBT) else "max_jobs" if "jobs done" in reason else "max_memory"] += 1
+                "in_doubt" if reason.startswith(IN_DOUBT) else "max_jobs" if reason.startswith(MAX_JOBS) else "max_memory"] += 1
         elif event.kind == STRANDED:
             self.aftercare.expect_strands(self.clock())
             return

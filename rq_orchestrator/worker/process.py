@@ -73,6 +73,7 @@ def set_parent_death_signal(signum: int) -> None:
 
 
 COLD_STOP = "cold stop: the worker was stopped without waiting for its job"
+MAX_JOBS = "max jobs"  # how a RECYCLE reason for --max-jobs-per-worker starts (the master counts it apart)
 
 
 class PoolWorkerMixin:
@@ -113,7 +114,7 @@ class PoolWorkerMixin:
         """Between jobs: exit (warm) once the job count or memory limit is reached."""
         reason = None
         if self.pool_max_jobs is not None and self._pool_jobs_done >= self.pool_max_jobs:
-            reason = f"{self._pool_jobs_done} jobs done"
+            reason = f"{MAX_JOBS}: {self._pool_jobs_done} done"
         elif self.pool_max_memory is not None:
             rss = resident_memory()
             if rss is not None and rss > self.pool_max_memory:
