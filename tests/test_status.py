@@ -13,6 +13,7 @@ import time
 import pytest
 from click.testing import CliRunner
 from rq import Queue
+from rq.suspension import suspend
 
 from conftest import child_env, wait_until
 from rq_orchestrator.cli import status as status_module
@@ -62,6 +63,11 @@ def test_table_and_json_show_every_running_pool(start_pool, redis, redis_url):
     assert pools["busy"]["memory_bytes"] > 1e6  # the master's and the worker's (PSS)
     assert not pools["quiet"]["stale"] and pools["quiet"]["age_s"] < 3
     assert waiting.get_status(refresh=True) == "queued"
+    assert document["suspended"] is False and "suspended" not in table.stdout
+
+    suspend(redis)
+    assert status_json(redis_url)[1]["suspended"] is True
+    assert run_status(redis_url).stdout.splitlines()[-1].startswith("rq workers are suspended (rq suspend)")
 
 
 def test_a_killed_pool_is_stale_then_expired_then_forgotten(start_pool, redis, redis_url):

@@ -1,7 +1,7 @@
 """`rq-orchestrator status`: every pool publishing on a Redis, on any host, at a glance.
 
 It reads what the masters publish (`state.py`): one index, then one GET and
-one PTTL per pool, never a scan. The same rendering serves the bench command
+one PTTL per pool, never a scan; and whether `rq suspend` is in force. The same rendering serves the bench command
 `bench worker-pool-status` (`commands/status.py`).
 
 Exit status, for scripts and health checks: 0 every pool is publishing, 1 a
@@ -21,6 +21,7 @@ from typing import Any, TextIO
 import click
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.suspension import is_suspended
 
 from ..master.cluster import leases_in_use
 from ..infra.connection import DEFAULT_URL, connect, describe
@@ -30,6 +31,8 @@ from ..master.state import forget_pool, read_pools
 
 HEALTHY, STALE, UNREACHABLE, NO_POOL = 0, 1, 2, 3
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
+SUSPENDED = ("rq workers are suspended (rq suspend): they take no new job, and the pools start no worker for "
+             "the jobs that wait; `rq resume` ends it")
 COLUMNS = ("POOL", "HOST", "PID", "QUEUES", "WORKERS/MIN/MAX", "TARGET", "BUSY", "UTIL", "OLDEST WAIT",
            "LAST DECISION", "STATE")
 
@@ -87,15 +90,18 @@ def report(connection: Redis, as_json: bool, compact: bool = False, forget_stale
     try:
         pools = read_pools(connection)
         clusters = cluster_usage(connection, pools)
+        suspended = bool(is_suspended(connection))
         if forget_stale:
             forget_dead(connection, pools)
     except RedisError as exc:
         return f"cannot read the pools from {describe(connection)}: {exc}", UNREACHABLE
     code = health(pools)
     if as_json:
-        document = {"redis": describe(connection), "status": code, "pools": pools, "clusters": clusters}
+        document = {"redis": describe(connection), "status": code, "suspended": suspended, "pools": pools,
+                    "clusters": clusters}
         return json.dumps(document, indent=None if compact else 1, default=str), code
-    return render_table(pools, clusters, describe(connection)), code
+    text = render_table(pools, clusters, describe(connection))
+    return (f"{text}\n{SUSPENDED}" if suspended else text), code
 
 
 def health(pools: list[dict[str, Any]]) -> int:
