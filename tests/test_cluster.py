@@ -228,6 +228,7 @@ def test_a_pool_stopped_by_an_unbuildable_worker_frees_its_cluster_slots_at_once
     (["--cluster", "db"], "--cluster needs --cluster-max-workers"),
     (["--cluster-max-workers", "0"], "--cluster-max-workers"),
     (["--cluster-max-workers", "2", "--cluster-lease-ttl", "0.5"], "--cluster-lease-ttl"),
+    (["--cluster-lease-ttl", "5"], "--cluster-lease-ttl needs --cluster-max-workers"),
     (["--cluster-max-workers", "2", "--min-workers", "3"], "--cluster-max-workers (2) is below this pool's minimum (3"),
     (["--cluster-max-workers", "3", "--queue", "a:2", "--queue", "b:2-4"], "minimum (4 workers)"),
 ])

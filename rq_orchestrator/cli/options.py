@@ -230,6 +230,15 @@ def check_cluster(name: str | None, max_workers: int | None, lease_ttl: float) -
         raise BadInput(f"--cluster-max-workers must be at least 1, got {max_workers}")
     if not 2 <= lease_ttl <= MAX_LEASE_TTL:
         raise BadInput(f"--cluster-lease-ttl must be from 2 to {MAX_LEASE_TTL:g} seconds, got {lease_ttl:g}")
+    if max_workers is None and given("cluster_lease_ttl"):
+        raise BadInput("--cluster-lease-ttl needs --cluster-max-workers (there is no lease without a cap)")
+
+
+def given(param: str) -> bool:
+    """Whether the command line or the environment set this option (not its default)."""
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source(param) if ctx is not None else None
+    return source is not None and source is not click.core.ParameterSource.DEFAULT
 
 
 def memory_limit(text: str | None) -> int | None:
