@@ -1,8 +1,9 @@
 """`rq-orchestrator status`: every pool publishing on a Redis, on any host, at a glance.
 
 It reads what the masters publish (`state.py`): one index, then one GET and
-one PTTL per pool, never a scan; and whether `rq suspend` is in force. The same rendering serves the bench command
-`bench worker-pool-status` (`commands/status.py`).
+one PTTL per pool, never a scan; and whether `rq suspend` is in force. The
+same rendering serves the bench command `bench worker-pool-status`
+(`commands/status.py`).
 
 Exit status, for scripts and health checks: 0 every pool is publishing, 1 a
 pool stopped publishing (its master died or hangs), 2 bad input or Redis

@@ -384,8 +384,9 @@ class Pool(ForkingMixin):
             log.info("worker %s recycles (%s)", group.workers[event.pid].name, event.job_id)
             group.mark_retiring(event.pid)
             reason = event.job_id or ""
-            self.state.counters.restarts[
-                "in_doubt" if reason.startswith(IN_DOUBT) else "max_jobs" if reason.startswith(MAX_JOBS) else "max_memory"] += 1
+            cause = ("in_doubt" if reason.startswith(IN_DOUBT) else
+                     "max_jobs" if reason.startswith(MAX_JOBS) else "max_memory")
+            self.state.counters.restarts[cause] += 1
         elif event.kind == STRANDED:
             self.aftercare.expect_strands(self.clock())
             return
