@@ -43,6 +43,25 @@ def test_one_row_per_group_and_one_for_an_expired_pool():
         "stale", "its state expired", "77", None)
 
 
+def test_a_group_with_no_worker_left_and_jobs_in_its_window_shows_no_utilization():
+    """Busy time over the window / 0 workers is infinite: published as null (JSON has no Infinity), shown as none."""
+    from rq_orchestrator.cli.status import group_row
+    from rq_orchestrator.master.state import GroupLog, group_figures
+    from rq_orchestrator.policy.group import WorkerGroup
+    from rq_orchestrator.policy.scaling import ScalingPolicy, ScalingSettings
+
+    scaled = WorkerGroup("default", ("default",), ScalingPolicy(ScalingSettings(0, 4, 0.5)), window=30.0, now=0.0)
+    scaled.worker_born(1, 1, 0.0)
+    scaled.job_started(1, "j", 1.0)
+    scaled.job_ended(1, 5.0)
+    scaled.worker_exited(1, 6.0)  # scaled to zero: the job's 4 s are still in the window
+    figures = group_figures(scaled, GroupLog(), 7.0)
+    assert figures["workers"] == 0 and figures["utilization"] is None
+    (row,) = list_rows([pool(12, [group("default", ["default"], workers=0, utilization=None)], name="default")])
+    assert row["utilization"] is None
+    assert group_row(pool(12, []), group("default", ["default"], utilization=None), False, "ok")[7] == "-"
+
+
 def test_a_stale_pool_says_why():
     (row,) = list_rows([pool(11, [group("default", ["default"])], stale=True, name="default")])
     assert (row["pool"], row["state"], row["stale_reason"]) == ("default", "stale", "no update for 20 s")

@@ -169,7 +169,7 @@ def group_row(pool: dict[str, Any], group: dict[str, Any], multi: bool, state: s
         f"{group['workers']}/{group['min']}/{group['max']}",
         str(group["target"]),
         str(group["busy"]),
-        f"{group['utilization']:.2f}",
+        "-" if group["utilization"] is None else f"{group['utilization']:.2f}",
         "-" if wait is None else since(wait),
         decision_text(pool, group.get("last_decision")),
         state,

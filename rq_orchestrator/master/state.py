@@ -243,7 +243,11 @@ class StatePublisher:
 
     def _sample(self, kind: str, group: WorkerGroup, entry: GroupLog, now: float, wall: float) -> dict[str, Any]:
         last = entry.last or {}
-        return {"kind": kind, "t": round(wall, 3), "group": group.name, **group_figures(group, entry, now),
+        figures = group_figures(group, entry, now)
+        seen = group.last_observation
+        if kind == "decision" and seen is not None:  # what it was decided on: a scale-down has already retired
+            figures.update(workers=seen.workers, utilization=finite(seen.utilization))
+        return {"kind": kind, "t": round(wall, 3), "group": group.name, **figures,
                 "action": last.get("action"), "reason": last.get("reason")}
 
     def snapshot(self, now: float) -> dict[str, Any]:
@@ -294,10 +298,15 @@ def group_figures(group: WorkerGroup, entry: GroupLog, now: float) -> dict[str, 
         "workers": len(group.active),
         "target": group.target,
         "busy": group.ledger.busy_workers,
-        "utilization": round(group.utilization(now), 4),
+        "utilization": finite(group.utilization(now)),
         "queued": entry.queued,
         "oldest_wait_s": entry.oldest_wait,
     }
+
+
+def finite(utilization: float) -> float | None:
+    """Rounded; None where it is infinite (no worker left, jobs ran in the window): JSON has no Infinity."""
+    return round(utilization, 4) if math.isfinite(utilization) else None
 
 
 def worker_snapshot(group: WorkerGroup, record: WorkerRecord, now: float) -> dict[str, Any]:

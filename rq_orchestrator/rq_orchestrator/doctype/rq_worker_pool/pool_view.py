@@ -59,7 +59,7 @@ def _row(pool: Mapping[str, Any], group: Mapping[str, Any] | None, text: dict[st
         "max_workers": group.get("max"),
         "target": group.get("target"),
         "busy": group.get("busy"),
-        "utilization": None if not group else round(100 * group["utilization"], 1),
+        "utilization": None if group.get("utilization") is None else round(100 * group["utilization"], 1),
         "queued": group.get("queued"),
         "oldest_wait_s": group.get("oldest_wait_s") if group.get("queued") else None,
         "last_change": decision_text(dict(pool), group.get("last_change")) if group else "-",
