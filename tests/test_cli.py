@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
-from rq import Worker
+from rq import Queue, Worker
 
 from conftest import child_env
 
@@ -93,6 +94,18 @@ def test_package_and_cli_do_not_need_frappe():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env())
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_current_directory_is_on_the_import_path_as_for_rq_worker(redis_url, redis, tmp_path):
+    """The console script (not `python -m`, which puts it there anyway), run from the application's directory."""
+    (tmp_path / "deployed_jobs.py").write_text("def answer():\n    return 42\n")
+    job = Queue(connection=redis).enqueue("deployed_jobs.answer")
+    script = Path(sys.executable).with_name("rq-orchestrator")
+    result = subprocess.run([str(script), "worker-pool", "--url", redis_url, "--burst", "-n", "1",
+                             "--preload", "deployed_jobs"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60, env=child_env())
+    assert result.returncode == 0, result.stderr
+    assert job.return_value() == 42
 
 
 def test_a_fixed_pool_from_num_workers(redis_url, redis):

@@ -36,8 +36,12 @@ def requested_groups(queues: tuple[str, ...], queue_groups: tuple[str, ...]) -> 
                    "(repeatable; instead of QUEUES arguments).")
 @click.option("--url", "-u", default=DEFAULT_URL, show_default=True, envvar="RQ_REDIS_URL",
               help="Redis URL (redis://, rediss:// or unix://); also $RQ_REDIS_URL.")
+@click.option("--path", "-P", "paths", multiple=True, default=["."], show_default=True, metavar="DIR",
+              help="Add DIR to the import path, for the jobs, --preload and --worker-class (repeatable; "
+                   "as `rq worker --path`).")
 @pool_options
-def worker_pool(queues: tuple[str, ...], queue_groups: tuple[str, ...], url: str, **opts: Any) -> None:
+def worker_pool(queues: tuple[str, ...], queue_groups: tuple[str, ...], url: str, paths: tuple[str, ...],
+                **opts: Any) -> None:
     """Run an autoscaling pool of RQ workers on QUEUES (default: `default`), in priority order.
 
     Every --scaling-period seconds the pool measures utilization: the average
@@ -50,10 +54,12 @@ def worker_pool(queues: tuple[str, ...], queue_groups: tuple[str, ...], url: str
     one master and one preload; --max-workers-total caps them together.
 
     Signals: TERM/INT warm stop (a second one: cold stop), QUIT cold stop,
-    TTIN/TTOU add/retire a worker and move both bounds by one.
+    TTIN/TTOU add/retire a worker and move both bounds by one, HUP re-fork
+    every worker (learned job modules are dropped: new job code loads).
     """
     from ..master.pool import Pool
 
+    sys.path.extend(p for p in paths if p not in sys.path)  # as rq's CLI does, before anything is imported
     config = build_config(requested_groups(queues, queue_groups), opts)
     connection = connect(url)
     setup_logging(config.logging_level)
