@@ -129,6 +129,28 @@ def test_a_worker_still_starting_when_the_module_is_learned_is_replaced_once_up(
     assert "exited unexpectedly" not in pool.output()  # its stop came once rq's handlers were in: warm
 
 
+def test_hup_drops_the_learned_modules_so_deployed_job_code_runs(start_pool, redis, tmp_path):
+    source = tmp_path / "deployed_version.py"
+    source.write_text("def version():\n    return 1\n")
+    pool = start_pool("--num-workers", "1", "--path", str(tmp_path), *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+    queue = Queue(connection=redis)
+
+    def run_version():
+        job = queue.enqueue("deployed_version.version")
+        pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 15, "the job")
+        return job.return_value()
+
+    assert run_version() == 1
+    pool.wait_until(lambda: "learned job module deployed_version" in pool.output(), 10, "the master to learn it")
+    source.write_text("def version():\n    return 'two'\n")  # a deploy (another size: no stale bytecode)
+    first = pool.wait_until(lambda: pool.ready_pids(), 15, "the worker forked with the module")[0]
+    pool.send(signal.SIGHUP)
+    pool.wait_until(lambda: (pids := pool.ready_pids()) and first not in pids, 15, "the worker re-forked")
+    assert run_version() == "two"
+    assert "1 learned job modules dropped from the master" in pool.output()
+
+
 def test_a_warm_stop_is_not_turned_cold_by_learning(start_pool, redis):
     pool = start_pool("--num-workers", "1", *FAST)
     pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")

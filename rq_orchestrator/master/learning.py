@@ -56,6 +56,7 @@ class ModuleLearner:
 
     def __init__(self) -> None:
         self.learned: list[str] = []
+        self._imported: set[str] = set()  # every module the learning brought into the master (forget)
         self._tried: set[str] = set()
         self._stopped = False
         self._pending: list[str] = []
@@ -80,8 +81,9 @@ class ModuleLearner:
         if found is None:
             log.info("job module %s is not imported in the master: %s", name, why)
             return False
-        threads, started = threading.active_count(), time.perf_counter()
+        threads, started, before = threading.active_count(), time.perf_counter(), set(sys.modules)
         import_longest(found)
+        self._imported |= set(sys.modules) - before
         if threading.active_count() > threads:  # it did not in the probe: learn nothing more
             self._stopped = True
             log.warning("importing job module %s started a thread in the master: no more job modules are "
@@ -91,6 +93,20 @@ class ModuleLearner:
         log.info("learned job module %s (imported in the master in %.0f ms)", found,
                  (time.perf_counter() - started) * 1000)
         return True
+
+
+    def forget(self) -> list[str]:
+        """Drop from the master every module the learning imported (SIGHUP), and learn afresh.
+
+        Workers forked after this import the jobs' code from disk again, so a
+        deploy reaches the jobs; the new code is learned once a job names it.
+        """
+        for name in self._imported:
+            sys.modules.pop(name, None)
+        importlib.invalidate_caches()
+        forgotten, self.learned, self._imported = self.learned, [], set()
+        self._tried.clear()
+        return forgotten
 
 
 def probe(name: str, stop_asked: Callable[[], bool]) -> tuple[str | None, str]:

@@ -519,7 +519,14 @@ class Pool(ForkingMixin):
                     _kill(int(pid), signal.SIGKILL)
 
     def _begin_reload(self) -> None:
-        """SIGHUP: re-fork every worker, one at a time, the new one up before the old one leaves."""
+        """SIGHUP: re-fork every worker, one at a time, the new one up before the old one leaves.
+
+        The learned job modules are dropped first, so the new workers run the
+        jobs' code as it is on disk now (a deploy); what --preload imported stays.
+        """
+        if self.learner is not None and (forgotten := self.learner.forget()):
+            log.info("SIGHUP: %d learned job modules dropped from the master: the jobs load their code afresh",
+                     len(forgotten))
         self._reload_queue = [(g, int(w.key)) for g in self.groups for w in g.active]
         log.info("SIGHUP: re-forking %d workers one at a time", len(self._reload_queue))
 
