@@ -154,14 +154,20 @@ class ForkingMixin:
         return False
 
     def _move_capacity_to(self, needy: WorkerGroup) -> None:
-        """Retire an idle worker of a quiet group (below its threshold, above its minimum) for one that waits."""
+        """Retire an idle worker of a quiet group for one that waits.
+
+        Quiet as the group would retire one itself: below half its threshold and
+        above its minimum, with a ready idle worker. Below the threshold alone, a
+        group that had just grown (its new worker idle, its utilization divided by
+        one more) gave that worker away and was busy again.
+        """
         if any(w.retiring for g in self.groups for w in g.workers.values()):
             return  # a worker is already on its way out: its slot comes free soon
         now = self.clock()
         donors = [
             g for g in self.groups
-            if g is not needy and g.idle and g.capacity > g.policy.settings.min_workers
-            and g.utilization(now) < g.policy.settings.utilization_threshold
+            if g is not needy and any(w.ready for w in g.idle) and g.capacity > g.policy.settings.min_workers
+            and g.utilization(now) < g.policy.settings.utilization_threshold / 2
         ]
         if not donors:
             return
