@@ -63,7 +63,7 @@ def status(url: str | None, **opts: Any) -> None:
     One row per pool (per group of workers): size and bounds, utilization,
     how long the oldest queued job has waited, and the last scaling
     decision. Exit status: 0 all pools publishing, 1 one stopped publishing
-    (stale), 3 no pool found.
+    (stale), 2 bad input or Redis unreachable, 3 no pool found.
     """
     sys.exit(show_status(connect(url or DEFAULT_URL), **opts))
 

@@ -20,7 +20,7 @@ def worker_pool_status(**opts: Any) -> None:
     """Show every worker pool of this bench's Redis queue, on any host.
 
     Exit status: 0 all pools publishing, 1 one stopped publishing (stale),
-    3 no pool found.
+    2 bad input or Redis unreachable, 3 no pool found.
     """
     from ..frappe_adapter import bench_connection
 

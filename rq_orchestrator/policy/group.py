@@ -272,7 +272,7 @@ class WorkerGroup:
 
     def _apply(self, decision: Decision) -> Plan:
         if self._reached(decision):
-            decision = replace(decision, action=Action.HOLD, reason=f"{decision.reason} (its workers are on their way)")
+            decision = replace(decision, action=Action.HOLD, reason=f"{decision.reason} (the target holds it already)")
         self.last_decision = decision
         retire: tuple[Hashable, ...] = ()
         # The decision counts workers as `capacity` does; the target also holds the take-overs under way.
