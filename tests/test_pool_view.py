@@ -76,6 +76,16 @@ def test_pages_and_the_filters_a_list_click_adds():
     assert len(page(rows, {"busy": [">", 0]}, 0, 0)) == 5  # what the view cannot apply narrows nothing
 
 
+def test_the_search_boxes_like_filters_narrow_the_list():
+    rows = list_rows([pool(1, [group("short-default", ["b:short", "b:default"]), group("long", ["b:long"])])])
+    assert [r["pool"] for r in page(rows, {"pool": ["like", "%LONG%"]}, 0, 0)] == ["pool/long"]
+    assert [r["pool"] for r in page(rows, '[["RQ Worker Pool", "pool", "not like", "%long%", false]]', 0, 0)] == [
+        "pool/short-default"]
+    assert [r["pool"] for r in page(rows, {"pool": ["like", "pool/s_ort%"]}, 0, 0)] == ["pool/short-default"]
+    assert len(page(rows, {"pool": ["like", "50%"]}, 0, 0)) == 0  # % and _ only are wildcards
+    assert [r["pool"] for r in page(rows, {"pool": ["in", "pool/long, pool/other"]}, 0, 0)] == ["pool/long"]
+
+
 def tick(t, workers, busy=0, queued=0, target=None, group="g"):
     return {"kind": "tick", "t": t, "group": group, "workers": workers, "target": target or workers, "busy": busy,
             "utilization": 0.5, "queued": queued, "oldest_wait_s": 0.0, "action": "hold", "reason": "r"}

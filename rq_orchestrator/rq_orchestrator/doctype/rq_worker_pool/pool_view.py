@@ -10,6 +10,7 @@ and one GET/PTTL per pool (one LRANGE more for a form): never the master.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -71,7 +72,7 @@ def _row(pool: Mapping[str, Any], group: Mapping[str, Any] | None, text: dict[st
 
 
 def page(rows: list[dict[str, Any]], filters: Any, start: int, page_length: int) -> list[dict[str, Any]]:
-    """The rows a list asks for: equality filters (what a click on a list cell adds), then the page."""
+    """The rows a list asks for: its filters (a cell's click, the search boxes), then the page."""
     kept = [row for row in rows if all(_matches(row, f) for f in _conditions(filters))]
     return kept[start:start + page_length] if page_length else kept[start:]
 
@@ -89,9 +90,23 @@ def _conditions(filters: Any) -> list[tuple[str, str, Any]]:
 
 def _matches(row: Mapping[str, Any], condition: tuple[str, str, Any]) -> bool:
     field, op, value = condition
-    if field not in row or op not in ("=", "!="):
+    op = op.lower()
+    if field not in row:
         return True  # a filter this view cannot apply narrows nothing
-    return (str(row[field]) == str(value)) == (op == "=")
+    if op in ("=", "!="):
+        return (str(row[field]) == str(value)) == (op == "=")
+    if op in ("like", "not like"):  # the list's search boxes: SQL's LIKE, case-insensitive as MariaDB's
+        return bool(_like(str(value)).fullmatch(str(row[field]))) == (op == "like")
+    if op in ("in", "not in"):
+        values = value.split(",") if isinstance(value, str) else value
+        return (str(row[field]) in {str(v).strip() for v in values}) == (op == "in")
+    return True
+
+
+def _like(pattern: str) -> re.Pattern[str]:
+    """SQL's LIKE pattern (``%`` any run, ``_`` any one character) as a regular expression."""
+    parts = (".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
 
 
 def read_rows(connection: Redis) -> list[dict[str, Any]]:
