@@ -492,6 +492,26 @@ def test_a_stop_during_a_huge_round_is_answered_and_leaves_no_process(start_pool
     assert not pool_processes("hugeround")
 
 
+def test_a_suspended_pool_whose_worker_goes_idle_still_counts_the_jobs_that_wait(start_pool, redis):
+    """The master saw the suspension (jobs waited, the worker busy); once the worker is idle it still counts them."""
+    from rq.suspension import resume, suspend
+
+    pool = start_pool("--num-workers", "1", "--preload", "jobs", *FAST)  # (nothing to learn: no re-fork)
+    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
+    queue = Queue(connection=redis)
+    long = queue.enqueue("jobs.sleep", 1.5)
+    pool.wait_until(lambda: long.get_status(refresh=True) == JobStatus.STARTED, 10, "the long job")
+    suspend(redis)
+    jobs = [queue.enqueue("jobs.noop") for _ in range(3)]
+    pool.wait_until(lambda: "rq workers are suspended" in pool.output(), 10, "the master to see the suspension")
+    pool.wait_until(lambda: [w["state"] for w in pool.workers()] == ["idle"], 10, "the worker idle, suspended")
+    time.sleep(1)  # what was published while the worker was busy is past
+    pool.wait_until(lambda: pool.state()["groups"][0]["queued"] == len(queue) == 3, 10, "status to count the jobs")
+    resume(redis)
+    pool.wait_until(lambda: finished(jobs), 20, "the jobs after rq resume")
+    pool.wait_until(lambda: "no longer suspended" in pool.output(), 10, "the master to see the end")
+
+
 def test_a_suspended_pool_neither_grows_nor_shrinks_for_the_jobs_that_wait(start_pool, redis):
     """`rq suspend`: workers take no job, so the pool does not start one for the waiting jobs (rq resume ends it)."""
     from rq.suspension import resume, suspend

@@ -603,7 +603,8 @@ class Pool(ForkingMixin):
         suspended: bool | None = None  # asked once, and only where jobs wait: an idle pool sends nothing for it
         for group in self.groups:
             observed = stats[group.name]
-            if observed.queued and (suspended := self._workers_suspended() if suspended is None else suspended):
+            waiting = observed.queued or self._suspension_seen  # a suspension seen is looked at until it ends
+            if waiting and (suspended := self._workers_suspended() if suspended is None else suspended):
                 if self.config.burst:
                     self._drained.add(group.name)  # as rq's burst workers, suspended, quit
                 continue  # `rq suspend`: workers take no job, so none to start for the jobs, nor any to retire
@@ -659,10 +660,12 @@ class Pool(ForkingMixin):
 
         A group with an idle ready worker is not asked about: that worker waits
         on every queue of the group, so nothing waits there (an idle pool sends
-        Redis nothing for this). While rq's command subscription is lost or
+        Redis nothing for this), except under `rq suspend`, when idle workers
+        take no job and the jobs that wait are counted for status and metrics.
+        While rq's command subscription is lost or
         Redis was found away, a PING tells when it is away and when it is back.
         """
-        watched = {g.name: g.queues for g in self.groups if not any(w.ready for w in g.idle)}
+        watched = {g.name: g.queues for g in self.groups if self._suspension_seen or not any(w.ready for w in g.idle)}
         seen: dict[str, QueueStats] = {}
         try:
             if watched:
