@@ -223,6 +223,7 @@ def test_a_running_pool_serves_its_metrics(start_pool, redis):
     pool.wait_until(lambda: all(j.get_status(refresh=True) == "finished" for j in jobs), 20, "the jobs")
     host, port = pool.state()["metrics"].rsplit(":", 1)
     assert host == "127.0.0.1"
+    assert f"metrics: http://{host}:{port}/metrics" in pool.output()  # the port 0 chose, said at the start
 
     def scraped() -> dict:
         with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:

@@ -186,6 +186,8 @@ class Pool(ForkingMixin):
             ",".join(self.config.all_queues),
             ", ".join(f"{g.name} {g.policy.settings.min_workers}-{g.policy.settings.max_workers}" for g in self.groups),
         )
+        if self.metrics is not None:  # with --metrics-port 0, the only other place to read the port is status
+            log.info("metrics: http://%s/metrics", self.state.metrics_address)
 
     def _teardown(self) -> None:
         self.services.stop()
