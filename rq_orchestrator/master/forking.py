@@ -166,7 +166,7 @@ class ForkingMixin:
         now = self.clock()
         donors = [
             g for g in self.groups
-            if g is not needy and any(w.ready for w in g.idle) and g.capacity > g.policy.settings.min_workers
+            if g is not needy and g.waiting and g.capacity > g.policy.settings.min_workers
             and g.utilization(now) < g.policy.settings.utilization_threshold / 2
         ]
         if not donors:

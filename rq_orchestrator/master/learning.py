@@ -94,7 +94,6 @@ class ModuleLearner:
                  (time.perf_counter() - started) * 1000)
         return True
 
-
     def forget(self) -> list[str]:
         """Drop from the master every module the learning imported (SIGHUP), and learn afresh.
 

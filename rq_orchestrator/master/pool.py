@@ -436,7 +436,7 @@ class Pool(ForkingMixin):
         if record is None or clean and (self._stopping or record.retiring):  # a warm retirement, or the pool's stop
             log.debug("worker %s exited (%s)", record.name if record else pid, _describe_exit(code))
             return
-        if self._stopping or record.retiring and not record.ready and code == -signal.SIGTERM:
+        if self._stopping or (record.retiring and not record.ready and code == -signal.SIGTERM):
             # A cold stop's, or a stop that came before rq's handlers were in (no job yet): rq left its
             # registration, maybe a job.
             when = "in the pool's stop" if self._stopping else "stopped before it was up"
@@ -667,7 +667,7 @@ class Pool(ForkingMixin):
         While rq's command subscription is lost or
         Redis was found away, a PING tells when it is away and when it is back.
         """
-        watched = {g.name: g.queues for g in self.groups if self._suspension_seen or not any(w.ready for w in g.idle)}
+        watched = {g.name: g.queues for g in self.groups if self._suspension_seen or not g.waiting}
         seen: dict[str, QueueStats] = {}
         try:
             if watched:

@@ -193,6 +193,11 @@ class WorkerGroup:
         return [w for w in self.active if not w.busy and not w.retiring]
 
     @property
+    def waiting(self) -> list[WorkerRecord]:
+        """Idle workers that are up: in rq's wait for a job, so none waits in the group's queues."""
+        return [w for w in self.idle if w.ready]
+
+    @property
     def capacity(self) -> int:
         """Active workers as the policy counts them: a worker and the one taking over from it count once."""
         return max(len(self.active) - self.replacing, 0)

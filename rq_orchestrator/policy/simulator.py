@@ -225,10 +225,10 @@ class Simulation:
     def _dispatch(self, at: float) -> None:
         """Hand waiting jobs to idle, ready workers, oldest job first, lowest slot first."""
         while self.queue:
-            idle = [w for w in self.group.workers.values() if w.ready and not w.busy and not w.retiring]
-            if not idle:
+            waiting = self.group.waiting
+            if not waiting:
                 return
-            worker = min(idle, key=lambda w: w.slot)
+            worker = min(waiting, key=lambda w: w.slot)
             index = self.queue.popleft()
             job = self.jobs[index]
             self.group.job_started(worker.key, str(index), at)
