@@ -33,6 +33,17 @@ def test_each_module_is_tried_once_and_what_is_imported_already_never():
     assert learner.learn_pending(lambda: False) is False
 
 
+def test_sighup_forgets_the_applications_modules_not_the_libraries_they_brought_in():
+    for name in ("uses_a_library", "colorsys"):
+        sys.modules.pop(name, None)
+    learner = ModuleLearner()
+    learner.offer("uses_a_library")
+    assert learner.learn_pending(lambda: False) is True
+    library = sys.modules["colorsys"]
+    assert learner.forget() == ["uses_a_library"]
+    assert "uses_a_library" not in sys.modules and sys.modules["colorsys"] is library  # numpy would not load twice
+
+
 def test_a_module_that_starts_a_thread_is_never_imported_in_the_master(caplog):
     learner, threads = ModuleLearner(), set(threading.enumerate())  # an earlier test's may still be ending
     learner.offer("thread_on_import")

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,8 @@ PROBE_TITLE = "rq-orchestrator: probe import"  # the throwaway fork's title
 PROBE_SECONDS = 1.0  # a longer import would hold the master's loop (and a stop) too long: not learned
 
 log = logging.getLogger("rq_orchestrator")
+LIBRARY_DIRS = tuple({os.path.join(os.path.realpath(sysconfig.get_paths()[kind]), "")
+                      for kind in ("stdlib", "platstdlib", "purelib", "platlib")})
 
 
 def import_longest(name: str) -> str | None:
@@ -95,17 +98,29 @@ class ModuleLearner:
         return True
 
     def forget(self) -> list[str]:
-        """Drop from the master every module the learning imported (SIGHUP), and learn afresh.
+        """Drop from the master the application's modules the learning imported (SIGHUP), and learn afresh.
 
         Workers forked after this import the jobs' code from disk again, so a
         deploy reaches the jobs; the new code is learned once a job names it.
+        Libraries the learning brought in stay: installed packages change with
+        a restart, not a deploy of the jobs' code, and some (numpy) refuse to be
+        loaded twice in one process.
         """
         for name in self._imported:
-            sys.modules.pop(name, None)
+            if not is_library(sys.modules.get(name)):
+                sys.modules.pop(name, None)
         importlib.invalidate_caches()
         forgotten, self.learned, self._imported = self.learned, [], set()
         self._tried.clear()
         return forgotten
+
+
+def is_library(module: object) -> bool:
+    """Whether a module is no application code: built in, compiled, or a source file of the stdlib or site-packages."""
+    path = getattr(module, "__file__", None)
+    if not path or not path.endswith(".py"):
+        return True
+    return os.path.realpath(path).startswith(LIBRARY_DIRS)
 
 
 def probe(name: str, stop_asked: Callable[[], bool]) -> tuple[str | None, str]:
