@@ -140,6 +140,23 @@ def test_a_worker_still_starting_when_the_module_is_learned_is_replaced_once_up(
     assert "exited unexpectedly" not in pool.output()  # its stop came once rq's handlers were in: warm
 
 
+def test_a_worker_that_leaves_for_a_learned_module_while_its_hup_refork_starts_is_replaced_by_that_refork(
+        start_pool, redis):
+    pool = start_pool("--num-workers", "1", "--worker-class", "jobs.SlowSecondBirth", *FAST)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "the first worker")
+    first = pool.ready_pids()[0]
+    pool.send(signal.SIGHUP)  # its re-fork takes slot 2: 2.5 s to come up
+    pool.wait_until(lambda: len(pool.workers()) == 2, 5, "the re-fork")
+    refork = next(w["pid"] for w in pool.workers() if w["pid"] != first)
+    run_jobs(pool, redis, 1)  # the old worker runs it, the master learns its module: the old worker leaves first
+    while (states := {w["pid"]: w["state"] for w in pool.workers()}).get(refork) == "starting":
+        assert states.keys() <= {first, refork}, states  # -n 1: nothing forked beside the re-fork, which replaces it
+        time.sleep(0.05)
+    assert "learned job module learned_jobs" in pool.output() and first not in pool.ready_pids()
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1 and refork not in pool.ready_pids(), 10,
+                    "the re-fork, forked before the module was learned, replaced in turn")
+
+
 def test_hup_drops_the_learned_modules_so_deployed_job_code_runs(start_pool, redis, tmp_path):
     source = tmp_path / "deployed_version.py"
     source.write_text("def version():\n    return 1\n")

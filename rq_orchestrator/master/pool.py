@@ -430,6 +430,10 @@ class Pool(ForkingMixin):
         stuck = self._stuck.pop(pid, None)
         if self._reload_pending.pop(pid, None) is not None:
             group.replacement_ended()  # a re-fork that never came up: the old worker stays
+        for new, old in list(self._reload_pending.items()):
+            if old == pid:  # the old worker left first (a learned module retired it): its re-fork takes its place
+                del self._reload_pending[new]
+                group.replacement_ended()
         # Status 0 with a job in hand is no warm exit: rq quits its loop without raising on an error in
         # the worker, and a job run in the worker (--no-fork) may end the process with status 0.
         clean = code == 0 and (record is None or record.job_id is None)
