@@ -161,8 +161,8 @@ class ForkingMixin:
         group that had just grown (its new worker idle, its utilization divided by
         one more) gave that worker away and was busy again.
         """
-        if any(w.retiring for g in self.groups for w in g.workers.values()):
-            return  # a worker is already on its way out: its slot comes free soon
+        if any(w.retiring and not w.keeps_place for g in self.groups for w in g.workers.values()):
+            return  # a worker is already on its way out: its slot comes free soon (one keeping its place: not)
         now = self.clock()
         donors = [
             g for g in self.groups
