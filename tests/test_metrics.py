@@ -6,6 +6,7 @@ it (a selector, then `handle_ready`); only the scraping clients are threads.
 
 from __future__ import annotations
 
+import math
 import os
 import selectors
 import socket
@@ -71,6 +72,12 @@ def test_the_snapshot_renders_as_parseable_prometheus_text():
     }
     for key, value in expected.items():
         assert samples.get(key) == value, key
+
+
+def test_a_group_scaled_to_zero_with_busy_time_in_its_window_reads_infinite_utilization():
+    snapshot = {**SNAPSHOT, "groups": [{**SNAPSHOT["groups"][0], "workers": 0, "utilization": None}]}
+    samples = parse(render_metrics(snapshot).decode())
+    assert samples[("rq_orchestrator_utilization_ratio", GROUP)] == math.inf  # status's JSON holds it as null
 
 
 def test_an_empty_queue_waits_zero_and_a_pool_without_cluster_has_no_cluster_metrics():

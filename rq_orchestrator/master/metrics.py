@@ -15,6 +15,7 @@ the rq-exporter project's where they overlap (``state``/``status`` labels).
 from __future__ import annotations
 
 import logging
+import math
 import selectors
 import socket
 import time
@@ -42,7 +43,8 @@ GROUP_GAUGES = (
     ("rq_orchestrator_workers_min", "Fewest workers (--min-workers).", "min"),
     ("rq_orchestrator_workers_max", "Most workers (--max-workers).", "max"),
     ("rq_orchestrator_workers_busy", "Workers running a job now.", "busy"),
-    ("rq_orchestrator_utilization_ratio", "Busy workers over the utilization window / workers now.", "utilization"),
+    ("rq_orchestrator_utilization_ratio", "Busy workers over the utilization window / workers now "
+     "(+Inf: none now, busy time in the window).", "utilization"),
     ("rq_orchestrator_queued_jobs", "Jobs waiting in the group's queues.", "queued"),
     ("rq_orchestrator_oldest_job_wait_seconds", "How long the oldest queued job has waited (0: none).",
      "oldest_wait_s"),
@@ -98,8 +100,14 @@ def group_families(snapshot: dict[str, Any]) -> Iterator[Any]:
         for name, text, key in table:
             family = kind(name, text, labels=labels)
             for group in snapshot["groups"]:
-                family.add_metric([*base, group["name"]], group.get(key) or 0)
+                family.add_metric([*base, group["name"]], group_value(group, key))
             yield family
+
+
+def group_value(group: dict[str, Any], key: str) -> float:
+    """A group's figure; a utilization the snapshot holds as null is infinite (no workers, busy time in the window)."""
+    value = group.get(key)
+    return math.inf if value is None and key == "utilization" else value or 0
 
 
 def pool_families(snapshot: dict[str, Any]) -> Iterator[Any]:
