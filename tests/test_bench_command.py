@@ -97,6 +97,8 @@ def test_the_app_exports_the_setup_command():
         (["--min-workers", "4", "--max-workers", "2"], "--min-workers"),
         (["--no-such-option"], "--no-such-option"),
         (["--queue", "short:0-0"], "--queue"),
+        (["--cluster-lease-ttl", "30"], "--cluster-lease-ttl needs --cluster-max-workers"),
+        (["--queue", "short:3", "--cluster-max-workers", "2"], "--cluster-max-workers (2) is below this pool's minimum"),
     ],
 )
 def test_setup_rejects_what_the_pool_would_reject_and_writes_nothing(tmp_path, monkeypatch, args, message):

@@ -212,6 +212,18 @@ def check_numbers(opts: dict[str, Any]) -> tuple[int, int]:
     return bounds
 
 
+def group_specs(groups: Sequence[Any], opts: dict[str, Any]) -> tuple[GroupSpec, ...]:
+    """The groups with their bounds, once every number of the options is checked, alone and together."""
+    low, high = check_numbers(opts)
+    check_bounds_apply(groups, opts)
+    specs = tuple(GroupSpec(g.queues, *(g.bounds or (low, high))) for g in groups)
+    check_total([(s.min_workers, s.max_workers) for s in specs], opts["max_workers_total"])
+    minimum, cluster_cap = sum(s.min_workers for s in specs), opts["cluster_max_workers"]
+    if cluster_cap is not None and minimum > cluster_cap:  # the pool would wait for slots it can never get
+        raise BadInput(f"--cluster-max-workers ({cluster_cap}) is below this pool's minimum ({minimum} workers)")
+    return specs
+
+
 def check_bounds_apply(groups: Sequence[Any], opts: dict[str, Any]) -> None:
     """Pool-wide bounds given while every --queue group has its own would be ignored: refused instead."""
     given = [o for o in ("num_workers", "min_workers", "max_workers") if opts[o] is not None]
@@ -263,14 +275,8 @@ def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_cla
     from rq.serializers import resolve_serializer
     from rq.worker import BaseWorker, Worker
 
-    low, high = check_numbers(opts)
-    check_bounds_apply(groups, opts)
+    specs = group_specs(groups, opts)
     level = logging_level(opts["logging_level"], opts["quiet"])
-    specs = tuple(GroupSpec(g.queues, *(g.bounds or (low, high))) for g in groups)
-    check_total([(s.min_workers, s.max_workers) for s in specs], opts["max_workers_total"])
-    minimum, cluster_cap = sum(s.min_workers for s in specs), opts["cluster_max_workers"]
-    if cluster_cap is not None and minimum > cluster_cap:  # the pool would wait for slots it can never get
-        raise BadInput(f"--cluster-max-workers ({cluster_cap}) is below this pool's minimum ({minimum} workers)")
     preload(opts["preload"])
     worker_kwargs: dict[str, Any] = {}
     if opts["worker_class"]:

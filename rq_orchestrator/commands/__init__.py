@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ..cli.group_specs import GroupRequest, parse_groups
-from ..cli.options import OneLineErrors, build_config, check_bounds_apply, check_numbers, pool_options, setup_logging
+from ..cli.options import OneLineErrors, build_config, check_numbers, group_specs, pool_options, setup_logging
 from ..infra.errors import BadInput
 
 
@@ -118,10 +118,9 @@ def worker_pool_setup(dry_run: bool, program_name: str | None, pool_args: tuple[
 
 def check_pool_args(pool_args: tuple[str, ...]) -> list[GroupRequest]:
     """Reject what `bench worker-pool POOL_ARGS` would reject, before anything is written or printed."""
-    params = worker_pool.make_context("worker-pool", list(pool_args)).params
-    groups = parse_groups(params["queue_groups"])
-    check_numbers(params)
-    check_bounds_apply(groups, params)
+    with worker_pool.make_context("worker-pool", list(pool_args)) as context:  # current: options.given reads it
+        groups = parse_groups(context.params["queue_groups"])
+        group_specs(groups, context.params)
     return groups
 
 
