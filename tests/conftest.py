@@ -72,12 +72,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, on_fail:
 class PoolProcess:
     """`rq-orchestrator worker-pool` in its own session, with helpers to watch it."""
 
-    def __init__(self, url: str, args: tuple[str, ...], log_path: Path, command: str = "worker-pool") -> None:
+    def __init__(self, url: str, args: tuple[str, ...], log_path: Path, command: str = "worker-pool",
+                 url_option: bool = True) -> None:
         self.url = url
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in cleanup()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rq_orchestrator", command, "--url", url, *args],
+            [sys.executable, "-m", "rq_orchestrator", command, *(("--url", url) if url_option else ()), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -157,8 +158,8 @@ class PoolProcess:
 def start_pool(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., PoolProcess]]:
     pools: list[PoolProcess] = []
 
-    def start(*args: str) -> PoolProcess:
-        pool = PoolProcess(redis_url, args, tmp_path / f"pool-{len(pools)}.log")
+    def start(*args: str, url_option: bool = True) -> PoolProcess:
+        pool = PoolProcess(redis_url, args, tmp_path / f"pool-{len(pools)}.log", url_option=url_option)
         pools.append(pool)
         return pool
 

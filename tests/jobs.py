@@ -63,6 +63,12 @@ def kill_my_worker() -> None:
     time.sleep(30)
 
 
+def record_failure(job, exc_type, exc_value, traceback) -> bool:  # noqa: ANN001
+    """An exception handler (--exception-handler): notes the failed job and its exception, lets rq's run on."""
+    job.connection.rpush("test:handled", f"{job.id} {exc_type.__name__}")
+    return True
+
+
 def raising_callback(job, connection, *exc_info) -> None:  # noqa: ANN001, ANN002
     """A failure callback that fails (rq 1.15's registry clean-up passes its error on; 2.x/3.x log it)."""
     raise RuntimeError("the failure callback failed")

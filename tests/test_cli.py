@@ -125,6 +125,12 @@ MORE_BAD_INPUT = [
     (["--max-memory-per-worker", "12XB"], "--max-memory-per-worker"),
     (["--max-memory-per-worker", "0MB"], "--max-memory-per-worker"),
     (["--graceful-timeout", "-1"], "--graceful-timeout"),
+    (["--exception-handler", "no_such_module.handler"], "--exception-handler: cannot import no_such_module.handler"),
+    (["--exception-handler", "os.sep"], "--exception-handler: os.sep is not callable"),
+    (["--worker-ttl", "10"], "--worker-ttl"),
+    (["--results-ttl", "-2"], "--results-ttl"),
+    (["--job-monitoring-interval", "0"], "--job-monitoring-interval"),
+    (["--pid", "/no/such/dir/pool.pid"], "--pid: cannot write /no/such/dir/pool.pid: No such file or directory"),
 ]
 
 

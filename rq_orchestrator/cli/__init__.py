@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -12,7 +13,8 @@ from . import demo, simulate, status
 from ..infra.connection import DEFAULT_URL, connect
 from ..infra.errors import BadInput
 from .group_specs import GroupRequest, check_queues, parse_groups
-from .options import OneLineErrors, build_config, pool_options, setup_logging
+from .options import OneLineErrors, build_config, given, pool_options, setup_logging
+from .rq_settings import apply_logging, read_settings, settings_url, start_sentry
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rq-orchestrator")
@@ -39,9 +41,17 @@ def requested_groups(queues: tuple[str, ...], queue_groups: tuple[str, ...]) -> 
 @click.option("--path", "-P", "paths", multiple=True, default=["."], show_default=True, metavar="DIR",
               help="Add DIR to the import path, for the jobs, --preload and --worker-class (repeatable; "
                    "as `rq worker --path`).")
+@click.option("--config", "-c", "settings_module", default=None, envvar="RQ_CONFIG", metavar="MODULE",
+              help="An rq settings module, as `rq worker -c` reads it (REDIS_URL or REDIS_HOST/PORT/DB/PASSWORD/SSL, "
+                   "QUEUES, NAME as the pool's name, DICT_CONFIG, SENTRY_DSN), imported in the master before "
+                   "forking; options given on the command line win; also $RQ_CONFIG.")
+@click.option("--sentry-dsn", default=None, envvar="RQ_SENTRY_DSN", metavar="DSN",
+              help="Report failed jobs to Sentry (needs sentry-sdk), as rq 1.x's `rq worker --sentry-dsn`; "
+                   "also $RQ_SENTRY_DSN.")
+@click.option("--pid", "pid_file", default=None, metavar="FILE", help="Write the master's process id to FILE.")
 @pool_options
 def worker_pool(queues: tuple[str, ...], queue_groups: tuple[str, ...], url: str, paths: tuple[str, ...],
-                **opts: Any) -> None:
+                settings_module: str | None, sentry_dsn: str | None, pid_file: str | None, **opts: Any) -> None:
     """Run an autoscaling pool of RQ workers on QUEUES (default: `default`), in priority order.
 
     Every --scaling-period seconds the pool measures utilization: the average
@@ -60,10 +70,29 @@ def worker_pool(queues: tuple[str, ...], queue_groups: tuple[str, ...], url: str
     from ..master.pool import Pool
 
     sys.path.extend(p for p in paths if p not in sys.path)  # as rq's CLI does, before anything is imported
+    settings = read_settings(settings_module) if settings_module else {}
+    apply_logging(settings)
+    if not (queues or queue_groups) and settings.get("QUEUES"):
+        queues = tuple(settings["QUEUES"])
+    url = url if given("url") else settings_url(settings) or url
+    if not given("name") and settings.get("NAME"):
+        opts["name"] = str(settings["NAME"])
+    if sentry_dsn or settings.get("SENTRY_DSN"):
+        start_sentry(sentry_dsn or settings["SENTRY_DSN"])
     config = build_config(requested_groups(queues, queue_groups), opts)
     connection = connect(url)
+    if pid_file:
+        write_pid(pid_file)
     setup_logging(config.logging_level)
     sys.exit(Pool(config, connection).run())
+
+
+def write_pid(path: str) -> None:
+    try:
+        with open(os.path.expanduser(path), "w") as file:
+            file.write(str(os.getpid()))
+    except OSError as exc:
+        raise BadInput(f"--pid: cannot write {path}: {exc.strerror}") from None
 
 
 main.add_command(demo.demo)

@@ -8,6 +8,7 @@ naming the option, exit status 2, and nothing started.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -67,7 +68,7 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Add a worker above this utilization, retire one below half of it; in (0, 1]."),
         click.option("--utilization-window", type=float, default=DEFAULT_WINDOW, show_default=True,
                      help=f"Seconds of history utilization is averaged over; at least the scaling period, at most {MAX_WINDOW:g}."),
-        click.option("--burst", is_flag=True, help="Workers exit when the queues are empty; the pool exits when all have."),
+        click.option("--burst", "-b", is_flag=True, help="Workers exit when the queues are empty; the pool exits when all have."),
         click.option("--preload", multiple=True, metavar="MODULE",
                      help="Import MODULE in the master before forking, so workers share it (repeatable)."),
         click.option("--prewarm/--no-prewarm", default=True, show_default=True,
@@ -79,11 +80,26 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "master too (if it imports within 1 s without starting a thread) and replace the workers "
                           "forked before (idle ones now, busy ones after their job), so that later job processes "
                           "share it instead of importing it on every job."),
-        click.option("--worker-class", default=None, help="RQ worker class (dotted path); default rq.Worker "
+        click.option("--worker-class", "-w", default=None, help="RQ worker class (dotted path); default rq.Worker "
                      "(in a bench: the class Frappe uses for its version)."),
-        click.option("--job-class", default=None, help="RQ job class (dotted path)."),
+        click.option("--job-class", "-j", default=None, help="RQ job class (dotted path)."),
         click.option("--queue-class", default=None, help="RQ queue class (dotted path)."),
-        click.option("--serializer", default=None, help="RQ serializer (dotted path), e.g. rq.serializers.JSONSerializer."),
+        click.option("--serializer", "-S", default=None, help="RQ serializer (dotted path), e.g. rq.serializers.JSONSerializer."),
+        click.option("--exception-handler", multiple=True, metavar="PATH",
+                     help="Call PATH(job, exc_type, exc_value, traceback) when a job fails, as `rq worker "
+                          "--exception-handler` (repeatable; runs in the job's process)."),
+        click.option("--disable-default-exception-handler", "-d", is_flag=True,
+                     help="Leave out rq's own failure handling, which keeps a failed job in the failed job "
+                          "registry (as `rq worker -d`; the job is still marked failed)."),
+        click.option("--results-ttl", type=click.IntRange(min=-1), default=None, metavar="SECONDS",
+                     help="Keep a job's result this long unless the job says otherwise (-1: forever) "
+                          "[default: rq's, 500]."),
+        click.option("--worker-ttl", type=click.IntRange(min=16), default=None, metavar="SECONDS",
+                     help="A worker's key in Redis outlives its last heartbeat by this much; an idle worker "
+                          "waits this minus 15 s per blocking pop [default: rq's, 420]."),
+        click.option("--job-monitoring-interval", type=click.IntRange(min=1), default=None, metavar="SECONDS",
+                     help="Fork mode: a worker heartbeats for its running job this often [default: rq's, 30]."),
+        click.option("--disable-job-desc-logging", is_flag=True, help="Do not log each job's description."),
         click.option("--max-jobs-per-worker", type=int, default=None, metavar="N",
                      help="Recycle a worker after about N jobs (up to 10% jitter); its replacement starts first."),
         click.option("--max-memory-per-worker", default=None, metavar="SIZE",
@@ -295,6 +311,7 @@ def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_cla
         except Exception as exc:  # noqa: BLE001
             raise BadInput(f"--serializer: {opts['serializer']} is not a serializer: {exc}") from None
         worker_kwargs["serializer"] = opts["serializer"]
+    worker_kwargs.update(rq_worker_settings(opts))
     return PoolConfig(
         groups=specs,
         max_workers_total=opts["max_workers_total"],
@@ -322,6 +339,31 @@ def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_cla
         cluster_lease_ttl=opts["cluster_lease_ttl"],
         policy=policy_settings(opts),
     )
+
+
+def rq_worker_settings(opts: dict[str, Any]) -> dict[str, Any]:
+    """The options `rq worker` takes as they are, as keyword arguments of every worker's constructor."""
+    from rq.worker import Worker
+
+    settings: dict[str, Any] = {}
+    handlers = [import_object(path, "--exception-handler") for path in opts["exception_handler"]]
+    for path, handler in zip(opts["exception_handler"], handlers):
+        if not callable(handler):
+            raise BadInput(f"--exception-handler: {path} is not callable")
+    if handlers:
+        settings["exception_handlers"] = handlers
+    if opts["disable_default_exception_handler"]:
+        settings["disable_default_exception_handler"] = True
+    if opts["disable_job_desc_logging"]:
+        settings["log_job_description"] = False
+    if opts["results_ttl"] is not None:
+        settings["default_result_ttl"] = opts["results_ttl"]
+    if opts["job_monitoring_interval"] is not None:
+        settings["job_monitoring_interval"] = opts["job_monitoring_interval"]
+    if opts["worker_ttl"] is not None:  # rq 2 renamed it, and warns on the old name
+        takes_new_name = "worker_ttl" in inspect.signature(Worker.__init__).parameters
+        settings["worker_ttl" if takes_new_name else "default_worker_ttl"] = opts["worker_ttl"]
+    return settings
 
 
 def setup_logging(level: str) -> None:

@@ -1,0 +1,44 @@
+"""The options `rq worker` takes as they are (exception handlers, TTLs, job logging, pid file) reach the pool."""
+
+from __future__ import annotations
+
+import pytest
+from rq import Queue
+from rq.job import JobStatus
+from rq.registry import FailedJobRegistry
+
+FAST = ("--num-workers", "1", "--scaling-period", "0.2", "--utilization-window", "1")
+DONE = (JobStatus.FINISHED, JobStatus.FAILED)
+
+
+def run_two_jobs(pool, redis) -> tuple:
+    queue = Queue(connection=redis)
+    failing, passing = queue.enqueue("jobs.fail"), queue.enqueue("jobs.noop")
+    pool.wait_until(lambda: all(j.get_status(refresh=True) in DONE for j in (failing, passing)), 30, "the jobs")
+    return failing, passing
+
+
+@pytest.mark.parametrize("mode", [(), ("--no-fork",)], ids=["fork", "no-fork"])
+def test_exception_handlers_ttls_and_job_logging_reach_the_workers(start_pool, redis, mode):
+    pool = start_pool(*FAST, *mode, "--exception-handler", "jobs.record_failure", "--disable-default-exception-handler",
+                      "--results-ttl", "7", "--worker-ttl", "30", "--disable-job-desc-logging")
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+    worker_key = f"rq:worker:{pool.workers()[0]['name']}"
+    assert 0 < redis.ttl(worker_key) <= 30 + 60  # rq's idle expiry: the worker TTL and a minute
+    failing, passing = run_two_jobs(pool, redis)
+    assert failing.get_status() == JobStatus.FAILED and passing.get_status() == JobStatus.FINISHED
+    assert redis.lrange("test:handled", 0, -1) == [f"{failing.id} ValueError".encode()]
+    assert 0 < redis.ttl(passing.key) <= 7
+    assert failing.id not in FailedJobRegistry(connection=redis)  # rq's own handler records it there
+    log = pool.output()
+    assert "jobs.fail()" not in log and "jobs.noop()" not in log and failing.id in log
+
+
+def test_without_them_rqs_defaults_hold(start_pool, redis, tmp_path):
+    pool = start_pool(*FAST, "--pid", str(tmp_path / "pool.pid"))
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+    assert (tmp_path / "pool.pid").read_text() == str(pool.pid)
+    assert redis.ttl(f"rq:worker:{pool.workers()[0]['name']}") > 30 + 60
+    failing, passing = run_two_jobs(pool, redis)
+    assert redis.llen("test:handled") == 0 and redis.ttl(passing.key) > 7
+    assert failing.id in FailedJobRegistry(connection=redis) and "jobs.fail()" in pool.output()
