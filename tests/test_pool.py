@@ -373,6 +373,7 @@ def test_ttin_stops_at_the_worker_bound(start_pool, monkeypatch):
     assert len(pool.workers()) == 2
     state = pool.state()["groups"][0]
     assert (state["min"], state["max"]) == (2, 2)
+    assert state["scale_ups"] == 0  # at the bound, the TTIN added nothing: a hold, not a scale-up
 
 
 def test_ttin_keeps_the_groups_together_within_the_worker_bound(start_pool, monkeypatch):

@@ -314,9 +314,9 @@ class Pool(ForkingMixin):
             group.resize_bounds(new_min, new_max)
             target = min(max(group.capacity + delta, new_min), new_max)
             log.info("resize %s: bounds %d-%d, target %d", group.name, new_min, new_max, target)
-            # What status shows as the last decision (not the period's before the signal).
-            group.last_decision = Decision(Action.UP if delta > 0 else Action.DOWN, target,
-                                           f"SIGTT{'IN' if delta > 0 else 'OU'}: bounds {new_min}-{new_max}")
+            # What status shows as the last decision (not the period's before the signal); at a bound, a hold.
+            action = Action.UP if target > group.capacity else Action.DOWN if target < group.capacity else Action.HOLD
+            group.last_decision = Decision(action, target, f"SIGTT{'IN' if delta > 0 else 'OU'}: bounds {new_min}-{new_max}")
             self.state.record_decision(group, group.last_decision, self.clock())
             for key in group.resize_to(target):
                 self._retire(group, group.workers[key])
