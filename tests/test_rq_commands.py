@@ -57,6 +57,8 @@ def test_stop_job_kills_the_work_process_and_the_worker_goes_on(start_pool, redi
     assert job.id in FailedJobRegistry(queue=queue).get_job_ids()
     assert_the_worker_goes_on(pool, queue, worker)
     assert "rq command: stop job" in pool.output()
+    pool.wait_until(lambda: pool.state()["counters"]["jobs"] == {"stopped": 1, "finished": 1}, 5,
+                    "the stopped job counted as stopped")
 
 
 def test_kill_horse_fails_the_job_as_rq_does_and_the_worker_goes_on(start_pool, redis):

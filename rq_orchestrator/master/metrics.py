@@ -31,7 +31,7 @@ MAX_CLIENTS = 16  # connections served at once; more wait in the listen backlog
 CLIENT_SECONDS = 5.0  # a connection that has not been served by then is dropped
 MAX_REQUEST = 8192
 RESTART_CAUSES = ("crashed", "killed", "max_jobs", "max_memory", "in_doubt", "exited")
-JOB_STATUSES = ("finished", "failed")
+JOB_STATUSES = ("finished", "failed", "stopped")
 POOL_LABELS = ("pool", "host")
 
 # (name, help, key in a group's snapshot); every one labelled pool, host, group.

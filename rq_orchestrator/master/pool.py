@@ -27,7 +27,7 @@ from .dead_workers import Aftercare
 from .forking import HANDLED_SIGNALS, ForkingMixin, PoolError
 from .cluster import ClusterLeases
 from .learning import ModuleLearner
-from ..worker.events import BUSY, FAILED, IDLE, MODULE, READY, RECYCLE, STRANDED, EventReader, Event, drain
+from ..worker.events import BUSY, FAILED, IDLE, MODULE, READY, RECYCLE, STOPPED, STRANDED, EventReader, Event, drain
 from ..policy.group import Plan, WorkerGroup, WorkerRecord
 from .maintenance import RegistryMaintenance
 from .rq_commands import CommandRelay
@@ -116,7 +116,7 @@ class Pool(ForkingMixin):
         self.services = ServiceChildren(config.services, clock)  # e.g. Frappe's scheduler, each in a child
         self.state.services = self.services
         self._events_resume_at: float | None = None  # events fd out of the selector until then
-        self._failed: set[int] = set()  # workers whose current job ended failed (FAILED came, IDLE not yet)
+        self._failed: dict[int, str] = {}  # worker -> how its current job ended if not finished (FAILED/STOPPED came)
         self.leases: ClusterLeases | None = None
         self._lease_of: dict[int, str] = {}  # worker pid -> its cluster lease
         if config.cluster_max_workers is not None:
@@ -369,13 +369,12 @@ class Pool(ForkingMixin):
     def _handle_event(self, group: WorkerGroup, event: Event) -> None:
         if event.kind == BUSY:
             group.job_started(event.pid, event.job_id or "", event.at, event.timeout)
-        elif event.kind == FAILED:
-            self._failed.add(event.pid)
+        elif event.kind in (FAILED, STOPPED):
+            self._failed[event.pid] = event.kind
             return
         elif event.kind == IDLE:
             group.job_ended(event.pid, event.at)
-            self.state.counters.jobs["failed" if event.pid in self._failed else "finished"] += 1
-            self._failed.discard(event.pid)
+            self.state.counters.jobs[self._failed.pop(event.pid, "finished")] += 1
         elif event.kind == READY:
             group.worker_ready(event.pid)
             self._boot_failures = 0
@@ -426,7 +425,7 @@ class Pool(ForkingMixin):
             self.mailbox.give_back(self._mailbox_of.pop(pid))
         self.state.mark_dirty()
         self._release_lease(pid)
-        self._failed.discard(pid)
+        self._failed.pop(pid, None)
         stuck = self._stuck.pop(pid, None)
         if self._reload_pending.pop(pid, None) is not None:
             group.replacement_ended()  # a re-fork that never came up: the old worker stays

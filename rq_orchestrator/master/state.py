@@ -74,7 +74,7 @@ class PoolCounters:
 
     ``restarts``: cause -> workers replaced for it (``crashed``: exit status not 0,
     ``killed``: by a signal, ``max_jobs``, ``max_memory``: recycled, ``exited``:
-    exit status 0 by itself); ``jobs``: ``finished`` / ``failed`` -> jobs ended so.
+    exit status 0 by itself); ``jobs``: ``finished`` / ``failed`` / ``stopped`` (rq's stop-job) -> jobs ended so.
     """
 
     restarts: Counter[str] = field(default_factory=Counter)

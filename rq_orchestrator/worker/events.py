@@ -19,6 +19,7 @@ IDLE = "idle"  # finished it
 STRANDED = "stranded"  # a stop or a lost connection cut a BLMOVE short: a job may wait in rq's intermediate list
 RECYCLE = "recycle"  # will exit after this job (max jobs or memory reached): start a replacement now
 FAILED = "failed"  # the job that just ended did not finish (sent just before its IDLE)
+STOPPED = "stopped"  # the job that just ended was stopped on request (rq's stop-job; sent just before its IDLE)
 MODULE = "module"  # sent by a job's process after the job: it had to import the job's module (in job_id: its name)
 MAX_LINE = 4000  # < PIPE_BUF (4096 on Linux): one write() is atomic
 

@@ -36,7 +36,7 @@ except ImportError:  # rq < 2
 
 from ..infra.connection import share_server_version
 from ..infra.keys import wake_key
-from .events import BUSY, FAILED, IDLE, MODULE, READY, RECYCLE, STRANDED, EventWriter
+from .events import BUSY, FAILED, IDLE, MODULE, READY, RECYCLE, STOPPED, STRANDED, EventWriter
 from .idle_wait import idle_wait, wakeable_queue_class
 from .lean import LeanBookkeepingMixin, lean_job_class
 from .no_fork import NoForkMixin
@@ -107,7 +107,8 @@ class PoolWorkerMixin:
     def handle_job_failure(self, job: Any, *args: Any, **kwargs: Any) -> Any:
         # Runs in the job's process (an exception in the job), or in the worker when
         # that process died or timed out: either way before the worker's IDLE.
-        self._pool_send(FAILED, job.id)
+        stopped = getattr(self, "_stopped_job_id", None) == job.id  # rq marks it stopped, not failed
+        self._pool_send(STOPPED if stopped else FAILED, job.id)
         return super().handle_job_failure(job, *args, **kwargs)  # type: ignore[misc]
 
     def _pool_check_recycle(self) -> None:
