@@ -106,6 +106,17 @@ def test_a_failed_job_reaches_sentry(start_pool, redis, sentry_sink, mode):
     assert job.get_status(refresh=True) == JobStatus.FAILED
 
 
+def test_an_error_the_master_logs_is_not_sent_so_its_forks_go_on(start_pool, redis, sentry_sink):
+    """sentry-sdk sends from a thread it starts at the first event: in the master, forks would stop."""
+    pool = start_pool(*FAST, "--sentry-dsn", sentry_sink, "--worker-class", "rq.SimpleWorker", "--stuck-margin", "1")
+    first = pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")[0]
+    Queue(connection=redis).enqueue("jobs.wedge", 60, job_timeout=1)
+    pool.wait_until(lambda: "is stuck" in pool.output(), 20, "the master's ERROR line: the worker is stuck")
+    pool.wait_until(lambda: (pids := pool.ready_pids()) and pids[0] != first, 15, "a replacement forked")
+    assert "refusing to fork" not in pool.output() and pool.proc.poll() is None
+    assert "the master's own are logged only" in pool.output()
+
+
 def test_a_bad_sentry_dsn_is_refused(redis_url):
     result = run_cli("worker-pool", "--url", redis_url, "--sentry-dsn", "not a dsn")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -27,6 +27,7 @@ from .dead_workers import Aftercare
 from .forking import HANDLED_SIGNALS, ForkingMixin, PoolError
 from .cluster import ClusterLeases
 from .learning import ModuleLearner
+from .sentry_events import keep_master_events_local
 from ..worker.events import BUSY, FAILED, IDLE, MODULE, READY, RECYCLE, STOPPED, STRANDED, EventReader, Event, drain
 from ..policy.group import Plan, WorkerGroup, WorkerRecord
 from .maintenance import RegistryMaintenance
@@ -157,6 +158,8 @@ class Pool(ForkingMixin):
         # A signal that arrives while the rehearsal's worker has its own handlers
         # installed waits, and reaches the master's handler once that is in place.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        if keep_master_events_local(self.pid):
+            log.info("Sentry: jobs' errors are sent from their processes; the master's own are logged only")
         try:
             if self.config.prewarm and not self.config.burst:
                 prewarm(self)
