@@ -21,17 +21,16 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import signal
 import sys
 import sysconfig
 import threading
 import time
 from collections.abc import Callable
 
-from ..worker.process import set_process_title
+from .errand import LATE, STOPPING, run_errand
 
 LIMIT = 200
-PROBE_TITLE = "rq-orchestrator: probe import"  # the throwaway fork's title
+PROBE_TITLE = "rq-orchestrator: probe import"  # the throwaway fork's title (an errand)
 PROBE_SECONDS = 1.0  # a longer import would hold the master's loop (and a stop) too long: not learned
 
 log = logging.getLogger("rq_orchestrator")
@@ -128,27 +127,17 @@ def probe(name: str, stop_asked: Callable[[], bool]) -> tuple[str | None, str]:
 
     A stop asked for meanwhile ends the probe at once (the master answers it within its 2 s).
     """
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the probe: report and leave, running nothing of the master's on the way out
-        os.close(read)
-        set_process_title(f"{PROBE_TITLE} {name}")  # what `ps` shows: not a worker
-        found = import_longest(name)
-        verdict = "thread" if threading.active_count() > 1 else found or ""
-        os.write(write, verdict.encode())
-        os._exit(0)
-    os.close(write)
-    deadline = time.monotonic() + PROBE_SECONDS
-    while os.waitpid(pid, os.WNOHANG) == (0, 0):
-        late, stopping = time.monotonic() > deadline, stop_asked()
-        if late or stopping:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(read)
-            return None, "the pool is stopping" if stopping else f"its import takes over {PROBE_SECONDS:g} s"
-        time.sleep(0.005)
-    with os.fdopen(read, "rb") as pipe:
-        verdict = pipe.read().decode()
+    answer, why = run_errand(lambda: _import_alone(name).encode(), f"{PROBE_TITLE} {name}", PROBE_SECONDS, stop_asked)
+    if answer is None:
+        return None, {STOPPING: "the pool is stopping", LATE: f"its import takes over {PROBE_SECONDS:g} s"}.get(
+            why, "it does not import (its jobs import it, as before)")
+    verdict = answer.decode()
     if verdict == "thread":
         return None, "importing it starts a thread"
     return (verdict, "") if verdict else (None, "it does not import (its jobs import it, as before)")
+
+
+def _import_alone(name: str) -> str:
+    """In the probe: the module imported, "" if none, "thread" if importing it started one."""
+    found = import_longest(name)
+    return "thread" if threading.active_count() > 1 else found or ""
