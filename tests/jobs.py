@@ -2,6 +2,7 @@
 
 import os
 import signal
+import threading
 import time
 
 from rq import get_current_job
@@ -67,6 +68,12 @@ def record_failure(job, exc_type, exc_value, traceback) -> bool:  # noqa: ANN001
     """An exception handler (--exception-handler): notes the failed job and its exception, lets rq's run on."""
     job.connection.rpush("test:handled", f"{job.id} {exc_type.__name__}")
     return True
+
+
+def thread_starting_callback(job, connection, *exc_info) -> None:  # noqa: ANN001, ANN002
+    """A failure callback that starts a thread, as Frappe's default one does (site init: a Redis cache thread)."""
+    threading.Thread(target=time.sleep, args=(3600,), daemon=True, name="callback-thread").start()
+    connection.rpush("test:callback-pids", os.getpid())
 
 
 def raising_callback(job, connection, *exc_info) -> None:  # noqa: ANN001, ANN002

@@ -265,6 +265,22 @@ def test_a_failure_callback_that_raises_does_not_stop_the_master(start_pool, red
     again.wait_until(lambda: len(again.ready_pids()) == 1, 15, "a ready worker after a restart")
 
 
+def test_a_failure_callback_that_starts_a_thread_runs_outside_the_master(start_pool, redis):
+    """rq's clean-up runs it when the master settles a dead worker's job: in the master, its thread would stop the forks."""
+    from rq import Callback
+
+    redis.set("test:horse", "1")
+    queue = Queue(connection=redis)
+    pool = start_pool("--num-workers", "1", *FAST)
+    first = pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")[0]
+    doomed = queue.enqueue("jobs.kill_my_worker", on_failure=Callback("jobs.thread_starting_callback"))
+    pool.wait_until(lambda: doomed.get_status(refresh=True) == JobStatus.FAILED, 15, "the job to be failed")
+    pool.wait_until(lambda: (pids := pool.ready_pids()) and pids[0] != first, 15, "a replacement forked")
+    callback_pids = {int(pid) for pid in redis.lrange("test:callback-pids", 0, -1)}
+    assert len(callback_pids) == 1 and pool.pid not in callback_pids  # it ran, in a throwaway fork
+    assert "refusing to fork" not in pool.output() and pool.proc.poll() is None
+
+
 def test_job_of_a_killed_worker_is_retried_when_its_retry_allows(start_pool, redis):
     from rq import Retry
 

@@ -5,22 +5,28 @@ the started registry until its heartbeat expires and a later cleanup marks it
 abandoned, minutes later. The master knows the worker and its job, so it ends
 the job at once, through rq's own cleanup: the job's registry entry is marked
 expired now and the registry cleans it, which fails the job, or requeues it
-where its `Retry` allows, with the failure callback run as rq would.
+where its `Retry` allows, with the failure callback run as rq would. That
+callback is the application's code (Frappe's starts a cache thread), so the
+settling runs in an errand, a throwaway fork of the master.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 
+from ..infra.connection import fresh_copy
 from ..infra.rq_keys import WORKERS_KEY, intermediate_key, worker_key, workers_by_queue_key
+from .errand import run_errand
 from .worker_names import of_pool, parse_worker_name
 
 log = logging.getLogger("rq_orchestrator")
+
+SETTLE_SECONDS = 30.0  # an errand that settles dead workers' jobs (their failure callbacks included) and no longer
 
 
 def unregister_worker(connection: Redis, name: str, queues: Iterable[str]) -> None:
@@ -200,9 +206,10 @@ class Aftercare:
     """
 
     def __init__(self, connection: Redis, stranded_queues: Iterable[str], worker_kwargs: dict[str, Any],
-                 check_every: float = 2.0, safety_every: float = 60.0) -> None:
+                 stop_asked: Callable[[], bool], check_every: float = 2.0, safety_every: float = 60.0) -> None:
         self.connection = connection
         self.worker_kwargs = worker_kwargs
+        self._stop_asked = stop_asked
         self._pending: list[tuple[str, tuple[str, ...], str | None, str]] = []
         self._stranded = StrandedJobs(stranded_queues)
         self._check_every = check_every
@@ -219,10 +226,24 @@ class Aftercare:
         self.settle_pending()
 
     def settle_pending(self) -> None:
+        """Settle the dead workers not settled yet, in one errand; those Redis did not answer for stay pending."""
+        if not self._pending:
+            return
         pending, self._pending = self._pending, []
-        for name, queues, job_id, reason in pending:
-            if not settle_dead_worker(self.connection, name, queues, job_id, reason, self.worker_kwargs):
-                self._pending.append((name, queues, job_id, reason))
+
+        def settle_all(connection: Redis) -> bytes:  # in the errand: one byte a worker, 1 if it must be retried
+            return bytes(not settle_dead_worker(connection, *dead, self.worker_kwargs) for dead in pending)
+
+        answer = self._errand(f"settling {len(pending)} dead workers", settle_all)
+        self._pending += [dead for dead, retry in zip(pending, answer or b"") if retry]
+
+    def _errand(self, what: str, task: Callable[[Redis], bytes]) -> bytes | None:
+        """``task`` in an errand, on a client of its own; its answer, None if it had none."""
+        answer, why = run_errand(lambda: task(fresh_copy(self.connection)), f"rq-orchestrator: aftercare, {what}",
+                                 SETTLE_SECONDS, self._stop_asked)
+        if answer is None:
+            log.warning("aftercare, %s: no answer (%s); rq's own clean-up will see to it", what, why)
+        return answer
 
     def recover_stranded(self, now: float, held: set[str]) -> None:
         """``held``: the jobs live workers of this pool have reported."""
@@ -237,7 +258,13 @@ class Aftercare:
             self._next_check = now + self._safety_every
 
     def clear_previous_run(self, host: str, pool: str) -> None:
-        try:
-            clear_previous_run(self.connection, host, pool, self.worker_kwargs)
-        except RedisError as exc:
-            log.warning("could not look for an earlier run's leftovers: %s", exc)
+        self._errand("an earlier run's leftovers", lambda connection: _clear_previous_run(
+            connection, host, pool, self.worker_kwargs))
+
+
+def _clear_previous_run(connection: Redis, host: str, pool: str, worker_kwargs: dict[str, Any]) -> bytes:
+    try:
+        clear_previous_run(connection, host, pool, worker_kwargs)
+    except RedisError as exc:
+        log.warning("could not look for an earlier run's leftovers: %s", exc)
+    return b""

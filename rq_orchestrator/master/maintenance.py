@@ -6,7 +6,9 @@ registries) when it starts and every 10 minutes after that; the workers of
 one pool would each run that code, take turns on Redis' maintenance lock,
 and each copy the master's pages that code touches. The pool's workers skip
 it (``PoolWorkerMixin.should_run_maintenance_tasks``) and the master runs
-rq's own clean-up functions on the same schedule.
+rq's own clean-up functions on the same schedule, in an errand (a throwaway
+fork): cleaning an abandoned job runs its failure callback, the application's
+code, which may start a thread (Frappe's does).
 
 Not rq's clean-up of its intermediate lists: on rq 1.15 it fails any job
 that a worker has just popped and not yet registered as started, which a
@@ -19,36 +21,55 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from collections.abc import Callable
+
 from redis import Redis
 from redis.exceptions import RedisError
+
+from ..infra.connection import fresh_copy
+from .errand import run_errand
 
 log = logging.getLogger("rq_orchestrator")
 
 INTERVAL_SECONDS = 600.0  # rq's DEFAULT_MAINTENANCE_TASK_INTERVAL
 RETRY_SECONDS = 60.0
+ERRAND_SECONDS = 300.0  # a clean-up still at it then is killed, and tried again on the next interval
 
 
 class RegistryMaintenance:
     """Cleans the pool's queues' registries at start and every INTERVAL_SECONDS after."""
 
-    def __init__(self, queues: tuple[str, ...], connection: Redis, worker_kwargs: dict[str, Any]) -> None:
+    def __init__(self, queues: tuple[str, ...], connection: Redis, worker_kwargs: dict[str, Any],
+                 stop_asked: Callable[[], bool] = lambda: False) -> None:
         self._queues = queues
         self._connection = connection
         self._worker_kwargs = worker_kwargs
+        self._stop_asked = stop_asked
         self._due = float("-inf")  # at once: a worker would clean when it starts
 
     def run_due(self, now: float) -> None:
         if now < self._due:
             return
+        answer, why = run_errand(self._clean_in_errand, "rq-orchestrator: registry clean-up", ERRAND_SECONDS,
+                                 self._stop_asked)
+        if answer:  # Redis could not be reached
+            log.warning("registry maintenance failed, retrying in a minute: %s", answer.decode(errors="replace"))
+            self._due = now + RETRY_SECONDS
+            return
+        if answer is None:
+            log.warning("registry maintenance had no answer (%s)", why)
+        self._due = now + INTERVAL_SECONDS
+
+    def _clean_in_errand(self) -> bytes:
+        """In the errand: clean, on a client of its own; what Redis said if it could not be reached."""
+        self._connection = fresh_copy(self._connection)
         try:
             self._clean()
         except RedisError as exc:
-            log.warning("registry maintenance failed, retrying in a minute: %s", exc)
-            self._due = now + RETRY_SECONDS
-            return
+            return str(exc).encode() or b"Redis error"
         except Exception:  # noqa: BLE001 - rq 1.x's clean-up passes on what a job's failure callback raised
             log.exception("registry maintenance failed")
-        self._due = now + INTERVAL_SECONDS
+        return b""
 
     def _clean(self) -> None:
         from rq import worker_registration

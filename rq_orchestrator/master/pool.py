@@ -106,8 +106,8 @@ class Pool(ForkingMixin):
         self._suspension_seen = False  # `rq suspend` in force at the last look (_workers_suspended)
         self._stuck: dict[int, str] = {}  # workers killed as stuck -> why, for their job's failure (_kill_stuck)
         self.aftercare = Aftercare(connection, [g.queues[0] for g in config.groups if len(g.queues) == 1],
-                                   config.worker_kwargs)
-        self.maintenance = RegistryMaintenance(config.all_queues, fresh_copy(connection), config.worker_kwargs)
+                                   config.worker_kwargs, self._stop_asked)
+        self.maintenance = RegistryMaintenance(config.all_queues, connection, config.worker_kwargs, self._stop_asked)
         self._redis_down_since: float | None = None
         self._selector = selectors.DefaultSelector()
         self._wake_r = self._wake_w = self._events_r = self._events_w = -1
