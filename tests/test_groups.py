@@ -95,6 +95,22 @@ def test_total_cap_holds_and_capacity_moves_to_where_jobs_wait(start_pool, redis
     assert max(totals) <= 3
 
 
+def test_a_group_below_its_minimum_has_the_first_claim_on_a_free_slot(start_pool, redis):
+    """Under the cap, a group whose worker left gets the freed slot before a busy group's growth."""
+    from rq.command import send_shutdown_command
+
+    pool = start_pool("--queue", "b:1-3", "--queue", "a:1-3", "--max-workers-total", "3", *FAST)
+    pool.wait_until(lambda: group_sizes(pool) == {"b": 1, "a": 1}, 15, "one worker each")
+    b_jobs = [Queue("b", connection=redis).enqueue("jobs.sleep", 1.0) for _ in range(30)]
+    pool.wait_until(lambda: group_sizes(pool).get("b") == 2 and pool.state()["groups"][0]["target"] == 3, 15,
+                    "group b to want more than the cap leaves it")
+    a_worker = next(w for w in pool.workers() if w["name"].endswith(".a"))
+    send_shutdown_command(redis, a_worker["name"])  # a's only worker leaves (as one retired or recycled would)
+    pool.wait_until(lambda: any(w["name"].endswith(".a") and w["pid"] != a_worker["pid"] and w["state"] == "idle"
+                                for w in pool.workers()), 10, "a's minimum back")
+    assert not finished(b_jobs)  # b still had jobs waiting: the slot went to a all the same
+
+
 def test_a_group_scaled_to_zero_wakes_when_a_job_arrives(start_pool, redis):
     pool = start_pool("--queue", "main:1", "--queue", "rare:0-3", *FAST)
     pool.wait_until(lambda: group_sizes(pool) == {"main": 1, "rare": 0}, 15, "no worker for the idle group")

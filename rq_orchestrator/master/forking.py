@@ -126,11 +126,13 @@ class ForkingMixin:
     def _plan_missing(self) -> list[PlannedWorker]:
         """The next round to fork: each group's deficit, as far as --max-workers-total, the cluster and ROUND_SIZE allow.
 
-        In burst mode a group that is done (``_drained``) gets no more workers.
+        In burst mode a group that is done (``_drained``) gets no more workers. A group
+        below its minimum comes first: under --max-workers-total, a slot its own
+        leaving worker freed must not go to another group's growth first.
         """
         planned: list[PlannedWorker] = []
         try:
-            for group in self.groups:
+            for group in sorted(self.groups, key=lambda g: len(g.active) >= g.policy.settings.min_workers):
                 if group.name in self._drained:
                     continue
                 for slot in group.free_slots(min(group.deficit, ROUND_SIZE - len(planned))):
