@@ -53,6 +53,17 @@ def test_a_module_that_starts_a_thread_is_never_imported_in_the_master(caplog):
     assert "thread_on_import" not in sys.modules and set(threading.enumerate()) <= threads
 
 
+def test_a_module_that_leaves_a_connection_open_is_never_imported_in_the_master(caplog):
+    sys.modules.pop("opens_a_connection", None)
+    learner = ModuleLearner()
+    learner.offer("opens_a_connection")
+    with caplog.at_level(logging.INFO, "rq_orchestrator"):
+        assert learner.learn_pending(lambda: False) is False
+    assert "job module opens_a_connection is not imported in the master: importing it leaves files or " \
+           "connections open" in caplog.text
+    assert "opens_a_connection" not in sys.modules
+
+
 def test_a_slow_import_is_not_learned_and_a_stop_ends_the_probe_at_once():
     started = time.monotonic()
     assert probe("slow_import", lambda: False) == (None, f"its import takes over {PROBE_SECONDS:g} s")

@@ -11,7 +11,9 @@ forked before (each once it has left, busy ones after their job:
 ``Pool._refresh_if_old``), so later jobs find the module imported and
 shared. Each module is imported first in a throwaway fork of the master
 (``probe``): one that fails to import there, starts a thread while imported
-(the master refuses to fork while a thread runs), or takes longer than
+(the master refuses to fork while a thread runs), leaves a file or a
+connection open (a Django module that queries at import: every job process
+would talk on the master's database socket), or takes longer than
 PROBE_SECONDS is not imported in the master, and no module is tried twice.
 At most LIMIT modules are learned.
 """
@@ -83,13 +85,16 @@ class ModuleLearner:
         if found is None:
             log.info("job module %s is not imported in the master: %s", name, why)
             return False
-        threads, started, before = threading.active_count(), time.perf_counter(), set(sys.modules)
+        threads, descriptors = threading.active_count(), open_descriptors()
+        started, before = time.perf_counter(), set(sys.modules)
         import_longest(found)
         self._imported |= set(sys.modules) - before
-        if threading.active_count() > threads:  # it did not in the probe: learn nothing more
+        did = ("started a thread" if threading.active_count() > threads else
+               "left files or connections open" if open_descriptors() - descriptors else "")
+        if did:  # it did not in the probe: learn nothing more
             self._stopped = True
-            log.warning("importing job module %s started a thread in the master: no more job modules are "
-                        "imported here (use --no-learn-job-modules)", found)
+            log.warning("importing job module %s %s in the master: no more job modules are imported here "
+                        "(use --no-learn-job-modules)", found, did)
             return False
         self.learned.append(found)
         log.info("learned job module %s (imported in the master in %.0f ms)", found,
@@ -132,12 +137,38 @@ def probe(name: str, stop_asked: Callable[[], bool]) -> tuple[str | None, str]:
         return None, {STOPPING: "the pool is stopping", LATE: f"its import takes over {PROBE_SECONDS:g} s"}.get(
             why, "it does not import (its jobs import it, as before)")
     verdict = answer.decode()
-    if verdict == "thread":
-        return None, "importing it starts a thread"
+    if verdict in REFUSALS:
+        return None, REFUSALS[verdict]
     return (verdict, "") if verdict else (None, "it does not import (its jobs import it, as before)")
 
 
+REFUSALS = {
+    "thread": "importing it starts a thread",
+    "files": "importing it leaves files or connections open (a database's, say), which every fork would share",
+}
+
+
 def _import_alone(name: str) -> str:
-    """In the probe: the module imported, "" if none, "thread" if importing it started one."""
+    """In the probe: the module imported, "" if none, or why not to import it in the master (REFUSALS)."""
+    before = open_descriptors()
     found = import_longest(name)
-    return "thread" if threading.active_count() > 1 else found or ""
+    if threading.active_count() > 1:
+        return "thread"
+    return "files" if open_descriptors() - before else found or ""
+
+
+def open_descriptors() -> set[int]:
+    """This process's open file descriptors (none known where /proc is missing)."""
+    try:
+        listed = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    except OSError:
+        return set()
+    return {fd for fd in listed if _is_open(fd)}  # not the one listdir used for the listing
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
