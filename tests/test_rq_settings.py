@@ -54,6 +54,12 @@ def test_the_command_line_wins_over_the_settings(start_pool, redis, redis_url, t
     finished(pool, Queue("cli-queue", connection=redis).enqueue("jobs.noop"))
 
 
+def test_a_connection_the_preload_leaves_open_is_named_in_a_warning(start_pool):
+    pool = start_pool(*FAST, "--preload", "opens_a_connection")  # a database client connected at import, say
+    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
+    assert "--config/--preload left 2 connections open in the master (socket:[" in pool.output()
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"SENTINEL": {"INSTANCES": [("localhost", 26379)]}}, "--config: SENTINEL settings are not taken"),
     ({"REDIS_SSL": "maybe"}, "--config: REDIS_SSL must be True or False, got 'maybe'"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
@@ -12,9 +13,13 @@ from .. import __version__
 from . import demo, simulate, status
 from ..infra.connection import DEFAULT_URL, connect
 from ..infra.errors import BadInput
+from ..master.learning import open_descriptors
 from .group_specs import GroupRequest, check_queues, parse_groups
 from .options import OneLineErrors, build_config, given, pool_options, setup_logging
 from .rq_settings import apply_logging, read_settings, settings_url, start_sentry
+
+log = logging.getLogger("rq_orchestrator")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rq-orchestrator")
@@ -70,6 +75,7 @@ def worker_pool(queues: tuple[str, ...], queue_groups: tuple[str, ...], url: str
     from ..master.pool import Pool
 
     sys.path.extend(p for p in paths if p not in sys.path)  # as rq's CLI does, before anything is imported
+    sockets = open_sockets()
     settings = read_settings(settings_module) if settings_module else {}
     apply_logging(settings)
     if not (queues or queue_groups) and settings.get("QUEUES"):
@@ -80,11 +86,29 @@ def worker_pool(queues: tuple[str, ...], queue_groups: tuple[str, ...], url: str
     if sentry_dsn or settings.get("SENTRY_DSN"):
         start_sentry(sentry_dsn or settings["SENTRY_DSN"])
     config = build_config(requested_groups(queues, queue_groups), opts)
+    shared = open_sockets() - sockets  # opened by the imports above: the forks would inherit them
     connection = connect(url)
     if pid_file:
         write_pid(pid_file)
     setup_logging(config.logging_level)
+    if shared:
+        log.warning("--config/--preload left %d connections open in the master (%s): every worker and job process "
+                    "would share them; close them at the end of that module (Django: "
+                    "django.db.connections.close_all())", len(shared), ", ".join(sorted(shared)))
     sys.exit(Pool(config, connection).run())
+
+
+def open_sockets() -> set[str]:
+    """This process's open sockets, as /proc names them (``socket:[inode]``); none known without /proc."""
+    found = set()
+    for fd in open_descriptors():
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
 
 
 def write_pid(path: str) -> None:
