@@ -110,6 +110,13 @@ class BuiltOnce(Worker):
         super().__init__(*args, **kwargs)
 
 
+class BrokenPerformJob(Worker):
+    """A worker class with a bug that raises before any job starts (with --no-fork: in the worker itself)."""
+
+    def perform_job(self, *args, **kwargs) -> bool:  # noqa: ANN002, ANN003
+        raise TypeError("perform_job() is broken")
+
+
 class SlowSecondBirth(Worker):
     """The worker of slot 2 takes 2.5 s to register (a slow start-up); the others none."""
 

@@ -162,3 +162,16 @@ def test_no_job_is_lost_while_workers_in_doubt_churn(start_pool, redis):
         assert job.get_status(refresh=True) == expected
     assert StartedJobRegistry(queue=queue).count == 0
     assert "unexpectedly" not in pool.output()
+
+
+def test_a_job_whose_workers_die_before_starting_it_is_failed_after_three_tries(start_pool, redis):
+    """Put back in front each time, it would stop the queue for good: the third death fails it."""
+    queue = Queue(connection=redis)
+    pool = start_pool("--num-workers", "1", "--no-fork", "--worker-class", "jobs.BrokenPerformJob", *FAST)
+    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
+    job = queue.enqueue("jobs.noop")
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FAILED, 60, "the job to be failed")
+    assert pool.output().count(f"job {job.id} was popped by a worker that never started it") == 2
+    job.refresh()
+    assert job.meta["rq_orchestrator_failure"].startswith("its worker died before starting it 3 times; the last: ")
+    assert job.id in FailedJobRegistry(queue=queue) and pool.proc.poll() is None

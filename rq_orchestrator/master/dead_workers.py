@@ -26,6 +26,8 @@ from .worker_names import of_pool, parse_worker_name
 
 log = logging.getLogger("rq_orchestrator")
 
+MAX_PUT_BACKS = 2  # a job popped by workers that died before starting it: back in front this often, then failed
+PUT_BACKS_FIELD = "rq_orchestrator_put_backs"  # in the job's hash
 SETTLE_SECONDS = 30.0  # an errand that settles dead workers' jobs (their failure callbacks included) and no longer
 
 
@@ -57,7 +59,7 @@ def settle_job(connection: Redis, job_id: str, reason: str, job_class: Any = Non
     if never_started or not members:
         if members:  # rq 2/3 register the execution before the work process marks the job started: rq's
             connection.zrem(registry.key, *members)  # cleanup would fail it (2.x: AbandonedJobError), it never ran
-        return _requeue_if_never_started(connection, job)
+        return _requeue_if_never_started(connection, job, died=reason)
     job.meta["rq_orchestrator_failure"] = reason
     job.save_meta()
     connection.zadd(registry.key, {m: 1 for m in members}, xx=True)
@@ -68,8 +70,13 @@ def settle_job(connection: Redis, job_id: str, reason: str, job_class: Any = Non
     return getattr(status, "value", status)
 
 
-def _requeue_if_never_started(connection: Redis, job: Any) -> str | None:
-    """The worker died after popping the job but before rq marked it started: put it back in front."""
+def _requeue_if_never_started(connection: Redis, job: Any, died: str | None = None) -> str | None:
+    """The worker died after popping the job but before rq marked it started: put it back in front.
+
+    ``died``: why the worker that held it died. A job put back so more than
+    MAX_PUT_BACKS times (a worker class that fails before every job, say) is
+    failed instead: put back in front again and again, it would stop the queue.
+    """
     from rq.job import JobStatus
     from rq.queue import Queue
 
@@ -78,12 +85,29 @@ def _requeue_if_never_started(connection: Redis, job: Any) -> str | None:
     queue = Queue(job.origin, connection=connection, job_class=type(job), serializer=job.serializer)
     if connection.lpos(queue.key, job.id) is not None:
         return None
+    if died is not None and connection.hincrby(job.key, PUT_BACKS_FIELD, 1) > MAX_PUT_BACKS:
+        return _fail_never_started(connection, job, queue,
+                                   f"its worker died before starting it {MAX_PUT_BACKS + 1} times; the last: {died}")
     with connection.pipeline() as pipe:
         pipe.lrem(intermediate_key(queue.name), 0, job.id)
         queue.push_job_id(job.id, pipeline=pipe, at_front=True)
         pipe.execute()
     log.warning("job %s was popped by a worker that never started it: back at the front of %s", job.id, queue.name)
     return JobStatus.QUEUED.value
+
+
+def _fail_never_started(connection: Redis, job: Any, queue: Any, reason: str) -> str:
+    from rq.job import JobStatus
+
+    job.meta["rq_orchestrator_failure"] = reason
+    job.save_meta()
+    with connection.pipeline() as pipe:
+        pipe.lrem(intermediate_key(queue.name), 0, job.id)
+        job.set_status(JobStatus.FAILED, pipeline=pipe)
+        job._handle_failure(reason, pipeline=pipe)  # rq's own: the failed job registry and the job's exc_info
+        pipe.execute()
+    log.warning("job %s failed: %s", job.id, reason)
+    return JobStatus.FAILED.value
 
 
 class StrandedJobs:
