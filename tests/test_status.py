@@ -70,6 +70,19 @@ def test_table_and_json_show_every_running_pool(start_pool, redis, redis_url):
     assert run_status(redis_url).stdout.splitlines()[-1].startswith("rq workers are suspended (rq suspend)")
 
 
+def test_a_pool_in_its_warm_stop_says_so(start_pool, redis, redis_url):
+    pool = start_pool("--num-workers", "1", *FAST)
+    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
+    job = Queue(connection=redis).enqueue("jobs.sleep", 3)
+    pool.wait_until(lambda: job.get_status(refresh=True) == "started", 10, "the job to start")
+    assert pool.state()["stopping"] is None
+    pool.send(signal.SIGTERM)  # the job finishes first
+    pool.wait_until(lambda: pool.state()["stopping"] == "warm", 5, "the stop to be published")
+    table = run_status(redis_url)
+    assert table.returncode == 0 and " stopping (warm)" in table.stdout, table.stdout
+    assert pool.wait(15) == 0 and job.get_status(refresh=True) == "finished"
+
+
 def test_a_killed_pool_is_stale_then_expired_then_forgotten(start_pool, redis, redis_url):
     pool = start_pool("--num-workers", "1", *FAST)
     pool.wait_until(lambda: pool.ready_pids(), 20, "a ready worker")

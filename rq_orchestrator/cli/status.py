@@ -154,7 +154,8 @@ def pool_rows(pool: dict[str, Any]) -> list[tuple[str, ...]]:
         host, pid = pool_address(pool["key"])
         seen = f"stale: {pool['stale_reason']}, last seen {since(time.time() - pool['last_seen'])} ago"
         return [("?", host, pid, *["-"] * 7, seen)]
-    state = f"stale: {pool['stale_reason']}" if pool["stale"] else "ok"
+    state = (f"stale: {pool['stale_reason']}" if pool["stale"] else
+             f"stopping ({pool['stopping']})" if pool.get("stopping") else "ok")
     multi = len(pool["groups"]) > 1
     return [group_row(pool, group, multi, state) for group in pool["groups"]]
 

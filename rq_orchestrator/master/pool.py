@@ -85,6 +85,7 @@ class Pool(ForkingMixin):
         self._owner: dict[int, WorkerGroup] = {}
         self._signals: list[int] = []
         self._stopping = False
+        self.stopping: str | None = None  # "warm" / "cold" once a stop was asked for: status shows it
         self._cold_at: float | None = None  # when a warm stop turns cold (--graceful-timeout)
         self._stop_at = 0.0  # when the pool's stop was asked for
         self._stragglers: set[int] = set()  # idle workers killed for not leaving after the stop
@@ -234,6 +235,7 @@ class Pool(ForkingMixin):
                     self._request_stop(cold=True)
                 self._kill_stuck(self.clock())  # a stop waits for jobs, not for a wedged worker
                 self._kill_idle_stragglers(self.clock())
+                self.state.publish_if_due(self.clock())  # `status` shows the stop, not a stale pool, for all it lasts
                 continue
             if self.config.burst and not self._owner and len(self._drained) == len(self.groups):
                 log.info("pool %s: burst done, all workers have exited", self.config.pool_name)
@@ -289,12 +291,15 @@ class Pool(ForkingMixin):
             log.warning("cold stop: killing the jobs of %d busy workers (%d workers)", busy, len(self._owner))
             self._stop_children(signal.SIGQUIT)
             self._cold_at = None
+            self.stopping = "cold"
         else:
             log.info("warm stop: waiting for %d busy workers to finish their jobs (%d workers)", busy, len(self._owner))
             self._stop_children(signal.SIGTERM, spare_retiring=True)
             if self.config.graceful_timeout is not None:
                 self._cold_at = self.clock() + self.config.graceful_timeout
+            self.stopping = "warm"
         self._stopping = True
+        self.state.mark_dirty()
 
     def _stop_children(self, signum: int, spare_retiring: bool = False) -> None:
         """``spare_retiring``: not the workers already retiring: they stop warm as it is, and a second TERM

@@ -46,6 +46,7 @@ class PublishedPool(Protocol):
     pid: int
     config: PoolConfig
     groups: list[WorkerGroup]
+    stopping: str | None
 
 MIN_INTERVAL = 0.5
 HISTORY_SECONDS = 3600.0  # samples kept: one hour of ticks...
@@ -267,6 +268,7 @@ class StatePublisher:
             "scaling_period": pool.config.scaling_period,
             "utilization_window": pool.config.utilization_window,
             "utilization_threshold": pool.config.utilization_threshold,
+            "stopping": pool.stopping,
             "memory_bytes": self._pool_memory,
             "counters": self.counters.as_dict(),
             "cluster": self.cluster.describe() if self.cluster is not None else None,

@@ -52,7 +52,7 @@ def _row(pool: Mapping[str, Any], group: Mapping[str, Any] | None, text: dict[st
         "pool_key": pool["key"],
         "group_name": group.get("name"),
         "queues": ", ".join(short_queue_name(q) for q in group.get("queues", ())) or "-",
-        "state": "stale" if stale else "ok",
+        "state": "stale" if stale else "stopping" if pool.get("stopping") else "ok",
         "stale_reason": pool.get("stale_reason") if stale else None,
         "size": f"{group['workers']} ({group['min']}–{group['max']})" if group else "-",
         "workers": group.get("workers"),

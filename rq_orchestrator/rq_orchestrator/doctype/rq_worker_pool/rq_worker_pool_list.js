@@ -19,9 +19,8 @@ frappe.listview_settings["RQ Worker Pool"] = {
 	hide_name_column: true, // host:pid:group, cut to nothing useful; the row opens the form
 
 	get_indicator(doc) {
-		return doc.state === "ok"
-			? [__("ok"), "green", "state,=,ok"]
-			: [__("stale"), "red", "state,=,stale"];
+		const colors = { ok: "green", stopping: "orange", stale: "red" };
+		return [__(doc.state), colors[doc.state] || "gray", `state,=,${doc.state}`];
 	},
 
 	onload(listview) {
