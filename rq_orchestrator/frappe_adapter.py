@@ -290,6 +290,13 @@ def not_found(doctype: str, name: str) -> Exception:
     return frappe.DoesNotExistError(f"{doctype} {name} not found")
 
 
+def attribute_dict(row: dict[str, Any]) -> Any:
+    """A row as Frappe's lists return them (``frappe._dict``: ``row.name`` as well as ``row["name"]``)."""
+    import frappe
+
+    return frappe._dict(row)
+
+
 def system_time(epoch: float | None) -> Any:
     """A Unix time as the naive datetime, in the site's time zone, that Frappe shows everywhere."""
     if epoch is None:

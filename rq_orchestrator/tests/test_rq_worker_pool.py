@@ -123,6 +123,7 @@ class TestRQWorkerPool(unittest.TestCase):
         self.assertEqual(self.desk_list(state="stale"), ([], 0))
         self.assertEqual(len(self.desk_list(state="ok")[0]), 1)
         self.assertEqual(frappe.get_all(DOCTYPE, fields=["name"], limit_start=1, limit_page_length=5), [])
+        self.assertEqual(frappe.get_list(DOCTYPE)[0].name, row["name"])  # frappe._dict rows, as RQ Worker's
 
         def history() -> dict:
             return json.loads(frappe.get_doc(DOCTYPE, row["name"]).history_json)

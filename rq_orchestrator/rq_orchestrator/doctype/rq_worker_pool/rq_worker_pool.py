@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ....frappe_adapter import desk_connection, document_class, not_found, require_role, system_time
+from ....frappe_adapter import attribute_dict, desk_connection, document_class, not_found, require_role, system_time
 from .pool_view import page, read_group, read_rows
 
 DOCTYPE = "RQ Worker Pool"
@@ -32,7 +32,8 @@ class RQWorkerPool(document_class()):  # type: ignore[misc]
         require_role(ROLE)
         start = int(args.get("start") or args.get("limit_start") or 0)
         length = int(args.get("page_length") or args.get("limit_page_length") or 0)
-        rows = [desk_row(row) for row in page(read_rows(desk_connection()), args.get("filters"), start, length)]
+        rows = [attribute_dict(desk_row(row))
+                for row in page(read_rows(desk_connection()), args.get("filters"), start, length)]
         pluck = args.get("pluck")
         return [row.get(pluck) for row in rows] if pluck else rows
 
