@@ -13,6 +13,7 @@ settling runs in an errand, a throwaway fork of the master.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -29,6 +30,7 @@ log = logging.getLogger("rq_orchestrator")
 MAX_PUT_BACKS = 2  # a job popped by workers that died before starting it: back in front this often, then failed
 PUT_BACKS_FIELD = "rq_orchestrator_put_backs"  # in the job's hash
 SETTLE_SECONDS = 30.0  # an errand that settles dead workers' jobs (their failure callbacks included) and no longer
+RETRY_SECONDS = 1.0  # while Redis does not answer, the settling (an errand each time) is tried again this often
 
 
 def unregister_worker(connection: Redis, name: str, queues: Iterable[str]) -> None:
@@ -235,6 +237,7 @@ class Aftercare:
         self.worker_kwargs = worker_kwargs
         self._stop_asked = stop_asked
         self._pending: list[tuple[str, tuple[str, ...], str | None, str]] = []
+        self._retry_at = 0.0  # monotonic: no settling before (Redis did not answer)
         self._stranded = StrandedJobs(stranded_queues)
         self._check_every = check_every
         self._safety_every = safety_every
@@ -245,13 +248,13 @@ class Aftercare:
         self._next_check = min(self._next_check, now + self._check_every)
 
     def worker_died(self, name: str, queues: tuple[str, ...], job_id: str | None, reason: str) -> None:
+        """Settled by the master's next ``settle_pending``: every worker its reaping found dead, in one errand."""
         self._pending.append((name, queues, job_id, reason))
         self._next_check = 0.0  # killed inside a pop, it may have left one
-        self.settle_pending()
 
     def settle_pending(self) -> None:
         """Settle the dead workers not settled yet, in one errand; those Redis did not answer for stay pending."""
-        if not self._pending:
+        if not self._pending or time.monotonic() < self._retry_at:
             return
         pending, self._pending = self._pending, []
 
@@ -260,6 +263,7 @@ class Aftercare:
 
         answer = self._errand(f"settling {len(pending)} dead workers", settle_all)
         self._pending += [dead for dead, retry in zip(pending, answer or b"") if retry]
+        self._retry_at = time.monotonic() + RETRY_SECONDS if self._pending else 0.0
 
     def _errand(self, what: str, task: Callable[[Redis], bytes]) -> bytes | None:
         """``task`` in an errand, on a client of its own; its answer, None if it had none."""

@@ -180,7 +180,7 @@ class Pool(ForkingMixin):
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self._server_version = server_version(self.connection)
-        self.maintenance.run_due(self.clock())  # before the forks: its first-time work stays out of the copies
+        self.maintenance.run_due(self.clock())  # before the forks (in an errand: failure callbacks may start threads)
         settle_for_fork(thorough=not self.config.burst)
         self.aftercare.clear_previous_run(self.host, self.config.pool_name)
         log.info(
@@ -426,6 +426,7 @@ class Pool(ForkingMixin):
                 self._worker_exited(group, pid, code)
             elif self.services.reaped(pid, _describe_exit(code)):
                 self.state.mark_dirty()
+        self.aftercare.settle_pending()  # the jobs of all the workers found dead, in one errand
 
     def _worker_exited(self, group: WorkerGroup, pid: int, code: int) -> None:
         record = group.worker_exited(pid, self.clock())
