@@ -135,7 +135,8 @@ class StatePublisher:
         self._dirty = True
 
     def publish_if_due(self, now: float) -> None:
-        if self._dirty and now - self._last >= MIN_INTERVAL:
+        """Publish what changed (at most every MIN_INTERVAL), or the state alone every KEEPALIVE_SECONDS (a stop)."""
+        if self._dirty and now - self._last >= MIN_INTERVAL or now - self._last >= KEEPALIVE_SECONDS:
             self.publish(now)
 
     def record_decision(self, group: WorkerGroup, decision: Decision, now: float) -> None:
