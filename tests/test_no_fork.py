@@ -175,3 +175,6 @@ def test_a_job_whose_workers_die_before_starting_it_is_failed_after_three_tries(
     job.refresh()
     assert job.meta["rq_orchestrator_failure"].startswith("its worker died before starting it 3 times; the last: ")
     assert job.id in FailedJobRegistry(queue=queue) and pool.proc.poll() is None
+    FailedJobRegistry(queue=queue).requeue(job.id)  # an operator tries it again: three tries again, not one
+    pool.wait_until(lambda: pool.output().count(f"job {job.id} was popped by a worker that never started it") == 4
+                    and job.get_status(refresh=True) == JobStatus.FAILED, 60, "the requeued job to be failed again")

@@ -34,6 +34,19 @@ def test_exception_handlers_ttls_and_job_logging_reach_the_workers(start_pool, r
     assert "jobs.fail()" not in log and "jobs.noop()" not in log and failing.id in log
 
 
+def test_exception_handlers_see_the_job_of_a_killed_worker_where_rq_passes_them(start_pool, redis):
+    """rq 2+ passes its worker's handlers to the clean-up that fails an abandoned job; the master does too."""
+    import rq
+
+    redis.set("test:horse", "1")  # jobs.kill_my_worker kills the worker, not only the job's process
+    pool = start_pool(*FAST, "--exception-handler", "jobs.record_failure")
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+    job = Queue(connection=redis).enqueue("jobs.kill_my_worker")
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FAILED, 20, "the job to be failed")
+    handled = redis.lrange("test:handled", 0, -1)
+    assert handled == ([f"{job.id} AbandonedJobError".encode()] if int(rq.__version__.split(".")[0]) >= 2 else [])
+
+
 def test_without_them_rqs_defaults_hold(start_pool, redis, tmp_path):
     pool = start_pool(*FAST, "--pid", str(tmp_path / "pool.pid"))
     pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")

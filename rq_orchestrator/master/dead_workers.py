@@ -12,6 +12,7 @@ settling runs in an errand, a throwaway fork of the master.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -22,7 +23,7 @@ from redis.exceptions import RedisError
 
 from ..infra.connection import fresh_copy
 from ..infra.rq_keys import WORKERS_KEY, intermediate_key, worker_key, workers_by_queue_key
-from .errand import run_errand
+from .errand import Say, run_errand
 from .worker_names import of_pool, parse_worker_name
 
 log = logging.getLogger("rq_orchestrator")
@@ -44,8 +45,12 @@ def unregister_worker(connection: Redis, name: str, queues: Iterable[str]) -> No
         pipe.execute()
 
 
-def settle_job(connection: Redis, job_id: str, reason: str, job_class: Any = None, serializer: Any = None) -> str | None:
-    """End a job whose worker died: failed (or requeued by its Retry) now. Returns its new status."""
+def settle_job(connection: Redis, job_id: str, reason: str, job_class: Any = None, serializer: Any = None,
+               handlers: list[Any] | None = None) -> str | None:
+    """End a job whose worker died: failed (or requeued by its Retry) now. Returns its new status.
+
+    ``handlers``: the workers' exception handlers (--exception-handler), which rq 2+ passes its clean-up too.
+    """
     from rq.job import Job, JobStatus
     from rq.registry import StartedJobRegistry
 
@@ -61,23 +66,33 @@ def settle_job(connection: Redis, job_id: str, reason: str, job_class: Any = Non
     if never_started or not members:
         if members:  # rq 2/3 register the execution before the work process marks the job started: rq's
             connection.zrem(registry.key, *members)  # cleanup would fail it (2.x: AbandonedJobError), it never ran
-        return _requeue_if_never_started(connection, job, died=reason)
+        return _requeue_if_never_started(connection, job, died=reason, handlers=handlers)
     job.meta["rq_orchestrator_failure"] = reason
     job.save_meta()
     connection.zadd(registry.key, {m: 1 for m in members}, xx=True)
-    registry.cleanup()
+    return _clean_up(registry, job, reason, handlers)
+
+
+def _clean_up(registry: Any, job: Any, reason: str, handlers: list[Any] | None) -> str | None:
+    """rq's own clean-up of the job's expired entry: its failure callback, Retry, dependents, (rq 2+) handlers."""
+    if handlers and "exception_handlers" in inspect.signature(registry.cleanup).parameters:
+        registry.cleanup(exception_handlers=handlers)
+    else:
+        registry.cleanup()
     # Not requeued here: a job its Retry put back is QUEUED and, once another worker popped it, in no queue either.
     status = job.get_status(refresh=True)
-    log.warning("job %s of a dead worker ended as %s: %s", job_id, getattr(status, "value", status), reason)
+    log.warning("job %s of a dead worker ended as %s: %s", job.id, getattr(status, "value", status), reason)
     return getattr(status, "value", status)
 
 
-def _requeue_if_never_started(connection: Redis, job: Any, died: str | None = None) -> str | None:
+def _requeue_if_never_started(connection: Redis, job: Any, died: str | None = None,
+                              handlers: list[Any] | None = None) -> str | None:
     """The worker died after popping the job but before rq marked it started: put it back in front.
 
     ``died``: why the worker that held it died. A job put back so more than
-    MAX_PUT_BACKS times (a worker class that fails before every job, say) is
-    failed instead: put back in front again and again, it would stop the queue.
+    MAX_PUT_BACKS times since it was last enqueued (a worker class that fails
+    before every job, say) is failed instead: put back in front again and
+    again, it would stop the queue.
     """
     from rq.job import JobStatus
     from rq.queue import Queue
@@ -87,8 +102,8 @@ def _requeue_if_never_started(connection: Redis, job: Any, died: str | None = No
     queue = Queue(job.origin, connection=connection, job_class=type(job), serializer=job.serializer)
     if connection.lpos(queue.key, job.id) is not None:
         return None
-    if died is not None and connection.hincrby(job.key, PUT_BACKS_FIELD, 1) > MAX_PUT_BACKS:
-        return _fail_never_started(connection, job, queue,
+    if died is not None and _count_put_back(connection, job) > MAX_PUT_BACKS:
+        return _fail_never_started(connection, job, queue, handlers,
                                    f"its worker died before starting it {MAX_PUT_BACKS + 1} times; the last: {died}")
     with connection.pipeline() as pipe:
         pipe.lrem(intermediate_key(queue.name), 0, job.id)
@@ -98,18 +113,30 @@ def _requeue_if_never_started(connection: Redis, job: Any, died: str | None = No
     return JobStatus.QUEUED.value
 
 
-def _fail_never_started(connection: Redis, job: Any, queue: Any, reason: str) -> str:
+def _count_put_back(connection: Redis, job: Any) -> int:
+    """One more put-back of ``job``; how many since rq last enqueued it (a requeue from the failed registry: anew)."""
+    mark = str(job.enqueued_at)  # rq sets it on every enqueue, retries and requeues included; a put-back keeps it
+    raw = connection.hget(job.key, PUT_BACKS_FIELD)
+    seen, _, count = (raw.decode() if raw else "").rpartition(" ")
+    count = int(count) + 1 if raw and seen == mark else 1
+    connection.hset(job.key, PUT_BACKS_FIELD, f"{mark} {count}")
+    return count
+
+
+def _fail_never_started(connection: Redis, job: Any, queue: Any, handlers: list[Any] | None, reason: str) -> str | None:
+    """Fail it as rq fails a job whose worker died (its callback, Retry, dependents): through the started registry."""
     from rq.job import JobStatus
+    from rq.registry import StartedJobRegistry
 
     job.meta["rq_orchestrator_failure"] = reason
     job.save_meta()
+    registry = StartedJobRegistry(job.origin, connection=connection, job_class=type(job), serializer=job.serializer)
     with connection.pipeline() as pipe:
         pipe.lrem(intermediate_key(queue.name), 0, job.id)
-        job.set_status(JobStatus.FAILED, pipeline=pipe)
-        job._handle_failure(reason, pipeline=pipe)  # rq's own: the failed job registry and the job's exc_info
+        job.set_status(JobStatus.STARTED, pipeline=pipe)  # what rq 2+'s clean-up takes for a job whose worker died
+        pipe.zadd(registry.key, {job.id: 1})  # expired long ago
         pipe.execute()
-    log.warning("job %s failed: %s", job.id, reason)
-    return JobStatus.FAILED.value
+    return _clean_up(registry, job, reason, handlers)
 
 
 class StrandedJobs:
@@ -160,7 +187,8 @@ def settle_dead_worker(
     try:
         unregister_worker(connection, name, queues)
         if job_id:
-            settle_job(connection, job_id, reason, worker_kwargs.get("job_class"), worker_kwargs.get("serializer"))
+            settle_job(connection, job_id, reason, worker_kwargs.get("job_class"), worker_kwargs.get("serializer"),
+                       worker_kwargs.get("exception_handlers"))
     except RedisError as exc:
         log.debug("could not settle dead worker %s yet: %s", name, exc)
         return False
@@ -258,20 +286,22 @@ class Aftercare:
             return
         pending, self._pending = self._pending, []
 
-        def settle_all(connection: Redis) -> bytes:  # in the errand: one byte a worker, 1 if it must be retried
-            return bytes(not settle_dead_worker(connection, *dead, self.worker_kwargs) for dead in pending)
+        def settle_all(connection: Redis, say: Say) -> None:  # in the errand: a byte a worker as it is done, 1: retry
+            for dead in pending:
+                say(b"0" if settle_dead_worker(connection, *dead, self.worker_kwargs) else b"1")
 
-        answer = self._errand(f"settling {len(pending)} dead workers", settle_all)
-        self._pending += [dead for dead, retry in zip(pending, answer or b"") if retry]
+        said = self._errand(f"settling {len(pending)} dead workers", settle_all)
+        self._pending += [dead for dead, done in zip(pending, said) if done != ord("0")]
+        self._pending += pending[len(said):]  # not reached: the errand was cut short
         self._retry_at = time.monotonic() + RETRY_SECONDS if self._pending else 0.0
 
-    def _errand(self, what: str, task: Callable[[Redis], bytes]) -> bytes | None:
-        """``task`` in an errand, on a client of its own; its answer, None if it had none."""
-        answer, why = run_errand(lambda: task(fresh_copy(self.connection)), f"rq-orchestrator: aftercare, {what}",
-                                 SETTLE_SECONDS, self._stop_asked)
-        if answer is None:
-            log.warning("aftercare, %s: no answer (%s); rq's own clean-up will see to it", what, why)
-        return answer
+    def _errand(self, what: str, task: Callable[[Redis, Say], None]) -> bytes:
+        """``task`` in an errand, on a client of its own; what it said."""
+        said, why = run_errand(lambda say: task(fresh_copy(self.connection), say), f"rq-orchestrator: aftercare, {what}",
+                               SETTLE_SECONDS, self._stop_asked)
+        if why:
+            log.warning("aftercare, %s: cut short (%s); what it did not finish is tried again", what, why)
+        return said
 
     def recover_stranded(self, now: float, held: set[str]) -> None:
         """``held``: the jobs live workers of this pool have reported."""
@@ -286,13 +316,12 @@ class Aftercare:
             self._next_check = now + self._safety_every
 
     def clear_previous_run(self, host: str, pool: str) -> None:
-        self._errand("an earlier run's leftovers", lambda connection: _clear_previous_run(
+        self._errand("an earlier run's leftovers", lambda connection, say: _clear_previous_run(
             connection, host, pool, self.worker_kwargs))
 
 
-def _clear_previous_run(connection: Redis, host: str, pool: str, worker_kwargs: dict[str, Any]) -> bytes:
+def _clear_previous_run(connection: Redis, host: str, pool: str, worker_kwargs: dict[str, Any]) -> None:
     try:
         clear_previous_run(connection, host, pool, worker_kwargs)
     except RedisError as exc:
         log.warning("could not look for an earlier run's leftovers: %s", exc)
-    return b""

@@ -132,11 +132,12 @@ def probe(name: str, stop_asked: Callable[[], bool]) -> tuple[str | None, str]:
 
     A stop asked for meanwhile ends the probe at once (the master answers it within its 2 s).
     """
-    answer, why = run_errand(lambda: _import_alone(name).encode(), f"{PROBE_TITLE} {name}", PROBE_SECONDS, stop_asked)
-    if answer is None:
+    said, why = run_errand(lambda say: say(_import_alone(name).encode()), f"{PROBE_TITLE} {name}", PROBE_SECONDS,
+                           stop_asked)
+    if why:
         return None, {STOPPING: "the pool is stopping", LATE: f"its import takes over {PROBE_SECONDS:g} s"}.get(
             why, "it does not import (its jobs import it, as before)")
-    verdict = answer.decode()
+    verdict = said.decode()
     if verdict in REFUSALS:
         return None, REFUSALS[verdict]
     return (verdict, "") if verdict else (None, "it does not import (its jobs import it, as before)")

@@ -18,6 +18,7 @@ there are requeued by ``dead_workers.StrandedJobs`` after a grace period.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -27,7 +28,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from ..infra.connection import fresh_copy
-from .errand import run_errand
+from .errand import Say, run_errand
 
 log = logging.getLogger("rq_orchestrator")
 
@@ -50,26 +51,25 @@ class RegistryMaintenance:
     def run_due(self, now: float) -> None:
         if now < self._due:
             return
-        answer, why = run_errand(self._clean_in_errand, "rq-orchestrator: registry clean-up", ERRAND_SECONDS,
-                                 self._stop_asked)
-        if answer:  # Redis could not be reached
-            log.warning("registry maintenance failed, retrying in a minute: %s", answer.decode(errors="replace"))
+        said, why = run_errand(self._clean_in_errand, "rq-orchestrator: registry clean-up", ERRAND_SECONDS,
+                               self._stop_asked)
+        if said:  # Redis could not be reached
+            log.warning("registry maintenance failed, retrying in a minute: %s", said.decode(errors="replace"))
             self._due = now + RETRY_SECONDS
             return
-        if answer is None:
-            log.warning("registry maintenance had no answer (%s)", why)
+        if why:
+            log.warning("registry maintenance cut short (%s)", why)
         self._due = now + INTERVAL_SECONDS
 
-    def _clean_in_errand(self) -> bytes:
-        """In the errand: clean, on a client of its own; what Redis said if it could not be reached."""
+    def _clean_in_errand(self, say: Say) -> None:
+        """In the errand: clean, on a client of its own; say what Redis said if it could not be reached."""
         self._connection = fresh_copy(self._connection)
         try:
             self._clean()
         except RedisError as exc:
-            return str(exc).encode() or b"Redis error"
+            say(str(exc).encode() or b"Redis error")
         except Exception:  # noqa: BLE001 - rq 1.x's clean-up passes on what a job's failure callback raised
             log.exception("registry maintenance failed")
-        return b""
 
     def _clean(self) -> None:
         from rq import worker_registration
@@ -83,7 +83,11 @@ class RegistryMaintenance:
             if not queue.acquire_maintenance_lock():
                 continue  # another pool's master (or an rq worker) is at it
             log.info("cleaning registries for queue %s", name)
-            clean_registries(queue)
+            handlers = self._worker_kwargs.get("exception_handlers")
+            if handlers and "exception_handlers" in inspect.signature(clean_registries).parameters:  # rq 2+
+                clean_registries(queue, exception_handlers=handlers)
+            else:
+                clean_registries(queue)
             worker_registration.clean_worker_registry(queue)
             if hasattr(queue, "release_maintenance_lock"):  # rq 1.15 lets the lock expire
                 queue.release_maintenance_lock()
