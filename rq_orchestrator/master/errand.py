@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from ..worker.process import set_process_title
+from ..worker.process import set_parent_death_signal, set_process_title
 
 log = logging.getLogger("rq_orchestrator")
 
@@ -35,6 +35,7 @@ def run_errand(task: Callable[[Say], None], title: str, limit: float,
         os.close(read)
         code = 1
         try:
+            _leave_the_masters_signals()
             set_process_title(title)  # what `ps` shows: not a worker
             task(lambda data: _write_all(write, data))
             code = 0
@@ -59,6 +60,14 @@ def run_errand(task: Callable[[Say], None], title: str, limit: float,
     finally:
         os.close(read)
     return bytes(said), "" if os.waitstatus_to_exitcode(done[1]) == 0 else FAILED
+
+
+def _leave_the_masters_signals() -> None:
+    """Die of a TERM or INT (the master's handlers would only queue it), never wake the master, die with it."""
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    set_parent_death_signal(signal.SIGKILL)  # a master killed mid-errand leaves no errand holding its sockets
 
 
 def _write_all(fd: int, data: bytes) -> None:

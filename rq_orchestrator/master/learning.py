@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import site
 import sys
 import sysconfig
 import threading
@@ -36,8 +37,9 @@ PROBE_TITLE = "rq-orchestrator: probe import"  # the throwaway fork's title (an 
 PROBE_SECONDS = 1.0  # a longer import would hold the master's loop (and a stop) too long: not learned
 
 log = logging.getLogger("rq_orchestrator")
-LIBRARY_DIRS = tuple({os.path.join(os.path.realpath(sysconfig.get_paths()[kind]), "")
-                      for kind in ("stdlib", "platstdlib", "purelib", "platlib")})
+LIBRARY_DIRS = tuple({os.path.join(os.path.realpath(path), "") for path in (
+    *(sysconfig.get_paths()[kind] for kind in ("stdlib", "platstdlib", "purelib", "platlib")),
+    *site.getsitepackages(), site.getusersitepackages())})  # Debian's dist-packages, the user's site
 
 
 def import_longest(name: str) -> str | None:
