@@ -221,6 +221,7 @@ class Pool(ForkingMixin):
             self._read_events()
             if self.learner is not None and not self._stopping and self.learner.learn_pending(self._stop_asked):
                 self._learned_at = self.clock()
+                keep_master_events_local(self.pid)  # a learned module may have set Sentry up
                 for group in self.groups:  # not while stopping: a second TERM a second later would be a cold stop
                     for worker in group.active:
                         self._refresh_if_old(group, worker)

@@ -18,9 +18,15 @@ import sys
 from typing import Any
 
 
+_kept_local: set[int] = set()  # the master pids whose events are dropped already
+
+
 def keep_master_events_local(master_pid: int) -> bool:
-    """If sentry-sdk is loaded, drop every event made in ``master_pid`` (children's pass); True if so."""
-    if "sentry_sdk" not in sys.modules:
+    """If sentry-sdk is loaded, drop every event made in ``master_pid`` (children's pass); True if newly so.
+
+    Called at start and again after the master imported job modules (one may set Sentry up).
+    """
+    if "sentry_sdk" not in sys.modules or master_pid in _kept_local:
         return False
     from sentry_sdk.scope import add_global_event_processor
 
@@ -28,4 +34,5 @@ def keep_master_events_local(master_pid: int) -> bool:
         return None if os.getpid() == master_pid else event
 
     add_global_event_processor(drop_in_master)
+    _kept_local.add(master_pid)
     return True
