@@ -84,7 +84,6 @@ class Pool(ForkingMixin):
         ]
         self._owner: dict[int, WorkerGroup] = {}
         self._signals: list[int] = []
-        self._stopping = False
         self.stopping: str | None = None  # "warm" / "cold" once a stop was asked for: status shows it
         self._cold_at: float | None = None  # when a warm stop turns cold (--graceful-timeout)
         self._stop_at = 0.0  # when the pool's stop was asked for
@@ -285,6 +284,10 @@ class Pool(ForkingMixin):
             elif signum == signal.SIGHUP:
                 self._begin_reload()
 
+    @property
+    def _stopping(self) -> bool:
+        return self.stopping is not None
+
     def _request_stop(self, cold: bool) -> None:
         self._stop_at = self._stop_at or self.clock()  # the first stop, warm or cold, starts the stragglers' grace
         busy = sum(w.busy for g in self.groups for w in g.workers.values())
@@ -299,7 +302,6 @@ class Pool(ForkingMixin):
             if self.config.graceful_timeout is not None:
                 self._cold_at = self.clock() + self.config.graceful_timeout
             self.stopping = "warm"
-        self._stopping = True
         self.state.mark_dirty()
 
     def _stop_children(self, signum: int, spare_retiring: bool = False) -> None:
