@@ -75,14 +75,19 @@ def settle_job(connection: Redis, job_id: str, reason: str, job_class: Any = Non
 
 def _clean_up(registry: Any, job: Any, reason: str, handlers: list[Any] | None) -> str | None:
     """rq's own clean-up of the job's expired entry: its failure callback, Retry, dependents, (rq 2+) handlers."""
-    if handlers and "exception_handlers" in inspect.signature(registry.cleanup).parameters:
-        registry.cleanup(exception_handlers=handlers)
-    else:
-        registry.cleanup()
+    clean_with_handlers(registry.cleanup, handlers)
     # Not requeued here: a job its Retry put back is QUEUED and, once another worker popped it, in no queue either.
     status = job.get_status(refresh=True)
     log.warning("job %s of a dead worker ended as %s: %s", job.id, getattr(status, "value", status), reason)
     return getattr(status, "value", status)
+
+
+def clean_with_handlers(clean: Callable[..., Any], handlers: list[Any] | None, *args: Any) -> None:
+    """Call one of rq's clean-ups with the workers' exception handlers where it takes them (rq 2+), as rq's worker does."""
+    if handlers and "exception_handlers" in inspect.signature(clean).parameters:
+        clean(*args, exception_handlers=handlers)
+    else:
+        clean(*args)
 
 
 def _requeue_if_never_started(connection: Redis, job: Any, died: str | None = None,
@@ -292,7 +297,7 @@ class Aftercare:
 
         said = self._errand(f"settling {len(pending)} dead workers", settle_all)
         self._pending += [dead for dead, done in zip(pending, said) if done != ord("0")]
-        self._pending += pending[len(said):]  # not reached: the errand was cut short
+        self._pending += pending[len(said):]  # not reached: the errand was cut short; tried again
         self._retry_at = time.monotonic() + RETRY_SECONDS if self._pending else 0.0
 
     def _errand(self, what: str, task: Callable[[Redis, Say], None]) -> bytes:
@@ -300,7 +305,7 @@ class Aftercare:
         said, why = run_errand(lambda say: task(fresh_copy(self.connection), say), f"rq-orchestrator: aftercare, {what}",
                                SETTLE_SECONDS, self._stop_asked)
         if why:
-            log.warning("aftercare, %s: cut short (%s); what it did not finish is tried again", what, why)
+            log.warning("aftercare, %s: cut short (%s)", what, why)
         return said
 
     def recover_stranded(self, now: float, held: set[str]) -> None:

@@ -18,7 +18,6 @@ there are requeued by ``dead_workers.StrandedJobs`` after a grace period.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any
 
@@ -28,6 +27,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from ..infra.connection import fresh_copy
+from .dead_workers import clean_with_handlers
 from .errand import Say, run_errand
 
 log = logging.getLogger("rq_orchestrator")
@@ -83,11 +83,7 @@ class RegistryMaintenance:
             if not queue.acquire_maintenance_lock():
                 continue  # another pool's master (or an rq worker) is at it
             log.info("cleaning registries for queue %s", name)
-            handlers = self._worker_kwargs.get("exception_handlers")
-            if handlers and "exception_handlers" in inspect.signature(clean_registries).parameters:  # rq 2+
-                clean_registries(queue, exception_handlers=handlers)
-            else:
-                clean_registries(queue)
+            clean_with_handlers(clean_registries, self._worker_kwargs.get("exception_handlers"), queue)
             worker_registration.clean_worker_registry(queue)
             if hasattr(queue, "release_maintenance_lock"):  # rq 1.15 lets the lock expire
                 queue.release_maintenance_lock()
