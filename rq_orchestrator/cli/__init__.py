@@ -13,7 +13,7 @@ from .. import __version__
 from . import demo, simulate, status
 from ..infra.connection import DEFAULT_URL, connect
 from ..infra.errors import BadInput
-from ..master.learning import open_descriptors
+from ..infra.descriptors import open_sockets
 from .group_specs import GroupRequest, check_queues, parse_groups
 from .options import OneLineErrors, build_config, given, pool_options, setup_logging
 from .rq_settings import apply_logging, read_settings, settings_url, start_sentry
@@ -96,19 +96,6 @@ def worker_pool(queues: tuple[str, ...], queue_groups: tuple[str, ...], url: str
                     "would share them; close them at the end of that module (Django: "
                     "django.db.connections.close_all())", len(shared), ", ".join(sorted(shared)))
     sys.exit(Pool(config, connection).run())
-
-
-def open_sockets() -> set[str]:
-    """This process's open sockets, as /proc names them (``socket:[inode]``); none known without /proc."""
-    found = set()
-    for fd in open_descriptors():
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            found.add(target)
-    return found
 
 
 def write_pid(path: str) -> None:

@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..infra.descriptors import open_descriptors
 from .errand import LATE, STOPPING, run_errand
 
 LIMIT = 200
@@ -159,19 +160,3 @@ def _import_alone(name: str) -> str:
         return "thread"
     return "files" if open_descriptors() - before else found or ""
 
-
-def open_descriptors() -> set[int]:
-    """This process's open file descriptors (none known where /proc is missing)."""
-    try:
-        listed = {int(fd) for fd in os.listdir("/proc/self/fd")}
-    except OSError:
-        return set()
-    return {fd for fd in listed if _is_open(fd)}  # not the one listdir used for the listing
-
-
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
