@@ -150,7 +150,7 @@ def test_a_stop_handled_inside_a_finalizer_still_ends_a_blmove_wait(redis_url):
 
     started = time.monotonic()
     try:
-        assert wait.pop_move(lmove_after_a_finalizer, redis) is None
+        assert wait.pop_move(queue_key, lmove_after_a_finalizer, redis) is None
     finally:
         wait.blocking.close()
         redis.close()

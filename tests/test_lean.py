@@ -217,14 +217,32 @@ def test_a_waiting_job_is_popped_and_read_in_one_round_trip(redis):
     assert high_first == [jobs[0].id, jobs[2].id]  # the queues' order is kept, as BLPOP keeps it
 
 
-def test_frappe_s_rq_user_pops_and_reads_with_the_script(frappe_redis, redis):
-    queues = [f"{BENCH_ID}:short", f"{BENCH_ID}:default"]  # Frappe's queue names under its rq user
-    worker = armed_worker(frappe_redis, queues, "w1.frappe-user")
-    jobs = [Queue(queues[1], connection=frappe_redis).enqueue("builtins.len", "abc") for _ in range(3)]
+def test_one_queue_s_waiting_job_is_moved_and_read_in_one_round_trip(redis):
+    """On one queue rq pops with (B)LMOVE into its intermediate list: the script moves there too, and reads the job."""
+    worker = armed_worker(redis, ["prefetch-one"], "w1.prefetch-one")
+    queue = Queue("prefetch-one", connection=redis)
+    jobs = [queue.enqueue("builtins.len", "abc") for _ in range(4)]
     with monitored(redis) as seen:
         work_armed(worker)
     assert all(job.get_status(refresh=True) == "finished" for job in jobs)
-    assert idle_wait.pop_and_read is not None
+    assert redis.llen(queue.key) == redis.llen(f"{queue.key}:intermediate") == 0
+    moved_by_script = [command for command in seen.by_script if command.startswith("LMOVE rq:queue:prefetch-one ")]
+    read_by_script = [command.split(":")[-1] for command in seen.by_script if command.startswith("HGETALL rq:job:")]
+    read_alone = [command for command, _ in seen if command.startswith("HGETALL rq:job:")]
+    assert read_by_script == [job.id for job in jobs], seen.by_script  # in the queue's order
+    assert len(moved_by_script) == len(jobs) + 1  # and one that found the queue empty: then rq's BLMOVE waits
+    assert read_alone == [] and any(command.startswith("BLMOVE ") for command, _ in seen), seen
+
+
+@pytest.mark.parametrize("names", [("short", "default"), ("default",)], ids=["lpop", "lmove"])
+def test_frappe_s_rq_user_pops_and_reads_with_the_script(frappe_redis, redis, names):
+    queues = [f"{BENCH_ID}:{name}" for name in names]  # Frappe's queue names under its rq user
+    worker = armed_worker(frappe_redis, queues, "w1.frappe-user")
+    jobs = [Queue(queues[-1], connection=frappe_redis).enqueue("builtins.len", "abc") for _ in range(3)]
+    with monitored(redis) as seen:
+        work_armed(worker)
+    assert all(job.get_status(refresh=True) == "finished" for job in jobs)
+    assert idle_wait.pop_and_read is not None and idle_wait.move_and_read is not None
     assert sum(command.startswith("HGETALL rq:job:") for command in seen.by_script) == len(jobs), seen.by_script
 
 

@@ -27,13 +27,16 @@ instead of every second, and needs neither an ``@admin`` command (``CLIENT
 UNBLOCK``) nor a channel: Frappe's rq ACL user may use the wake key. Nothing
 is raised from a signal handler.
 
-While jobs wait, a worker pops the next with a script (``POP_AND_READ``) that
-also reads the job's hash: one round trip for rq's pop and fetch
-(``lean.prefetched``). When the script finds the queues empty the worker
-blocks in BLPOP, and goes on with BLPOP while jobs come one at a time (each
-BLPOP had to wait for its job); a BLPOP answered at once means jobs are
-queued, and the script goes first again. A server that refuses scripts
-(NOPERM, scripting disabled) gets BLPOP alone from then on.
+While jobs wait, a worker pops the next with a script that also reads the
+job's hash: one round trip for rq's pop and fetch (``lean.prefetched``), LPOP
+over the queues (``POP_AND_READ``) or, on one queue, LMOVE into rq's
+intermediate list (``MOVE_AND_READ``, on the BLMOVE's own connection: a reply
+lost to a failure is a cut-short pop, as the BLMOVE's). When the script finds
+the queues empty the worker blocks in BLPOP or BLMOVE, and goes on blocking
+while jobs come one at a time (each pop had to wait for its job); a pop
+answered at once means jobs are queued, and the script goes first again. A
+server that refuses scripts (NOPERM, scripting disabled) gets the blocking
+pops alone from then on.
 """
 
 from __future__ import annotations
@@ -67,6 +70,11 @@ for _, queue in ipairs(KEYS) do
 end
 return false
 """
+MOVE_AND_READ = """
+local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+if id then return {KEYS[1], id, redis.call('HGETALL', ARGV[1] .. id)} end
+return false
+"""
 
 
 class IdleWait:
@@ -80,7 +88,8 @@ class IdleWait:
         self.taking = False  # a job popped from a list (in no other list now), not yet reported to the master
         self.stopping = False
         self.cut_short: Callable[[], None] = lambda: None  # told when a BLMOVE was interrupted
-        self.pop_and_read: Any = None  # the script; None once the server or its user refused it
+        self.pop_and_read: Any = None  # the scripts; None once the server or its user refused them
+        self.move_and_read: Any = None
         self.eager = True  # a job may be waiting: try the script before blocking
 
     def arm(self, key: str, connection: Any, cut_short: Callable[[], None]) -> None:
@@ -88,6 +97,7 @@ class IdleWait:
         self.key, self.connection, self.cut_short = key, connection, cut_short
         self.waiting, self.stopping, self.eager, self.blocking, self.taking = None, False, True, None, False
         self.pop_and_read = connection.register_script(POP_AND_READ)
+        self.move_and_read = connection.register_script(MOVE_AND_READ)
 
     def wake(self) -> None:
         """From a signal handler: no more waiting; end a wait in progress (the first stop only)."""
@@ -145,10 +155,24 @@ class IdleWait:
         """A waiting job popped and its hash read in one round trip: (queue key, job id), or None."""
         if self.pop_and_read is None:
             return None
+        return self._popped(self.pop_and_read, queue_keys, connection)
+
+    def _move_waiting(self, queue_key: str, blocking: Any) -> tuple[Any, Any] | None:
+        """A waiting job moved to rq's intermediate list and its hash read in one round trip, or None."""
+        if self.move_and_read is None:
+            return None
         try:
-            found = self.pop_and_read(keys=queue_keys, args=[JOB_PREFIX], client=connection)
-        except ResponseError:  # the server or this user may not run scripts: BLPOP alone from now on
-            self.pop_and_read = None
+            return self._popped(self.move_and_read, [queue_key, f"{queue_key}:intermediate"], blocking)
+        except (ConnectionError, TimeoutError):
+            self.cut_short()  # Redis may have moved a job whose id never reached this worker
+            raise
+
+    def _popped(self, script: Any, keys: list[str], client: Any) -> tuple[Any, Any] | None:
+        """Run a pop-and-read script: (queue key, job id) with the job's hash kept for rq's fetch, or None."""
+        try:
+            found = script(keys=keys, args=[JOB_PREFIX], client=client)
+        except ResponseError:  # the server or this user may not run scripts: blocking pops alone from now on
+            self.pop_and_read = self.move_and_read = None
             return None
         if not found:
             self.eager = False
@@ -157,14 +181,25 @@ class IdleWait:
         prefetched.keep(JOB_PREFIX + as_text(job_id), dict(zip(fields[::2], fields[1::2])))
         return queue_key, job_id
 
-    def pop_move(self, rq_lmove: Callable[[Any], Any], connection: Any) -> Any:
-        """rq's own BLMOVE, on the client ``blocking``, which a stop ends: its result, or None when stopped."""
+    def pop_move(self, queue_key: str, rq_lmove: Callable[[Any], Any], connection: Any) -> Any:
+        """A job moved to rq's intermediate list: (queue key, job id), or None when stopped.
+
+        A waiting job is taken by the script; otherwise rq's own BLMOVE waits,
+        on the client ``blocking``, which a stop ends.
+        """
         try:
             blocking = self._blocking_client(connection)
+            if self.eager and not self.stopping:
+                found = self._move_waiting(queue_key, blocking)
+                if found is not None:
+                    return found
             self.waiting = MOVE  # after the connect: a stop from here on finds a socket to shut
             if self.stopping:
                 return None
-            return rq_lmove(blocking)
+            began = time.monotonic()
+            result = rq_lmove(blocking)
+            self.eager = time.monotonic() - began < QUEUED_WITHIN  # a job was there already: more may be
+            return result
         except DequeueTimeout:
             if self.stopping:
                 return None
@@ -208,7 +243,7 @@ class WakeableQueueMixin:
         rq_lmove = super().lmove  # type: ignore[misc]
         if timeout is None or idle_wait.key is None:
             return rq_lmove(connection, queue_key, timeout)
-        return idle_wait.pop_move(lambda blocking: rq_lmove(blocking, queue_key, timeout), connection)
+        return idle_wait.pop_move(queue_key, lambda blocking: rq_lmove(blocking, queue_key, timeout), connection)
 
 
 def wakeable_queue_class(queue_class: type[Queue]) -> type[Queue]:
