@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from rq_orchestrator.commands import commands, worker_pool, worker_pool_setup
 from rq_orchestrator.commands.supervisor import program_block
 
-FRAPPE_OPTIONS = ("--queue", "--num-workers", "--quiet", "--burst", "--rq-username", "--rq-password")
+FRAPPE_OPTIONS = ("--queue", "--num-workers", "--quiet", "--burst", "--rq-username", "--rq-password", "--strategy")
 POOL_OPTIONS = ("--min-workers", "--max-workers", "--scaling-period", "--utilization-threshold",
                 "--utilization-window", "--max-jobs-per-worker", "--graceful-timeout")
 
@@ -45,6 +45,8 @@ def test_help_lists_frappe_s_options_and_ours():
         (["--min-workers", "4", "--max-workers", "2"], "--min-workers"),
         (["--utilization-threshold", "2"], "--utilization-threshold"),
         (["--num-workers", "x"], "--num-workers"),
+        (["--strategy", "random", "--dequeue-strategy", "round_robin"], "disagree"),
+        (["--strategy", "fifo"], "--strategy"),
     ],
 )
 def test_bad_numbers_are_rejected_before_touching_the_bench(args, message):
@@ -98,6 +100,7 @@ def test_the_app_exports_the_setup_command():
         (["--no-such-option"], "--no-such-option"),
         (["--queue", "short:0-0"], "--queue"),
         (["--cluster-lease-ttl", "30"], "--cluster-lease-ttl needs --cluster-max-workers"),
+        (["--strategy", "random", "--dequeue-strategy", "round_robin"], "disagree"),
         (["--queue", "short:3", "--cluster-max-workers", "2"], "--cluster-max-workers (2) is below this pool's minimum"),
     ],
 )

@@ -1,4 +1,4 @@
-"""The options `rq worker` takes as they are (exception handlers, TTLs, job logging, pid file) reach the pool."""
+"""The options `rq worker` takes as they are (exception handlers, TTLs, job logging, dequeue strategy, pid file) reach the pool."""
 
 from __future__ import annotations
 
@@ -55,3 +55,16 @@ def test_without_them_rqs_defaults_hold(start_pool, redis, tmp_path):
     failing, passing = run_two_jobs(pool, redis)
     assert redis.llen("test:handled") == 0 and redis.ttl(passing.key) > 7
     assert failing.id in FailedJobRegistry(connection=redis) and "jobs.fail()" in pool.output()
+
+
+@pytest.mark.parametrize("strategy,order", [("default", "HHHLLL"), ("round_robin", "HLHLHL")])
+def test_the_dequeue_strategy_orders_the_queues_as_rq_worker_s(start_pool, redis, strategy, order):
+    """Jobs waiting on both queues before the one worker starts: taken in the strategy's order."""
+    jobs = {}
+    for name, letter in (("high", "H"), ("low", "L")):
+        queue = Queue(name, connection=redis)
+        jobs.update({queue.enqueue("jobs.noop").id: letter for _ in range(3)})
+    pool = start_pool("high", "low", *FAST, "--dequeue-strategy", strategy)
+    pool.wait_until(lambda: redis.llen("test:order") == len(jobs), 30, "the jobs")
+    ran = [entry.decode().split(":")[1] for entry in redis.lrange("test:order", 0, -1)]
+    assert "".join(jobs[job_id] for job_id in ran) == order

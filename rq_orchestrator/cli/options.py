@@ -35,6 +35,7 @@ from ..infra.sizes import parse_size
 from ..infra.errors import BadInput
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEQUEUE_STRATEGIES = ("default", "round_robin", "random")  # rq's DequeueStrategy values (rq 1.15 to 3.x)
 
 
 class OneLineErrors(click.Command):
@@ -100,6 +101,10 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--job-monitoring-interval", type=click.IntRange(min=1), default=None, metavar="SECONDS",
                      help="Fork mode: a worker heartbeats for its running job this often [default: rq's, 30]."),
         click.option("--disable-job-desc-logging", is_flag=True, help="Do not log each job's description."),
+        click.option("--dequeue-strategy", type=click.Choice(DEQUEUE_STRATEGIES), default="default",
+                     show_default=True,
+                     help="Which queue a worker looks at first, as `rq worker --dequeue-strategy`: default, the "
+                          "order given; round_robin, the one after the queue of its last job; random, any."),
         click.option("--max-jobs-per-worker", type=int, default=None, metavar="N",
                      help="Recycle a worker after about N jobs (up to 10% jitter); its replacement starts first."),
         click.option("--max-memory-per-worker", default=None, metavar="SIZE",
@@ -323,6 +328,7 @@ def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_cla
         worker_class=worker_class,
         worker_kwargs=worker_kwargs,
         logging_level=level,
+        dequeue_strategy=opts["dequeue_strategy"],
         name=opts["name"],
         with_scheduler=default_with_scheduler if opts["with_scheduler"] is None else opts["with_scheduler"],
         prewarm=opts["prewarm"],

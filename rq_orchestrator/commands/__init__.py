@@ -23,18 +23,23 @@ from ..infra.errors import BadInput
                    "--queue long,default,short:1-3.")
 @click.option("-u", "--rq-username", default=None, help="Redis ACL user (used when use_rq_auth is set).")
 @click.option("-p", "--rq-password", default=None, help="Redis ACL user password.")
+@click.option("--strategy", type=click.Choice(["round_robin", "random"]), default=None,
+              help="Dequeuing strategy, as `bench worker --strategy` (the same as --dequeue-strategy).")
 @pool_options
-def worker_pool(queue_groups: tuple[str, ...], rq_username: str | None, rq_password: str | None, **opts: Any) -> None:
+def worker_pool(queue_groups: tuple[str, ...], rq_username: str | None, rq_password: str | None,
+                strategy: str | None, **opts: Any) -> None:
     """Start an autoscaling pool of background workers (replaces Frappe's fixed-size pool).
 
     Accepts everything Frappe's built-in `worker-pool` does (--queue,
-    --num-workers, --quiet, --burst) with the same meaning; without
-    --num-workers the pool scales between --min-workers and --max-workers.
+    --num-workers, --quiet, --burst) with the same meaning, and `bench
+    worker`'s --strategy, -u and -p; without --num-workers the pool scales
+    between --min-workers and --max-workers.
     """
     from ..frappe_adapter import frappe_job_module, prepare_bench
     from ..master.pool import Pool
 
     check_numbers(opts)
+    opts["dequeue_strategy"] = bench_strategy(strategy, opts["dequeue_strategy"])
     bench = prepare_bench(parse_groups(queue_groups), rq_username, rq_password, opts["no_fork"])
     # Frappe's workers never run rq's scheduler (Frappe schedules with its own): neither does the pool, unless asked.
     config = build_config(bench.groups, {**opts, "no_fork": bench.no_fork}, default_worker_class=bench.worker_class,
@@ -43,6 +48,15 @@ def worker_pool(queue_groups: tuple[str, ...], rq_username: str | None, rq_passw
     config = dataclasses.replace(config, services=bench.services, job_module=frappe_job_module)
     setup_logging(config.logging_level)
     sys.exit(Pool(config, bench.connection).run())
+
+
+def bench_strategy(strategy: str | None, dequeue_strategy: str) -> str:
+    """One dequeue strategy from `bench worker`'s --strategy and rq's --dequeue-strategy."""
+    if strategy is None or strategy == dequeue_strategy:
+        return dequeue_strategy
+    if dequeue_strategy != "default":
+        raise BadInput(f"--strategy {strategy} and --dequeue-strategy {dequeue_strategy} disagree; give one")
+    return strategy
 
 
 @click.command("worker-pool-supervisor", cls=OneLineErrors, context_settings={"ignore_unknown_options": True})
@@ -121,6 +135,7 @@ def check_pool_args(pool_args: tuple[str, ...]) -> list[GroupRequest]:
     with worker_pool.make_context("worker-pool", list(pool_args)) as context:  # current: options.given reads it
         groups = parse_groups(context.params["queue_groups"])
         group_specs(groups, context.params)
+        bench_strategy(context.params["strategy"], context.params["dequeue_strategy"])
     return groups
 
 

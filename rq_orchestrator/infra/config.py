@@ -47,6 +47,7 @@ class PoolConfig:
     worker_class: type | None = None  # None: rq.Worker
     worker_kwargs: dict[str, Any] = field(default_factory=dict)
     logging_level: str = "INFO"
+    dequeue_strategy: str = "default"  # rq's: default (queues in the order given), round_robin or random
     name: str = ""
     with_scheduler: bool = True
     prewarm: bool = True  # rehearse a worker in the master before forking (rq_orchestrator.master.prewarm)

@@ -312,6 +312,7 @@ class ForkingMixin:
             queues=group.queues,
             burst=self.config.burst,
             logging_level=self.config.logging_level,
+            dequeue_strategy=self.config.dequeue_strategy,
             events_fd=self._events_w,
             master_pid=self.pid,
             max_jobs=jittered(self.config.max_jobs_per_worker),

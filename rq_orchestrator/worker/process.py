@@ -374,6 +374,7 @@ class WorkerLaunch:
     queues: tuple[str, ...]
     burst: bool
     logging_level: str
+    dequeue_strategy: str
     events_fd: int
     master_pid: int
     max_jobs: int | None = None
@@ -397,7 +398,8 @@ def run_worker(launch: WorkerLaunch, worker: Any) -> int:
     worker.pool_max_memory = launch.max_memory
     worker.pool_mailbox, worker.pool_mailbox_slot = launch.mailbox, launch.mailbox_slot
     worker.pool_job_module = launch.job_module
-    worker.work(burst=launch.burst, logging_level=launch.logging_level, with_scheduler=False)
+    worker.work(burst=launch.burst, logging_level=launch.logging_level, with_scheduler=False,
+                dequeue_strategy=launch.dequeue_strategy)
     return 0
 
 
