@@ -20,7 +20,9 @@ from rq.job import Job, JobStatus
 
 from conftest import run_counts, wait_until
 from rq_orchestrator.infra.keys import wake_key
-from rq_orchestrator.worker.idle_wait import WAKE_TOKEN, IdleWait
+from rq_orchestrator.master.dead_workers import StrandedJobs
+from rq_orchestrator.worker.idle_wait import JOB_PREFIX, WAKE_TOKEN, IdleWait
+from rq_orchestrator.worker.lean import prefetched
 
 FAST = ("--scaling-period", "0.2", "--utilization-window", "1")
 ONE_QUEUE, TWO_QUEUES = ("default",), ("high", "default")
@@ -156,3 +158,34 @@ def test_a_stop_handled_inside_a_finalizer_still_ends_a_blmove_wait(redis_url):
         redis.close()
     assert time.monotonic() - started < 30  # not the BLMOVE's 60 s
     assert stranded  # a job Redis moved meanwhile would be in the intermediate list: the master is told
+
+
+@pytest.mark.parametrize("one_queue", [True, False], ids=["lmove", "lpop"])
+def test_a_job_hash_the_script_cannot_read_leaves_the_pop_done_and_the_read_to_rq(redis, one_queue):
+    """Redis keeps a script's pop when a later command fails: the read must not fail the script, or the id is lost."""
+    wait = IdleWait()
+    wait.arm(wake_key("unreadable"), redis, lambda: None)
+    redis.set(f"{JOB_PREFIX}odd", "not a hash")
+    redis.rpush("rq:queue:odd", "odd")
+
+    def no_blocking_pop(*_args):
+        pytest.fail("the job was waiting: the script pops it")
+
+    if one_queue:
+        found = wait.pop_move("rq:queue:odd", no_blocking_pop, redis)
+        wait.blocking.close()
+    else:
+        found = wait.pop_list(["rq:queue:odd"], 1, redis)
+    assert found == (b"rq:queue:odd", b"odd")
+    assert redis.lrange("rq:queue:odd:intermediate", 0, -1) == ([b"odd"] if one_queue else [])
+    assert prefetched.take(f"{JOB_PREFIX}odd") == {}  # nothing read: rq's own fetch reads it, and fails as rq's does
+    assert wait.pop_and_read is not None  # the scripts were not refused
+
+
+def test_an_id_left_in_an_intermediate_list_of_a_deleted_job_is_removed(redis):
+    stranded = StrandedJobs(["default"], grace=0)
+    redis.rpush("rq:queue:default:intermediate", "deleted")
+    stranded.recover(redis, 0.0, set(), {})
+    assert redis.llen("rq:queue:default:intermediate") == 0
+    stranded.recover(redis, 1.0, set(), {})
+    assert not stranded.waiting  # nothing left to look at every few seconds

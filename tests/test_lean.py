@@ -226,7 +226,8 @@ def test_one_queue_s_waiting_job_is_moved_and_read_in_one_round_trip(redis):
         work_armed(worker)
     assert all(job.get_status(refresh=True) == "finished" for job in jobs)
     assert redis.llen(queue.key) == redis.llen(f"{queue.key}:intermediate") == 0
-    moved_by_script = [command for command in seen.by_script if command.startswith("LMOVE rq:queue:prefetch-one ")]
+    into_rq_s_list = "LMOVE rq:queue:prefetch-one rq:queue:prefetch-one:intermediate LEFT RIGHT"
+    moved_by_script = [command for command in seen.by_script if command == into_rq_s_list]
     read_by_script = [command.split(":")[-1] for command in seen.by_script if command.startswith("HGETALL rq:job:")]
     read_alone = [command for command, _ in seen if command.startswith("HGETALL rq:job:")]
     assert read_by_script == [job.id for job in jobs], seen.by_script  # in the queue's order

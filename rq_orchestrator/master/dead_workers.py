@@ -165,6 +165,7 @@ class StrandedJobs:
         return bool(self._first_seen)
 
     def recover(self, connection: Redis, now: float, held: set[str], worker_kwargs: dict[str, Any]) -> None:
+        from rq.exceptions import NoSuchJobError
         from rq.job import Job
 
         with connection.pipeline(transaction=False) as pipe:
@@ -180,7 +181,10 @@ class StrandedJobs:
             del self._first_seen[(_queue, job_id)]
             try:
                 job = job_class.fetch(job_id, connection=connection, serializer=worker_kwargs.get("serializer"))
-            except Exception:  # noqa: BLE001 - deleted meanwhile
+            except NoSuchJobError:  # deleted while it waited there: nothing to run, and no id to look at again
+                connection.lrem(intermediate_key(_queue), 0, job_id)
+                continue
+            except Exception:  # noqa: BLE001 - Redis away, or unreadable: looked at again later
                 continue
             _requeue_if_never_started(connection, job)
 

@@ -63,16 +63,25 @@ WAKE_TTL_SECONDS = 60  # a token nobody popped (the worker took a job instead, t
 LIST, MOVE = "list", "move"  # the two kinds of wait: BLPOP on the queues and the wake key, rq's BLMOVE
 JOB_PREFIX = Job.redis_job_namespace_prefix
 QUEUED_WITHIN = 0.005  # seconds: a BLPOP answered sooner found a job waiting (then the script goes first again)
-POP_AND_READ = """
+# The job's hash is read with pcall: a read refused (an ACL without the job's key, a key of another
+# type) must not fail the script after its pop, which Redis does not undo; rq's own fetch reads it.
+READ_JOB = """
+local function job(id)
+  local fields = redis.pcall('HGETALL', ARGV[1] .. id)
+  if fields.err then return {} end
+  return fields
+end
+"""
+POP_AND_READ = READ_JOB + """
 for _, queue in ipairs(KEYS) do
   local id = redis.call('LPOP', queue)
-  if id then return {queue, id, redis.call('HGETALL', ARGV[1] .. id)} end
+  if id then return {queue, id, job(id)} end
 end
 return false
 """
-MOVE_AND_READ = """
+MOVE_AND_READ = READ_JOB + """
 local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-if id then return {KEYS[1], id, redis.call('HGETALL', ARGV[1] .. id)} end
+if id then return {KEYS[1], id, job(id)} end
 return false
 """
 
