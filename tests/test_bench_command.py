@@ -46,6 +46,7 @@ def test_help_lists_frappe_s_options_and_ours():
         (["--utilization-threshold", "2"], "--utilization-threshold"),
         (["--num-workers", "x"], "--num-workers"),
         (["--strategy", "random", "--dequeue-strategy", "round_robin"], "disagree"),
+        (["--strategy", "random", "--dequeue-strategy", "default"], "disagree"),
         (["--strategy", "fifo"], "--strategy"),
     ],
 )

@@ -101,10 +101,10 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--job-monitoring-interval", type=click.IntRange(min=1), default=None, metavar="SECONDS",
                      help="Fork mode: a worker heartbeats for its running job this often [default: rq's, 30]."),
         click.option("--disable-job-desc-logging", is_flag=True, help="Do not log each job's description."),
-        click.option("--dequeue-strategy", type=click.Choice(DEQUEUE_STRATEGIES), default="default",
-                     show_default=True,
+        click.option("--dequeue-strategy", type=click.Choice(DEQUEUE_STRATEGIES), default=None,
                      help="Which queue a worker looks at first, as `rq worker --dequeue-strategy`: default, the "
-                          "order given; round_robin, the one after the queue of its last job; random, any."),
+                          "order given; round_robin, the one after the queue of its last job; random, the "
+                          "queues shuffled after each job [default: default]."),
         click.option("--max-jobs-per-worker", type=int, default=None, metavar="N",
                      help="Recycle a worker after about N jobs (up to 10% jitter); its replacement starts first."),
         click.option("--max-memory-per-worker", default=None, metavar="SIZE",
@@ -328,7 +328,7 @@ def build_config(groups: Sequence[Any], opts: dict[str, Any], default_worker_cla
         worker_class=worker_class,
         worker_kwargs=worker_kwargs,
         logging_level=level,
-        dequeue_strategy=opts["dequeue_strategy"],
+        dequeue_strategy=opts["dequeue_strategy"] or "default",
         name=opts["name"],
         with_scheduler=default_with_scheduler if opts["with_scheduler"] is None else opts["with_scheduler"],
         prewarm=opts["prewarm"],

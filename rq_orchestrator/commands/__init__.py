@@ -50,13 +50,11 @@ def worker_pool(queue_groups: tuple[str, ...], rq_username: str | None, rq_passw
     sys.exit(Pool(config, bench.connection).run())
 
 
-def bench_strategy(strategy: str | None, dequeue_strategy: str) -> str:
-    """One dequeue strategy from `bench worker`'s --strategy and rq's --dequeue-strategy."""
-    if strategy is None or strategy == dequeue_strategy:
-        return dequeue_strategy
-    if dequeue_strategy != "default":
+def bench_strategy(strategy: str | None, dequeue_strategy: str | None) -> str | None:
+    """One dequeue strategy from `bench worker`'s --strategy and rq's --dequeue-strategy (None: neither given)."""
+    if strategy and dequeue_strategy and strategy != dequeue_strategy:
         raise BadInput(f"--strategy {strategy} and --dequeue-strategy {dequeue_strategy} disagree; give one")
-    return strategy
+    return strategy or dequeue_strategy
 
 
 @click.command("worker-pool-supervisor", cls=OneLineErrors, context_settings={"ignore_unknown_options": True})
