@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from .cli.group_specs import GroupRequest
+from .cli.group_specs import GroupRequest, check_known
 from .infra.config import ServiceSpec
 from .infra.errors import BadInput
 from .worker.job_module import module_part, rq_job_module
@@ -224,10 +224,7 @@ def _bench_groups(background_jobs: Any, requests: Sequence[GroupRequest]) -> lis
     """Plain queue names (``short``) to the bench's (``<bench_id>:short``), in Frappe's priority order by default."""
     if not requests:
         return [GroupRequest(tuple(background_jobs.get_queue_list(None, build_queue_name=True)))]
-    known = list(background_jobs.get_queues_timeout())
-    unknown = [q for g in requests for q in g.queues if q not in known]
-    if unknown:
-        raise BadInput(f"--queue: unknown queue {', '.join(unknown)} (this bench has {', '.join(known)})")
+    check_known(requests, list(background_jobs.get_queues_timeout()))
     return [
         GroupRequest(tuple(background_jobs.get_queue_list(list(g.queues), build_queue_name=True)), g.bounds)
         for g in requests

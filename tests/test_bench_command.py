@@ -12,7 +12,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from rq_orchestrator.commands import commands, worker_pool, worker_pool_setup
+from rq_orchestrator import commands as bench_commands
+from rq_orchestrator.commands import commands, worker_pool, worker_pool_setup, worker_pool_supervisor
 from rq_orchestrator.commands.supervisor import program_block
 
 FRAPPE_OPTIONS = ("--queue", "--num-workers", "--quiet", "--burst", "--rq-username", "--rq-password", "--strategy")
@@ -125,3 +126,36 @@ def test_setup_outside_a_bench_says_so_and_writes_nothing(tmp_path, monkeypatch)
         assert not list(tmp_path.rglob("*.bak"))
     else:
         pytest.skip("frappe is installed here")
+
+
+BENCH_QUEUES = {"short": 300, "default": 300, "long": 1500}
+
+
+@pytest.mark.parametrize("command", [worker_pool_setup, worker_pool_supervisor], ids=["setup", "supervisor"])
+def test_a_queue_the_bench_does_not_have_is_refused_before_anything_is_written(tmp_path, monkeypatch, command):
+    """`bench worker-pool --queue nosuch` exits 2 at every start: a program that runs it is never written."""
+    monkeypatch.chdir(fake_bench(tmp_path))
+    monkeypatch.setattr(bench_commands, "bench_queues", lambda: dict(BENCH_QUEUES))
+    before = (tmp_path / "config/supervisor.conf").read_text(), (tmp_path / "Procfile").read_text()
+    result = CliRunner().invoke(command, ["--queue", "short,nosuch:1-2"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: --queue: unknown queue nosuch (this bench has short, default, long)"
+    assert ((tmp_path / "config/supervisor.conf").read_text(), (tmp_path / "Procfile").read_text()) == before
+
+
+@pytest.mark.parametrize("args,warned", [
+    ([], "--strategy round_robin, and the pool serves its queues in the order given"),
+    (["--strategy", "random"], "--strategy round_robin, and the pool with --strategy random"),
+    (["--strategy", "round_robin"], None),
+])
+def test_setup_says_when_the_replaced_workers_dequeued_with_another_strategy(tmp_path, monkeypatch, args, warned):
+    sites = fake_bench(tmp_path)
+    conf = tmp_path / "config/supervisor.conf"
+    conf.write_text(conf.read_text().replace("--queue short,default", "--queue short,default --strategy round_robin"))
+    monkeypatch.chdir(sites)
+    monkeypatch.setattr(bench_commands, "bench_queues", lambda: dict(BENCH_QUEUES))
+    result = CliRunner().invoke(worker_pool_setup, ["--dry-run", *args])  # output: stdout and stderr
+    assert result.exit_code == 0, result.output
+    assert "+command=/b/env/bin/bench worker-pool" in result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: the replaced workers")]
+    assert warnings == ([f"warning: the replaced workers ran with {warned}"] if warned else [])

@@ -58,6 +58,13 @@ def parse_groups(specs: Iterable[str], option: str = "--queue") -> list[GroupReq
     return groups
 
 
+def check_known(requests: Sequence[GroupRequest], known: Sequence[str]) -> None:
+    """Refuse queues of ``requests`` that are not among ``known`` (a bench's queues)."""
+    unknown = [q for g in requests for q in g.queues if q not in known]
+    if unknown:
+        raise BadInput(f"--queue: unknown queue {', '.join(unknown)} (this bench has {', '.join(known)})")
+
+
 def check_total(groups: Sequence[tuple[int, int]], total: int | None) -> None:
     """--max-workers-total must leave room for every group's minimum; all groups together must fit the machine."""
     if total is None:

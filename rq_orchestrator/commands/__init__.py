@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..cli.group_specs import GroupRequest, parse_groups
+from ..cli.group_specs import GroupRequest, check_known, parse_groups
 from ..cli.options import OneLineErrors, build_config, check_numbers, group_specs, pool_options, setup_logging
 from ..infra.errors import BadInput
 
@@ -74,7 +74,8 @@ def worker_pool_supervisor(name: str | None, user: str | None, pool_args: tuple[
 
     from .supervisor import program_block
 
-    check_pool_args(pool_args)
+    groups, _ = check_pool_args(pool_args)
+    check_known(groups, list(bench_queues()))
     bench_dir = bench_directory()
     name = name or f"{os.path.basename(bench_dir)}-frappe-worker-pool"
     log_dir = os.path.join(bench_dir, "logs")
@@ -108,12 +109,14 @@ def worker_pool_setup(dry_run: bool, program_name: str | None, pool_args: tuple[
     program and line stays as it was. A changed file is first copied to
     FILE.bak; running it again with the same options changes nothing.
     """
-    from .bench_setup import left_out_queues, setup_bench
+    from .bench_setup import left_out_queues, left_out_strategies, setup_bench
 
-    groups = check_pool_args(pool_args)
+    groups, strategy = check_pool_args(pool_args)
     bench_dir = bench_directory()
     queues = bench_queues()
+    check_known(groups, list(queues))
     left_out = left_out_queues(bench_dir, groups, list(queues))
+    strategies = left_out_strategies(bench_dir, strategy)
     outcomes = setup_bench(bench_dir, pool_args, max(queues.values()), program_name, dry_run)
     for outcome in outcomes:
         if outcome.diff:
@@ -124,17 +127,23 @@ def worker_pool_setup(dry_run: bool, program_name: str | None, pool_args: tuple[
             click.echo(f"{outcome.path}: rewritten (the old file is {outcome.backup})")
     if left_out:
         click.echo(f"warning: no --queue names {', '.join(left_out)}, which the replaced workers consumed", err=True)
+    if strategies:
+        click.echo(f"warning: the replaced workers ran with --strategy {', '.join(strategies)}, and the pool "
+                   f"{f'with --strategy {strategy}' if strategy else 'serves its queues in the order given'}", err=True)
     if not dry_run and any(o.changed and o.path.endswith("supervisor.conf") for o in outcomes):
         click.echo("To apply: sudo supervisorctl reread && sudo supervisorctl update")
 
 
-def check_pool_args(pool_args: tuple[str, ...]) -> list[GroupRequest]:
-    """Reject what `bench worker-pool POOL_ARGS` would reject, before anything is written or printed."""
+def check_pool_args(pool_args: tuple[str, ...]) -> tuple[list[GroupRequest], str | None]:
+    """Reject what `bench worker-pool POOL_ARGS` would reject, before anything is written or printed.
+
+    Returns the groups and the dequeue strategy (None: not given) the arguments ask for.
+    """
     with worker_pool.make_context("worker-pool", list(pool_args)) as context:  # current: options.given reads it
         groups = parse_groups(context.params["queue_groups"])
         group_specs(groups, context.params)
-        bench_strategy(context.params["strategy"], context.params["dequeue_strategy"])
-    return groups
+        strategy = bench_strategy(context.params["strategy"], context.params["dequeue_strategy"])
+    return groups, strategy
 
 
 def bench_directory() -> str:

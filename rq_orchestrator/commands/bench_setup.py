@@ -172,9 +172,7 @@ def rewrite_procfile(text: str, pool_args: Sequence[str]) -> str:
 def queues_named(command: str, all_queues: Sequence[str]) -> list[str]:
     """The queues a `bench worker`/`bench worker-pool` command consumes, in order: those its --queue options name,
     or ``all_queues`` (the bench's) when it has none."""
-    words = shlex.split(command)
-    values = [value if option == "--queue" else option.partition("=")[2]
-              for option, value in zip(words, [*words[1:], ""]) if option == "--queue" or option.startswith("--queue=")]
+    values = option_values(command, "--queue")
     if not values:
         return list(all_queues)
     queues: list[str] = []
@@ -186,15 +184,35 @@ def queues_named(command: str, all_queues: Sequence[str]) -> list[str]:
     return queues
 
 
-def replaced_queues(supervisor_text: str, procfile_text: str, all_queues: Sequence[str]) -> list[str]:
-    """Every queue that a worker program or Procfile worker line consumes."""
+def option_values(command: str, option: str) -> list[str]:
+    """The values ``command`` gives ``option`` (``--option VALUE`` or ``--option=VALUE``), in order."""
+    words = shlex.split(command)
+    return [value if word == option else word.partition("=")[2]
+            for word, value in zip(words, [*words[1:], ""]) if word == option or word.startswith(f"{option}=")]
+
+
+def worker_commands(supervisor_text: str, procfile_text: str) -> list[str]:
+    """The commands of the worker programs and of the Procfile's worker lines."""
     _, sections = split_sections(supervisor_text)
     commands = [s.values()["command"] for s in sections if is_worker_program(s)]
     for line in procfile_text.splitlines():
         match = PROCFILE_LINE.match(line)
         if match and BENCH_WORKER.search(match["command"]):
             commands.append(match["command"])
+    return commands
+
+
+def replaced_queues(supervisor_text: str, procfile_text: str, all_queues: Sequence[str]) -> list[str]:
+    """Every queue that a worker program or Procfile worker line consumes."""
+    commands = worker_commands(supervisor_text, procfile_text)
     return list(dict.fromkeys(q for c in commands for q in queues_named(c, all_queues)))
+
+
+def bench_texts(bench_dir: str) -> tuple[str, str]:
+    """The bench's supervisor config and Procfile ("" for a file it does not have)."""
+    files = [Path(bench_dir, "config", "supervisor.conf"), Path(bench_dir, "Procfile")]
+    supervisor_text, procfile_text = (f.read_text() if f.is_file() else "" for f in files)
+    return supervisor_text, procfile_text
 
 
 def left_out_queues(bench_dir: str, groups: Sequence[GroupRequest], all_queues: Sequence[str]) -> list[str]:
@@ -202,10 +220,14 @@ def left_out_queues(bench_dir: str, groups: Sequence[GroupRequest], all_queues: 
     the pool then takes all of the bench's queues, ``all_queues``)."""
     if not groups:
         return []
-    files = [Path(bench_dir, "config", "supervisor.conf"), Path(bench_dir, "Procfile")]
-    texts = [f.read_text() if f.is_file() else "" for f in files]
     named = {q for g in groups for q in g.queues}
-    return [q for q in replaced_queues(*texts, all_queues) if q not in named]
+    return [q for q in replaced_queues(*bench_texts(bench_dir), all_queues) if q not in named]
+
+
+def left_out_strategies(bench_dir: str, strategy: str | None) -> list[str]:
+    """The `--strategy` values of the bench's worker programs that the pool's ``strategy`` is not."""
+    used = {values[-1] for c in worker_commands(*bench_texts(bench_dir)) if (values := option_values(c, "--strategy"))}
+    return sorted(used - {strategy})
 
 
 def diff(old: str, new: str, path: str) -> str:
