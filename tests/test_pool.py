@@ -544,3 +544,15 @@ def test_a_suspended_pool_neither_grows_nor_shrinks_for_the_jobs_that_wait(start
     resume(redis)
     pool.wait_until(lambda: finished(jobs), 20, "the jobs after rq resume")
     assert "no longer suspended" in pool.output()
+
+
+@pytest.mark.parametrize("level,more", [("INFO", False), ("DEBUG", True)])
+def test_a_pool_that_holds_says_so_once_not_every_period(start_pool, level, more):
+    pool = start_pool("--num-workers", "1", "--scaling-period", "0.2", "--utilization-window", "1",
+                      "--logging-level", level)
+    pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
+    time.sleep(1)
+    said = pool.output().count("decision=hold")
+    time.sleep(2)  # ten more periods of the same hold
+    assert said >= 1 and (pool.output().count("decision=hold") >= said + 5 if more else
+                          pool.output().count("decision=hold") == said)
