@@ -264,3 +264,12 @@ def test_rq_s_scheduler_runs_by_default_except_in_a_bench(flag, bench_default, e
     assert CliRunner().invoke(command, args).exit_code == 0
     config = build_config([GroupRequest(("default",))], seen, default_with_scheduler=bench_default)
     assert config.with_scheduler is expected
+
+
+def test_the_pool_logs_as_rq_s_worker_does_errors_to_stderr_the_rest_to_stdout():
+    """Under supervisor the master's routine lines sit beside its workers' (stdout), its errors in the error log."""
+    code = ("import logging; from rq_orchestrator.cli.options import setup_logging; setup_logging('INFO'); "
+            "log = logging.getLogger('rq_orchestrator'); log.info('routine'); log.warning('odd'); log.error('bad')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert [line.split(" ", 2)[2] for line in done.stdout.splitlines()] == ["INFO routine", "WARNING odd"]
+    assert [line.split(" ", 2)[2] for line in done.stderr.splitlines()] == ["ERROR bad"]

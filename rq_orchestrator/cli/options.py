@@ -11,6 +11,7 @@ import importlib
 import inspect
 import logging
 import math
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -373,10 +374,19 @@ def rq_worker_settings(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def setup_logging(level: str) -> None:
+    """The pool's lines as rq's worker writes its own: errors to stderr, the rest to stdout.
+
+    Under supervisor (stdout_logfile, stderr_logfile) the master's routine
+    lines then sit beside its workers', and the error log holds errors.
+    """
     logger = logging.getLogger("rq_orchestrator")
     if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-        logger.addHandler(handler)
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        for stream, wanted in ((sys.stdout, lambda r: r.levelno < logging.ERROR),
+                               (sys.stderr, lambda r: r.levelno >= logging.ERROR)):
+            handler = logging.StreamHandler(stream)
+            handler.setFormatter(formatter)
+            handler.addFilter(wanted)
+            logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
