@@ -18,6 +18,7 @@ from rq.registry import StartedJobRegistry
 from conftest import PoolProcess, run_counts, wait_until
 from jobs import mark_path
 from rq_orchestrator.infra.embedded_redis import RedisServer
+from rq_orchestrator.master.state import read_pools
 from test_pool import FAST, finished, pool_processes
 
 
@@ -77,6 +78,7 @@ def test_a_restarted_pool_clears_what_its_killed_run_left(redis_url, redis, tmp_
         assert "earlier run" in job.meta["rq_orchestrator_failure"]
         second.wait_until(lambda: [w.name for w in Worker.all(connection=redis)] == [w["name"] for w in second.workers()]
                           and len(second.workers()) == 1, 15, "only the new worker registered")
+        assert [pool["pid"] for pool in read_pools(redis)] == [second.pid]  # the killed run's row is replaced
     finally:
         second.cleanup()
 

@@ -22,6 +22,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from ..infra.connection import fresh_copy
+from ..infra.processes import running
 from ..infra.rq_keys import WORKERS_KEY, intermediate_key, worker_key, workers_by_queue_key
 from .errand import Say, run_errand
 from .worker_names import of_pool, parse_worker_name
@@ -235,16 +236,7 @@ def clear_previous_run(connection: Redis, host: str, pool: str, worker_kwargs: d
 def _process_alive(worker_name: str) -> bool:
     """Pool worker names carry their pid; is that process still running (a zombie is not)?"""
     parsed = parse_worker_name(worker_name)
-    if parsed is None:
-        return True  # not one of our names: leave it alone
-    pid = parsed.pid
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
+    return parsed is None or running(parsed.pid)  # not one of our names: leave it alone
 
 
 def _lookup_kwargs(worker_kwargs: dict[str, Any]) -> dict[str, Any]:

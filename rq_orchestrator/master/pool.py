@@ -185,6 +185,7 @@ class Pool(ForkingMixin):
         self.maintenance.run_due(self.clock())  # before the forks (in an errand: failure callbacks may start threads)
         settle_for_fork(thorough=not self.config.burst)
         self.aftercare.clear_previous_run(self.host, self.config.pool_name)
+        self.state.replace_predecessors()
         log.info(
             "pool %s started: pid %d, queues %s, %s",
             self.config.pool_name,

@@ -26,8 +26,10 @@ from typing import Any, Protocol, TYPE_CHECKING
 from redis import Redis
 from redis.exceptions import NoPermissionError, RedisError
 
+from ..infra.config import hostname
 from ..infra.keys import POOLS, history_key, pool_key
 from ..infra.memory import total_pss
+from ..infra.processes import running
 from .access import redis_user, refusal
 from .queue_watch import QueueStats, observe_queues
 from ..policy.scaling import Action, Decision
@@ -130,6 +132,17 @@ class StatePublisher:
     @property
     def ttl(self) -> int:
         return int(stale_after(self.pool.config.scaling_period)) + 5
+
+    def replace_predecessors(self) -> None:
+        """Drop the entries of this pool's earlier runs on this host whose master is gone: a restart replaces them."""
+        name, host = self.pool.config.pool_name, self.pool.host
+        try:
+            for pool in read_pools(self.connection):
+                if pool["key"] != self.key and pool.get("name") == name and pool.get("host") == host \
+                        and not running(int(pool["pid"])):
+                    forget_pool(self.connection, pool["key"])
+        except RedisError as exc:  # may not read or delete them: they age out as before
+            log.debug("the state of earlier runs is left as it is: %s", exc)
 
     def mark_dirty(self) -> None:
         self._dirty = True
@@ -374,7 +387,15 @@ def _pool_entry(key: str, last_seen: float, raw: bytes | None, pttl: int) -> dic
     state.update(key=key, age_s=round(age, 3), stale=stale)
     if stale:
         state["stale_reason"] = f"no update for {age:.0f} s"
+    elif master_gone(state):  # killed here, seen at once rather than when it misses its updates
+        state.update(stale=True, stale_reason=f"its master (pid {state['pid']}) is gone")
     return state
+
+
+def master_gone(state: dict[str, Any]) -> bool:
+    """A pool of this host whose master no longer runs (killed: nobody removed its state)."""
+    return state.get("host") == hostname() and "pid" in state and not running(int(state["pid"]))
+
 
 
 def read_history(connection: Redis, key: str, limit: int | None = None) -> list[dict[str, Any]]:
