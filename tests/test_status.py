@@ -18,8 +18,11 @@ from rq.suspension import suspend
 from conftest import child_env, wait_until
 from rq_orchestrator.cli import status as status_module
 from rq_orchestrator.commands.status import worker_pool_status
-from rq_orchestrator.infra.keys import POOL_PREFIX, POOLS
-from rq_orchestrator.master.state import HISTORY_SECONDS, history_length, read_history, read_pools
+from rq_orchestrator.infra import processes
+from rq_orchestrator.infra.config import hostname
+from rq_orchestrator.infra.keys import POOL_PREFIX, POOLS, pool_key
+from rq_orchestrator.master.state import (PID_NAMESPACE, HISTORY_SECONDS, StatePublisher, history_length, read_history,
+                                          read_pools)
 from test_pool import FAST
 
 
@@ -115,6 +118,52 @@ def test_read_pools_judges_staleness_by_redis_s_clock(redis):
     assert gone == {"key": f"{POOL_PREFIX}h:3", "stale": True, "stale_reason": "its state expired", "last_seen": 3}
     assert status_module.health([fresh]) == 0 and status_module.health([fresh, late]) == 1
     assert status_module.health([]) == 3
+
+
+def a_dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_a_gone_master_is_judged_only_where_its_pids_mean_the_same(redis):
+    """Same host name is not enough: a container on the host network, or another machine, has pids of its own."""
+    dead = a_dead_pid()
+    state = {"name": "p", "host": hostname(), "pid": dead, "ttl": 100, "stale_after": 30.0, "groups": [], "workers": []}
+    for key, namespace in (("here", PID_NAMESPACE), ("elsewhere", "another-boot/pid:[1]")):
+        redis.set(f"{POOL_PREFIX}{key}:{dead}", json.dumps({**state, "pid_namespace": namespace}), ex=100)
+        redis.zadd(POOLS, {f"{POOL_PREFIX}{key}:{dead}": 1})
+    elsewhere, here = read_pools(redis)  # the index orders equal scores by key
+    assert here["stale"] and here["gone"] and here["stale_reason"] == f"its master (pid {dead}) is gone"
+    assert not elsewhere["stale"] and "gone" not in elsewhere
+
+
+def test_a_process_hidden_by_proc_s_hidepid_still_counts_as_running(monkeypatch):
+    def hidden(path, *args, **kwargs):
+        raise FileNotFoundError(path)  # what /proc mounted with hidepid=2 answers for another user's process
+
+    monkeypatch.setattr(processes, "open", hidden, raising=False)
+    assert processes.running(os.getpid())  # the kernel still has it
+    assert not processes.running(a_dead_pid())
+
+
+def test_a_starting_pool_drops_the_entries_of_its_killed_runs_on_its_host_only(redis):
+    dead, ours = a_dead_pid(), os.getpid()
+    gone_state = {"name": "p", "host": hostname(), "pid": dead, "pid_namespace": PID_NAMESPACE, "ttl": 100,
+                  "stale_after": 30.0, "groups": [], "workers": []}
+    entries = {
+        pool_key(hostname(), dead): gone_state,  # a killed run of this pool: replaced
+        pool_key("otherhost", dead): None,  # expired, another host: kept
+        pool_key(hostname(), dead + 1_000_000): None,  # expired, this host, pid gone: dropped
+        pool_key(hostname(), ours): {**gone_state, "pid": ours, "name": "other"},  # alive: kept
+    }
+    for key, content in entries.items():
+        if content is not None:
+            redis.set(key, json.dumps(content), ex=100)
+        redis.zadd(POOLS, {key: 1})
+    pool = type("Pool", (), {"host": hostname(), "pid": 4_000_000, "stopping": None, "groups": [],
+                             "config": type("Config", (), {"pool_name": "p", "scaling_period": 1.0})})
+    StatePublisher(pool, redis).replace_predecessors()
+    assert sorted(p["key"] for p in read_pools(redis)) == sorted([pool_key("otherhost", dead), pool_key(hostname(), ours)])
 
 
 def test_the_history_keeps_a_sample_per_tick_and_every_scaling(start_pool, redis):

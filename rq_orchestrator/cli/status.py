@@ -118,9 +118,9 @@ def cluster_usage(connection: Redis, pools: list[dict[str, Any]]) -> dict[str, d
 
 
 def forget_dead(connection: Redis, pools: list[dict[str, Any]]) -> None:
-    """Drop the pools whose state expired (their master died without cleaning up); they were shown."""
+    """Drop the pools whose state expired or whose master is gone (it died without cleaning up); they were shown."""
     for pool in pools:
-        if pool["stale"] and "name" not in pool:
+        if pool["stale"] and ("name" not in pool or pool.get("gone")):
             forget_pool(connection, pool["key"])
 
 
@@ -145,6 +145,8 @@ def service_text(pool: dict[str, Any], service: dict[str, Any]) -> str:
         state += f", pid {service['pid']}"
     if service.get("last_exit"):
         state += f", last exit: {service['last_exit']}"
+    if pool["stale"]:
+        state = f"{state} when last seen"
     return f"pool {pool['name']} (pid {pool['pid']}): service {service['name']} {state}, {service['restarts']} restarts"
 
 

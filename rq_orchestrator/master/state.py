@@ -26,10 +26,9 @@ from typing import Any, Protocol, TYPE_CHECKING
 from redis import Redis
 from redis.exceptions import NoPermissionError, RedisError
 
-from ..infra.config import hostname
-from ..infra.keys import POOLS, history_key, pool_key
+from ..infra.keys import POOLS, history_key, pool_address, pool_key
 from ..infra.memory import total_pss
-from ..infra.processes import running
+from ..infra.processes import pid_namespace, running
 from .access import redis_user, refusal
 from .queue_watch import QueueStats, observe_queues
 from ..policy.scaling import Action, Decision
@@ -60,6 +59,7 @@ MEMORY_SECONDS = 30.0  # the pool's memory (PSS: the kernel walks every page of 
 QUIET_MEMORY_SECONDS = 300.0  # ...or this often while no job ran and no worker came or went (64 idle workers: 0.4 % of a core)
 
 log = logging.getLogger("rq_orchestrator")
+PID_NAMESPACE = pid_namespace()  # where this process's pids mean what they say (None: unknown)
 
 
 def stale_after(scaling_period: float) -> float:
@@ -134,12 +134,17 @@ class StatePublisher:
         return int(stale_after(self.pool.config.scaling_period)) + 5
 
     def replace_predecessors(self) -> None:
-        """Drop the entries of this pool's earlier runs on this host whose master is gone: a restart replaces them."""
-        name, host = self.pool.config.pool_name, self.pool.host
+        """Drop the entries of this pool's killed earlier runs here: a restart replaces them.
+
+        Those whose state expired name no pool: any of this host whose pid is
+        gone goes (it stopped publishing long ago, and cannot be told apart).
+        """
         try:
             for pool in read_pools(self.connection):
-                if pool["key"] != self.key and pool.get("name") == name and pool.get("host") == host \
-                        and not running(int(pool["pid"])):
+                ours = pool.get("name") == self.pool.config.pool_name and pool.get("gone")
+                host, pid = pool_address(pool["key"])
+                expired_here = "name" not in pool and host == self.pool.host and pid.isdigit() and not running(int(pid))
+                if pool["key"] != self.key and (ours or expired_here):
                     forget_pool(self.connection, pool["key"])
         except RedisError as exc:  # may not read or delete them: they age out as before
             log.debug("the state of earlier runs is left as it is: %s", exc)
@@ -274,6 +279,7 @@ class StatePublisher:
             "name": pool.config.pool_name,
             "host": pool.host,
             "pid": pool.pid,
+            "pid_namespace": PID_NAMESPACE,
             "queues": list(pool.config.all_queues),
             "started_at": self.started_at,
             "updated_at": time.time(),
@@ -388,13 +394,14 @@ def _pool_entry(key: str, last_seen: float, raw: bytes | None, pttl: int) -> dic
     if stale:
         state["stale_reason"] = f"no update for {age:.0f} s"
     elif master_gone(state):  # killed here, seen at once rather than when it misses its updates
-        state.update(stale=True, stale_reason=f"its master (pid {state['pid']}) is gone")
+        state.update(stale=True, gone=True, stale_reason=f"its master (pid {state['pid']}) is gone")
     return state
 
 
 def master_gone(state: dict[str, Any]) -> bool:
-    """A pool of this host whose master no longer runs (killed: nobody removed its state)."""
-    return state.get("host") == hostname() and "pid" in state and not running(int(state["pid"]))
+    """A pool of this machine and pid namespace whose master no longer runs (killed: nobody removed its state)."""
+    here = PID_NAMESPACE is not None and state.get("pid_namespace") == PID_NAMESPACE
+    return here and not running(int(state["pid"]))
 
 
 
