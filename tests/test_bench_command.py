@@ -145,7 +145,7 @@ def test_a_queue_the_bench_does_not_have_is_refused_before_anything_is_written(t
 
 @pytest.mark.parametrize("args,warned", [
     ([], "--strategy round_robin, and the pool serves its queues in the order given"),
-    (["--strategy", "random"], "--strategy round_robin, and the pool with --strategy random"),
+    (["--strategy", "random"], "--strategy round_robin, and the pool dequeues random"),
     (["--strategy", "round_robin"], None),
 ])
 def test_setup_says_when_the_replaced_workers_dequeued_with_another_strategy(tmp_path, monkeypatch, args, warned):

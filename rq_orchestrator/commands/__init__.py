@@ -75,7 +75,8 @@ def worker_pool_supervisor(name: str | None, user: str | None, pool_args: tuple[
     from .supervisor import program_block
 
     groups, _ = check_pool_args(pool_args)
-    check_known(groups, list(bench_queues()))
+    queues = bench_queues()
+    check_known(groups, list(queues))
     bench_dir = bench_directory()
     name = name or f"{os.path.basename(bench_dir)}-frappe-worker-pool"
     log_dir = os.path.join(bench_dir, "logs")
@@ -87,7 +88,7 @@ def worker_pool_supervisor(name: str | None, user: str | None, pool_args: tuple[
             directory=bench_dir,
             stdout_logfile=os.path.join(log_dir, f"{name}.log"),
             stderr_logfile=os.path.join(log_dir, f"{name}.error.log"),
-            longest_job=bench_longest_job(),
+            longest_job=max(queues.values()),
             user=user,
         ),
         nl=False,
@@ -129,7 +130,7 @@ def worker_pool_setup(dry_run: bool, program_name: str | None, pool_args: tuple[
         click.echo(f"warning: no --queue names {', '.join(left_out)}, which the replaced workers consumed", err=True)
     if strategies:
         click.echo(f"warning: the replaced workers ran with --strategy {', '.join(strategies)}, and the pool "
-                   f"{f'with --strategy {strategy}' if strategy else 'serves its queues in the order given'}", err=True)
+                   f"{f'dequeues {strategy}' if strategy else 'serves its queues in the order given'}", err=True)
     if not dry_run and any(o.changed and o.path.endswith("supervisor.conf") for o in outcomes):
         click.echo("To apply: sudo supervisorctl reread && sudo supervisorctl update")
 
@@ -151,11 +152,6 @@ def bench_directory() -> str:
     import os
 
     return os.path.dirname(os.path.abspath(os.getcwd()))
-
-
-def bench_longest_job() -> int:
-    """The bench's longest queue timeout, from Frappe."""
-    return max(bench_queues().values())
 
 
 def bench_queues() -> dict[str, int]:

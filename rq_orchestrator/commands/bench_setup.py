@@ -185,8 +185,11 @@ def queues_named(command: str, all_queues: Sequence[str]) -> list[str]:
 
 
 def option_values(command: str, option: str) -> list[str]:
-    """The values ``command`` gives ``option`` (``--option VALUE`` or ``--option=VALUE``), in order."""
-    words = shlex.split(command)
+    """The values ``command`` gives ``option`` (``--option VALUE`` or ``--option=VALUE``), in order (none if unparsable)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:  # unbalanced quotes: supervisor would not run it either
+        return []
     return [value if word == option else word.partition("=")[2]
             for word, value in zip(words, [*words[1:], ""]) if word == option or word.startswith(f"{option}=")]
 

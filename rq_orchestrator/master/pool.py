@@ -52,6 +52,7 @@ OBSERVE_SECONDS = 1.0  # queues are observed (and the master wakes) at least thi
 CRASH_BACKOFF_MAX = 10.0
 MASTER_SOCKET_TIMEOUT = 1.5  # seconds; the master sends no blocking command
 EVENT_BATCH_SECONDS = 0.05  # busy workers' events wake the master at most this often
+HOLD_REPEAT_SECONDS = 600.0  # a hold that lasts is logged again at INFO this often
 FIGURES = re.compile(r"\d+(?:\.\d+)?")  # the numbers of a decision's reason, which change from period to period
 IDLE_STOP_GRACE = 5.0  # seconds: a stopped worker with no job in hand leaves within one; one that has not is killed
 
@@ -106,7 +107,8 @@ class Pool(ForkingMixin):
         self.learner = ModuleLearner() if learning else None
         self._learned_at = float("-inf")  # when the master last learned a module: workers born before lack it
         self._suspension_seen = False  # `rq suspend` in force at the last look (_workers_suspended)
-        self._last_said: dict[str, tuple[Any, ...]] = {}  # each group's last decision as logged, figures masked
+        self._last_said: dict[str, tuple[Any, ...]] = {}  # each group's last decision, figures masked...
+        self._said_at: dict[str, float] = {}  # ...and when it was last logged at INFO
         self._stuck: dict[int, str] = {}  # workers killed as stuck -> why, for their job's failure (_kill_stuck)
         self.aftercare = Aftercare(connection, [g.queues[0] for g in config.groups if len(g.queues) == 1],
                                    config.worker_kwargs, self._stop_asked)
@@ -657,7 +659,7 @@ class Pool(ForkingMixin):
         d = plan.decision
         workers = group.capacity + len(plan.retire)
         log.log(
-            self._decision_level(group.name, d),
+            self._decision_level(group.name, d, now),
             "scale group=%s workers=%d utilization=%.2f decision=%s target=%d reason=%s",
             group.name, workers, group.ledger.utilization(now, workers), d.action.value, d.target, d.reason,
         )
@@ -665,16 +667,20 @@ class Pool(ForkingMixin):
             _kill(int(key), signal.SIGTERM)
         self.state.record_decision(group, d, now)
 
-    def _decision_level(self, group: str, decision: Decision) -> int:
+    def _decision_level(self, group: str, decision: Decision, now: float) -> int:
         """INFO for a change; DEBUG for a hold that repeats the group's last decision but for its figures.
 
-        A pool that holds logs one line when it starts to hold, not one every
-        period (17,000 a day at --scaling-period 5).
+        A pool that holds logs one line when it starts to hold, and again every
+        HOLD_REPEAT_SECONDS while it lasts, not one every period (17,000 a day
+        at --scaling-period 5).
         """
         said = (decision.action, decision.target, FIGURES.sub("#", decision.reason))
-        repeated = self._last_said.get(group) == said
+        repeated = self._last_said.get(group) == said and now - self._said_at[group] < HOLD_REPEAT_SECONDS
         self._last_said[group] = said
-        return logging.DEBUG if repeated and decision.action is Action.HOLD else logging.INFO
+        if repeated and decision.action is Action.HOLD:
+            return logging.DEBUG
+        self._said_at[group] = now
+        return logging.INFO
 
     def _pool_memory(self, now: float) -> int | None:
         """Total PSS of the master, its workers and their job processes where a ceiling asks for it, once a period.
