@@ -74,9 +74,7 @@ def worker_pool_supervisor(name: str | None, user: str | None, pool_args: tuple[
 
     from .supervisor import program_block
 
-    groups, _ = check_pool_args(pool_args)
-    queues = bench_queues()
-    check_known(groups, list(queues))
+    _, _, queues = check_against_bench(pool_args)
     bench_dir = bench_directory()
     name = name or f"{os.path.basename(bench_dir)}-frappe-worker-pool"
     log_dir = os.path.join(bench_dir, "logs")
@@ -112,10 +110,8 @@ def worker_pool_setup(dry_run: bool, program_name: str | None, pool_args: tuple[
     """
     from .bench_setup import left_out_queues, left_out_strategies, setup_bench
 
-    groups, strategy = check_pool_args(pool_args)
+    groups, strategy, queues = check_against_bench(pool_args)
     bench_dir = bench_directory()
-    queues = bench_queues()
-    check_known(groups, list(queues))
     left_out = left_out_queues(bench_dir, groups, list(queues))
     strategies = left_out_strategies(bench_dir, strategy)
     outcomes = setup_bench(bench_dir, pool_args, max(queues.values()), program_name, dry_run)
@@ -145,6 +141,14 @@ def check_pool_args(pool_args: tuple[str, ...]) -> tuple[list[GroupRequest], str
         group_specs(groups, context.params)
         strategy = bench_strategy(context.params["strategy"], context.params["dequeue_strategy"])
     return groups, strategy
+
+
+def check_against_bench(pool_args: tuple[str, ...]) -> tuple[list[GroupRequest], str | None, dict[str, int]]:
+    """``check_pool_args``, then the queues it names against the bench's: the groups, strategy and bench's queues."""
+    groups, strategy = check_pool_args(pool_args)
+    queues = bench_queues()
+    check_known(groups, list(queues))
+    return groups, strategy, queues
 
 
 def bench_directory() -> str:

@@ -22,7 +22,12 @@ def queue_key(queue: str) -> str:
 
 def intermediate_key(queue: str) -> str:
     """Where rq (1.15 and later) moves a job id it pops, until the job starts."""
-    return f"{queue_key(queue)}:intermediate"
+    return intermediate_of(queue_key(queue))
+
+
+def intermediate_of(key: str) -> str:
+    """The intermediate list of the queue whose key is ``key``."""
+    return f"{key}:intermediate"
 
 
 def job_key(job_id: str) -> str:

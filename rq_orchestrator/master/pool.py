@@ -107,8 +107,8 @@ class Pool(ForkingMixin):
         self.learner = ModuleLearner() if learning else None
         self._learned_at = float("-inf")  # when the master last learned a module: workers born before lack it
         self._suspension_seen = False  # `rq suspend` in force at the last look (_workers_suspended)
-        self._last_said: dict[str, tuple[Any, ...]] = {}  # each group's last decision, figures masked...
-        self._said_at: dict[str, float] = {}  # ...and when it was last logged at INFO
+        # group -> its last decision (figures masked) and when it was last logged at INFO (_decision_level)
+        self._said: dict[str, tuple[tuple[Any, ...], float]] = {}
         self._stuck: dict[int, str] = {}  # workers killed as stuck -> why, for their job's failure (_kill_stuck)
         self.aftercare = Aftercare(connection, [g.queues[0] for g in config.groups if len(g.queues) == 1],
                                    config.worker_kwargs, self._stop_asked)
@@ -675,11 +675,10 @@ class Pool(ForkingMixin):
         at --scaling-period 5).
         """
         said = (decision.action, decision.target, FIGURES.sub("#", decision.reason))
-        repeated = self._last_said.get(group) == said and now - self._said_at[group] < HOLD_REPEAT_SECONDS
-        self._last_said[group] = said
-        if repeated and decision.action is Action.HOLD:
+        last = self._said.get(group)
+        if decision.action is Action.HOLD and last and last[0] == said and now - last[1] < HOLD_REPEAT_SECONDS:
             return logging.DEBUG
-        self._said_at[group] = now
+        self._said[group] = (said, now)
         return logging.INFO
 
     def _pool_memory(self, now: float) -> int | None:

@@ -404,7 +404,6 @@ def master_gone(state: dict[str, Any]) -> bool:
     return here and not running(int(state["pid"]))
 
 
-
 def read_history(connection: Redis, key: str, limit: int | None = None) -> list[dict[str, Any]]:
     """The pool's per-tick samples, oldest first (the last ``limit`` only, if given)."""
     raw = connection.lrange(history_key(key), 0, -1 if limit is None else limit - 1)

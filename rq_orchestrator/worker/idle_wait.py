@@ -55,6 +55,7 @@ from rq.queue import Queue
 from rq.utils import as_text
 
 from ..infra.connection import fresh_copy
+from ..infra.rq_keys import intermediate_of
 from .lean import prefetched
 from .mixins import with_mixin
 
@@ -171,7 +172,7 @@ class IdleWait:
         if self.move_and_read is None:
             return None
         try:
-            return self._popped(self.move_and_read, [queue_key, f"{queue_key}:intermediate"], blocking)
+            return self._popped(self.move_and_read, [queue_key, intermediate_of(queue_key)], blocking)
         except (ConnectionError, TimeoutError):
             self.cut_short()  # Redis may have moved a job whose id never reached this worker
             raise
