@@ -87,11 +87,14 @@ def test_demo_on_a_named_redis_deletes_its_keys(tmp_path: Path) -> None:
         (["--scaling-period", "5", "--utilization-window", "1"], "--utilization-window (1.0) must be at least"),
         (["--plot", "out.txt"], "--plot: out.txt must end in"),
         (["--interval", "soon"], "'soon' is not a valid float"),
+        (["--scaling-period", "0.05"], "--scaling-period must be from 0.1"),  # the pool's own limits, checked first
+        (["--max-workers", "100000"], "more than this machine can hold"),
     ],
 )
 def test_demo_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     result = run_demo(tmp_path, *args, timeout=30)
     assert result.returncode == 2
+    assert "demo queue" not in result.stdout  # nothing started
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 

@@ -284,8 +284,11 @@ def test_plot_is_drawn(tmp_path):
         (["--max-step", "0"], "--max-step"),
         (["--scale-down-delay", "-1"], "--scale-down-delay"),
         (["--max-queue-wait", "-0.5"], "--max-queue-wait"),
-        (["--max-pool-memory", "2XB"], "--max-pool-memory"),
-        (["--max-pool-memory", "0"], "--max-pool-memory"),
+        (["--max-pool-memory", "2GB"], "No such option: --max-pool-memory"),  # the simulator has no memory
+        (["--scaling-period", "1e-6", "--utilization-window", "1"], "--scaling-period must be from 0.1"),
+        (["--utilization-window", "5000"], "--utilization-window must be at most"),
+        (["--max-workers", "100000"], "more than this machine can hold"),
+        (["--plot", "sim.txt"], "--plot: sim.txt must end in"),
         (["--scale-on", "queue-wait"], "--max-queue-wait"),
         (["--profile", "fast"], "--profile"),
         (["--spawn-delay", "-1"], "--spawn-delay"),

@@ -40,7 +40,8 @@ from ..infra.config import (
 from ..infra.embedded_redis import NoRedisServer, RedisServer
 from ..infra.connection import connect
 from ..infra.errors import BadInput
-from .options import OneLineErrors, check_timing, resolve_bounds
+from .options import OneLineErrors, check_scaling
+from .outputs import check_output, check_plot_path
 from ..master.state import read_pools
 from ..worker.process import set_parent_death_signal
 from .demo_report import (
@@ -57,7 +58,6 @@ from .demo_report import (
 JOB = "rq_orchestrator.cli.demo_jobs.work"
 READY_TIMEOUT = 30.0  # seconds for the pool's first workers to be ready
 STOP_GRACE = 10.0  # seconds a warm stop may take on top of one job
-PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 class DemoError(click.ClickException):
@@ -131,20 +131,7 @@ def check_settings(s: DemoSettings) -> None:
         raise BadInput(f"--interval must be greater than 0, got {s.interval}")
     if not s.job_seconds >= 0:
         raise BadInput(f"--job-seconds must be 0 or more, got {s.job_seconds}")
-    resolve_bounds(s.min_workers, s.max_workers, None)
-    check_timing(s.utilization_threshold, s.scaling_period, s.utilization_window)
-
-
-def check_output(option: str, path: str | None) -> None:
-    """Fail before the run, not after it, when an output file cannot be written."""
-    if path is not None and not Path(path).resolve().parent.is_dir():
-        raise BadInput(f"{option}: no such directory: {Path(path).parent}")
-
-
-def check_plot_path(path: str) -> None:
-    check_output("--plot", path)
-    if Path(path).suffix.lower() not in PLOT_SUFFIXES:
-        raise BadInput(f"--plot: {path} must end in {', '.join(PLOT_SUFFIXES)}")
+    check_scaling(vars(s))
 
 
 def introduce(queue: str, where: str, s: DemoSettings) -> None:

@@ -162,6 +162,22 @@ def resolve_bounds(min_workers: int | None, max_workers: int | None, num_workers
     return low, high
 
 
+def check_scaling(opts: dict[str, Any]) -> tuple[int, int]:
+    """The pool's size and timing options, checked alike wherever a pool is sized (worker-pool, demo, simulate).
+
+    Returns (min, max), or raises BadInput. Reads the options ``min_workers``,
+    ``max_workers``, ``num_workers`` (absent: None), ``scaling_period``,
+    ``utilization_threshold`` and ``utilization_window``.
+    """
+    bounds = resolve_bounds(opts["min_workers"], opts["max_workers"], opts.get("num_workers"))
+    for option in ("num_workers", "min_workers", "max_workers"):
+        if opts.get(option) is not None:
+            check_workers(opts[option], "--" + option.replace("_", "-"))
+    check_period_and_window(opts["scaling_period"], opts["utilization_window"])
+    check_timing(opts["utilization_threshold"], opts["scaling_period"], opts["utilization_window"])
+    return bounds
+
+
 def check_timing(threshold: float, period: float, window: float) -> None:
     if not 0 < threshold <= 1:
         raise BadInput(f"--utilization-threshold must be in (0, 1], got {threshold}")
@@ -207,14 +223,9 @@ def logging_level(level: str, quiet: bool) -> str:
 
 def check_numbers(opts: dict[str, Any]) -> tuple[int, int]:
     """Validate every option that needs no import and no connection; returns (min, max)."""
-    bounds = resolve_bounds(opts["min_workers"], opts["max_workers"], opts["num_workers"])
-    for option in ("num_workers", "min_workers", "max_workers"):
-        if opts[option] is not None:
-            check_workers(opts[option], "--" + option.replace("_", "-"))
+    bounds = check_scaling(opts)
     if opts["max_workers_total"] is not None:
         check_workers(opts["max_workers_total"], "--max-workers-total")
-    check_period_and_window(opts["scaling_period"], opts["utilization_window"])
-    check_timing(opts["utilization_threshold"], opts["scaling_period"], opts["utilization_window"])
     logging_level(opts["logging_level"], opts["quiet"])
     if opts["max_jobs_per_worker"] is not None and opts["max_jobs_per_worker"] < 1:
         raise BadInput(f"--max-jobs-per-worker must be at least 1, got {opts['max_jobs_per_worker']}")

@@ -11,7 +11,8 @@ import click
 from ..infra.errors import BadInput
 from ..policy.scaling import ScalingSettings
 from ..policy.simulator import DEFAULT_SPAWN_DELAY, DEFAULT_TAIL, BadTrace, Result, TraceJob, read_trace, run_simulation
-from .options import OneLineErrors, check_timing, pool_options, resolve_bounds
+from .options import OneLineErrors, check_scaling, pool_options
+from .outputs import check_plot_path
 from .policy_options import policy_options, policy_settings
 
 SCALING_OPTIONS = ("min_workers", "max_workers", "num_workers", "scaling_period",
@@ -28,8 +29,7 @@ def read_trace_option(path: str) -> list[TraceJob]:
 
 def settings_from_options(opts: dict[str, Any]) -> ScalingSettings:
     """The pool's scaling options and the policy options, validated, as ScalingSettings (or BadInput)."""
-    low, high = resolve_bounds(opts["min_workers"], opts["max_workers"], opts["num_workers"])
-    check_timing(opts["utilization_threshold"], opts["scaling_period"], opts["utilization_window"])
+    low, high = check_scaling(opts)
     return ScalingSettings(low, high, opts["utilization_threshold"], **policy_settings(opts))
 
 
@@ -46,7 +46,8 @@ def settings_from_options(opts: dict[str, Any]) -> ScalingSettings:
               help=f"Simulate until this time, or until the last job ends if later "
                    f"(default: {DEFAULT_TAIL:g} s after the last job ends).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-@click.option("--plot", default=None, metavar="FILE.png", help="Draw workers, queue length and utilization.")
+@click.option("--plot", default=None, metavar="FILE", help="Draw workers, queue length and utilization (PNG, SVG or "
+              "PDF, by the file's suffix).")
 def simulate(trace: str, spawn_delay: float, until: float | None, as_json: bool, plot: str | None,
              **opts: Any) -> None:
     """Replay a trace of jobs on a virtual clock through the pool's own scaling code.
@@ -61,6 +62,8 @@ def simulate(trace: str, spawn_delay: float, until: float | None, as_json: bool,
         raise BadInput(f"--spawn-delay must be 0 or more seconds, got {spawn_delay}")
     if until is not None and not until >= 0:
         raise BadInput(f"--until must be 0 or more seconds, got {until}")
+    if plot:
+        check_plot_path(plot)
     result = run_simulation(read_trace_option(trace), settings, opts["utilization_window"], spawn_delay, until)
     metrics = result.metrics()
     if as_json:
@@ -80,6 +83,8 @@ def _pool_scaling_params() -> list[click.Parameter]:
 
 
 simulate.params[1:1] = _pool_scaling_params()
+# The simulator has no memory: a memory cap it would take and ignore is refused as unknown instead.
+simulate.params = [param for param in simulate.params if param.name != "max_pool_memory"]
 
 
 # -- the plot ---------------------------------------------------------------------
