@@ -39,6 +39,11 @@ def test_bad_group_specs_are_rejected(spec):
         parse_group(spec)
 
 
+def test_an_empty_queue_name_is_shown_quoted():
+    with pytest.raises(BadInput, match="^--queue '': empty queue name$"):
+        parse_group("")
+
+
 @pytest.mark.parametrize(
     "args,names",
     [

@@ -47,7 +47,7 @@ def parse_group(spec: str, option: str = "--queue") -> GroupRequest:
             raise BadInput(f"{option} {spec}: a group needs a maximum of at least 1")
         check_workers(high, f"{option} {spec}")
         names, bounds = head, (low, high)
-    return GroupRequest(check_queues(names.split(","), f"{option} {spec}"), bounds)
+    return GroupRequest(check_queues(names.split(","), f"{option} {spec or repr(spec)}"), bounds)
 
 
 def parse_groups(specs: Iterable[str], option: str = "--queue") -> list[GroupRequest]:

@@ -46,7 +46,8 @@ def status_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
                      help="Seconds between refreshes with --watch."),
         click.option("--forget-stale", is_flag=True,
-                     help="After showing them, drop pools whose master died from the list (they stay 15 min)."),
+                     help="After showing them, drop from the list the pools whose master died (else listed, stale, for "
+                          "15 minutes)."),
     ]
     for option in reversed(options):
         func = option(func)
