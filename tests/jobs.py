@@ -24,6 +24,21 @@ def noop() -> None:
     _record("noop")
 
 
+MOST_RUNNING = ("if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
+                "redis.call('SET', KEYS[1], ARGV[1]) end")
+
+
+def count_running(seconds: float) -> None:
+    """Sleep, counting the jobs that run at once (``test:running``); the most at any time is ``test:most_running``."""
+    connection = get_current_job().connection
+    connection.eval(MOST_RUNNING, 1, "test:most_running", connection.incr("test:running"))
+    try:
+        time.sleep(seconds)
+    finally:
+        connection.decr("test:running")
+    _record("count_running")
+
+
 def enqueue_after(seconds: float, queue: str) -> str:
     """Sleep, then enqueue a ``noop`` on ``queue``: its id."""
     from rq import Queue

@@ -98,6 +98,18 @@ def test_sighup_reforks_every_worker_without_dropping_below_size(start_pool):
     assert min(seen) >= 2
 
 
+def test_sighup_runs_no_more_jobs_at_once_than_the_pool_size(start_pool, redis):
+    pool = start_pool("--num-workers", "2", *FAST)
+    old = set(pool.wait_until(lambda: len(pool.ready_pids()) == 2 and pool.ready_pids(), 15, "two workers"))
+    queue = Queue(connection=redis)
+    jobs = [queue.enqueue("jobs.count_running", 1.5) for _ in range(6)]
+    pool.wait_until(lambda: [w["state"] for w in pool.workers()] == ["busy", "busy"], 10, "both workers busy")
+    pool.send(signal.SIGHUP)  # a new worker beside a busy one would take a queued job
+    pool.wait_until(lambda: all(j.get_status(refresh=True) == JobStatus.FINISHED for j in jobs), 30, "the jobs")
+    assert int(redis.get("test:most_running")) == 2
+    pool.wait_until(lambda: len(set(pool.ready_pids()) - old) == 2, 10, "both workers re-forked")
+
+
 def test_a_wedged_worker_is_killed_and_its_job_failed(start_pool, redis):
     pool = start_pool("--num-workers", "1", "--worker-class", "rq.SimpleWorker", "--stuck-margin", "1", *FAST)
     first = pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")[0]

@@ -542,7 +542,7 @@ class Pool(ForkingMixin):
                     _kill(int(pid), signal.SIGKILL)
 
     def _begin_reload(self) -> None:
-        """SIGHUP: re-fork every worker, one at a time, the new one up before the old one leaves.
+        """SIGHUP: re-fork every worker (``_continue_reload`` takes the steps).
 
         The learned job modules are dropped first, so the new workers run the
         jobs' code as it is on disk now (a deploy); what --preload imported stays.
@@ -551,7 +551,8 @@ class Pool(ForkingMixin):
             log.info("SIGHUP: %d learned job modules dropped from the master: the jobs load their code afresh",
                      len(forgotten))
         self._reload_queue = [(g, int(w.key)) for g in self.groups for w in g.active]
-        log.info("SIGHUP: re-forking %d workers one at a time", len(self._reload_queue))
+        log.info("SIGHUP: re-forking %d workers (a busy one once its job is done, idle ones one at a time)",
+                 len(self._reload_queue))
 
     def _refresh_if_old(self, group: WorkerGroup, worker: WorkerRecord) -> None:
         """Replace a worker forked before the master learned a job module, once it has left.
@@ -567,18 +568,28 @@ class Pool(ForkingMixin):
             self._retire(group, worker, keep_place=True)
 
     def _continue_reload(self) -> None:
-        if self._reload_pending or not self._reload_queue:
-            return
-        group, old = self._reload_queue.pop(0)
-        if old not in group.workers or group.workers[old].retiring:
-            return
-        group.replacement_started()
-        new = self._spawn(group)
-        if new is None:  # no cluster slot for the re-fork yet: try again later
-            group.replacement_ended()
-            self._reload_queue.insert(0, (group, old))
-            return
-        self._reload_pending[new] = old
+        """SIGHUP's next steps: a busy worker is replaced once its job is done, an idle one by a new worker up first.
+
+        A busy worker gets its warm stop and keeps its place (as for a learned
+        module): a new worker beside it would take a queued job, and a pool of
+        N would run up to 2N jobs for as long as the old ones run theirs. An
+        idle worker's successor is forked, one pair at a time, before it leaves.
+        """
+        while not self._reload_pending and self._reload_queue:
+            group, old = self._reload_queue.pop(0)
+            worker = group.workers.get(old)
+            if worker is None or worker.retiring:
+                continue
+            if worker.busy:
+                self._retire(group, worker, keep_place=True)
+                continue
+            group.replacement_started()
+            new = self._spawn(group)
+            if new is None:  # no cluster slot for the re-fork yet: try again later
+                group.replacement_ended()
+                self._reload_queue.insert(0, (group, old))
+                return
+            self._reload_pending[new] = old
 
     def _redis_reachable(self) -> bool:
         try:
