@@ -1,8 +1,9 @@
 """The pool's state, published in Redis for `status`, metrics, the demo and dashboards.
 
 One key per running master, refreshed at every scaling tick and whenever its
-workers change (at most twice a second), expiring by itself if the master
-dies without removing it. An index sorted set lists the keys, so readers
+workers change (at most twice a second), expiring by itself FORGET_AFTER
+after the last refresh if the master dies without removing it (its age, not
+its presence, says it is stale). An index sorted set lists the keys, so readers
 never scan Redis. Next to the key, a capped list keeps about the last hour
 of history for charts: a ``tick`` sample per group every scaling period
 (size, load and that period's decision), and a ``decision`` entry for every
@@ -26,7 +27,7 @@ from typing import Any, Protocol, TYPE_CHECKING
 from redis import Redis
 from redis.exceptions import NoPermissionError, RedisError
 
-from ..infra.keys import POOLS, history_key, pool_address, pool_key
+from ..infra.keys import POOLS, history_key, pool_key
 from ..infra.memory import total_pss
 from ..infra.processes import pid_namespace, running
 from .access import redis_user, refusal
@@ -131,20 +132,22 @@ class StatePublisher:
 
     @property
     def ttl(self) -> int:
-        return int(stale_after(self.pool.config.scaling_period)) + 5
+        """The state outlives a master that dies without removing it: listed, stale, by name, for FORGET_AFTER.
+
+        Staleness is judged from the state's age (``read_pools``), not from
+        the key's presence, so a killed pool keeps its name, groups and last
+        figures in `status` and the desk until it is forgotten or restarted.
+        """
+        return max(int(FORGET_AFTER), int(stale_after(self.pool.config.scaling_period)) + 5)
 
     def replace_predecessors(self) -> None:
-        """Drop the entries of this pool's killed earlier runs here: a restart replaces them.
+        """Drop the entries of this pool's killed earlier runs here (same name, master gone): a restart replaces them.
 
-        Those whose state expired name no pool: any of this host whose pid is
-        gone goes (it stopped publishing long ago, and cannot be told apart).
+        Another pool's dead run stays listed: its restart, not this one's, replaces it.
         """
         try:
             for pool in read_pools(self.connection):
-                ours = pool.get("name") == self.pool.config.pool_name and pool.get("gone")
-                host, pid = pool_address(pool["key"])
-                expired_here = "name" not in pool and host == self.pool.host and pid.isdigit() and not running(int(pid))
-                if pool["key"] != self.key and (ours or expired_here):
+                if pool["key"] != self.key and pool.get("name") == self.pool.config.pool_name and pool.get("gone"):
                     forget_pool(self.connection, pool["key"])
         except RedisError as exc:  # may not read or delete them: they age out as before
             log.debug("the state of earlier runs is left as it is: %s", exc)

@@ -136,21 +136,18 @@ class TestRQWorkerPool(unittest.TestCase):
         self.assertIsNotNone(doc.modified)
         self.assertEqual(doc.as_dict()["pool"], "desktest")
 
-    def test_a_killed_pool_reads_stale_then_expired(self) -> None:
+    def test_a_killed_pool_reads_stale_and_keeps_its_row(self) -> None:
         pool = self.start_pool()
         name = self.list_names()[0]
         os.killpg(pool.pid, signal.SIGKILL)
         pool.wait(10)
         self.wait_for(lambda: frappe.get_doc(DOCTYPE, name).state == "stale", "the row to turn stale", timeout=30)
         # Read where the pool ran: its master's pid is gone (elsewhere: "no update for ... s").
-        self.assertIn(f"its master (pid {pool.pid}) is gone", frappe.get_doc(DOCTYPE, name).stale_reason)
-        expired = name.rsplit(":", 1)[0]  # host:pid: its group is no longer known
-        self.wait_for(lambda: self.list_names() == [expired], "the state to expire", timeout=30)
+        doc = frappe.get_doc(DOCTYPE, name)
+        self.assertIn(f"its master (pid {pool.pid}) is gone", doc.stale_reason)
+        self.assertEqual(doc.as_dict()["pool"], "desktest")  # its name and group stay until it is forgotten
         rows, count = self.desk_list()
         self.assertEqual((count, rows[0]["state"]), (1, "stale"))
-        doc = frappe.get_doc(DOCTYPE, expired)
-        self.assertEqual((doc.state, doc.stale_reason), ("stale", "its state expired"))
-        self.assertEqual(json.loads(doc.history_json)["chart"]["t"], [])
 
     def test_only_the_system_manager_reads_it(self) -> None:
         self.start_pool()
