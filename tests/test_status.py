@@ -115,6 +115,22 @@ def test_another_pool_s_start_leaves_a_killed_pool_listed(start_pool, redis, red
     assert code == 1 and rows.keys() == {"first", "second"} and rows["first"]["gone"], document
 
 
+def test_status_shows_the_jobs_waiting_now_not_at_the_last_tick(start_pool, redis, redis_url):
+    pool = start_pool("--num-workers", "1", "--scaling-period", "60", "--utilization-window", "60")
+    pool.wait_until(lambda: pool.ready_pids(), 20, "a ready worker")
+    queue = Queue(connection=redis)
+    queue.enqueue("jobs.sleep", 10)
+    pool.wait_until(lambda: queue.count == 0, 10, "the worker to take the first job")
+    queue.enqueue("jobs.noop")
+    queue.enqueue("jobs.noop")
+
+    def waiting() -> dict | None:
+        group = status_json(redis_url)[1]["pools"][0]["groups"][0]
+        return group["queued"] == 2 and group["oldest_wait_s"] > 0 and group
+
+    wait_until(waiting, 6, "status to show the two waiting jobs (the next tick is a minute away)")
+
+
 def test_read_pools_judges_staleness_by_redis_s_clock(redis):
     state = {"name": "p", "host": "h", "pid": 1, "ttl": 100, "stale_after": 3.0, "groups": [], "workers": []}
     redis.set(f"{POOL_PREFIX}h:1", json.dumps(state), ex=100)  # just published

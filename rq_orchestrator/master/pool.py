@@ -653,6 +653,8 @@ class Pool(ForkingMixin):
                 self._drained.add(group.name)  # nothing queued, no worker left to queue more, none to start: done
         if due:
             self.state.record_tick(now, stats)
+        else:
+            self.state.record_queues(stats)
 
     def _workers_suspended(self) -> bool:
         """Whether `rq suspend` is in force (False if Redis does not answer); said in the log when it starts and ends."""

@@ -198,6 +198,19 @@ class StatePublisher:
         elif now - self._last >= KEEPALIVE_SECONDS:
             self.publish(now)  # the state's key and age only: the history has this tick's figures already
 
+    def record_queues(self, queues: Mapping[str, QueueStats]) -> None:
+        """The queues as the master saw them between ticks (once a second while jobs wait): published if they changed.
+
+        Without it `status` and the metrics showed the jobs waiting, and the
+        oldest wait, as at the last tick: up to a scaling period old.
+        """
+        for name, stats in queues.items():
+            entry = self._group_log(name)
+            figures = stats.queued, round(stats.oldest_wait, 3)
+            if (entry.queued, entry.oldest_wait) != figures:
+                entry.queued, entry.oldest_wait = figures
+                self.mark_dirty()
+
     def _record(self, group: WorkerGroup, decision: Decision | None, now: float, wall: float) -> None:
         entry = self._group_log(group.name)
         if decision is None or decision is entry.decision:
