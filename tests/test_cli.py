@@ -46,6 +46,8 @@ BAD_INPUT = [
     (["--logging-level", "LOUD"], "--logging-level"),
     (["--no-such-option"], "--no-such-option"),
     (["", "default"], "queue"),
+    (["--cluster", "a b", "--cluster-max-workers", "2"], "--cluster: no spaces"),
+    (["--metrics-host", "0.0.0.0"], "--metrics-host needs --metrics-port"),
 ]
 
 

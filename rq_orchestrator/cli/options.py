@@ -242,6 +242,8 @@ def check_numbers(opts: dict[str, Any]) -> tuple[int, int]:
                        f"got {opts['name']!r}")
     if opts["metrics_port"] is not None:
         require_client()
+    elif given("metrics_host"):
+        raise BadInput("--metrics-host needs --metrics-port (no metrics are served without a port)")
     return bounds
 
 
@@ -271,6 +273,8 @@ def check_cluster(name: str | None, max_workers: int | None, lease_ttl: float) -
         raise BadInput("--cluster needs --cluster-max-workers")
     if name is not None and not name.strip():
         raise BadInput("--cluster: empty cluster name")
+    if name is not None and any(c.isspace() or not c.isprintable() for c in name):
+        raise BadInput(f"--cluster: no spaces or control characters in a cluster name, got {name!r}")
     if max_workers is not None and max_workers < 1:
         raise BadInput(f"--cluster-max-workers must be at least 1, got {max_workers}")
     if not 2 <= lease_ttl <= MAX_LEASE_TTL:
