@@ -110,6 +110,24 @@ def test_sighup_runs_no_more_jobs_at_once_than_the_pool_size(start_pool, redis):
     pool.wait_until(lambda: len(set(pool.ready_pids()) - old) == 2, 10, "both workers re-forked")
 
 
+def test_sighup_runs_at_most_one_job_beyond_the_size_when_idle_workers_take_jobs_as_it_comes(start_pool, redis):
+    pool = start_pool("--num-workers", "2", *FAST)
+    old = set(pool.wait_until(lambda: len(pool.ready_pids()) == 2 and pool.ready_pids(), 15, "two workers"))
+    pool.send(signal.SIGHUP)  # the master sees both idle; each takes a job while its successor comes up
+    queue = Queue(connection=redis)
+    jobs = [queue.enqueue("jobs.count_running", 1.5) for _ in range(4)]
+    pool.wait_until(lambda: all(j.get_status(refresh=True) == JobStatus.FINISHED for j in jobs), 30, "the jobs")
+    assert int(redis.get("test:most_running")) <= 3
+    pool.wait_until(lambda: len(set(pool.ready_pids()) - old) == 2, 10, "both workers re-forked")
+
+
+def test_sighup_with_a_cluster_cap_the_pool_fills_still_reforks(start_pool, redis):
+    pool = start_pool("--num-workers", "2", "--cluster", "c", "--cluster-max-workers", "2", *FAST)
+    old = set(pool.wait_until(lambda: len(pool.ready_pids()) == 2 and pool.ready_pids(), 15, "two workers"))
+    pool.send(signal.SIGHUP)  # no free slot for a successor: each old worker leaves first
+    pool.wait_until(lambda: len(set(pool.ready_pids()) - old) == 2, 20, "both workers re-forked")
+
+
 def test_a_wedged_worker_is_killed_and_its_job_failed(start_pool, redis):
     pool = start_pool("--num-workers", "1", "--worker-class", "rq.SimpleWorker", "--stuck-margin", "1", *FAST)
     first = pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")[0]

@@ -103,6 +103,7 @@ class Pool(ForkingMixin):
         self._boot_failures = 0
         self._reload_queue: list[tuple[WorkerGroup, int]] = []  # (group, old worker) still to re-fork
         self._reload_pending: dict[int, int] = {}  # new worker pid -> old worker it replaces
+        self._reload_leaving: set[int] = set()  # old workers whose successor is up, until they exit
         learning = config.learn_job_modules and not config.no_fork  # a no-fork worker keeps what its jobs import
         self.learner = ModuleLearner() if learning else None
         self._learned_at = float("-inf")  # when the master last learned a module: workers born before lack it
@@ -424,6 +425,7 @@ class Pool(ForkingMixin):
         group.replacement_ended()
         if old in group.workers and not group.workers[old].retiring:
             self._retire(group, group.workers[old])
+            self._reload_leaving.add(old)
 
     def _reap(self) -> None:
         exits = _exited_children()
@@ -444,6 +446,7 @@ class Pool(ForkingMixin):
         self.state.mark_dirty()
         self._release_lease(pid)
         self._failed.pop(pid, None)
+        self._reload_leaving.discard(pid)
         stuck = self._stuck.pop(pid, None)
         if self._reload_pending.pop(pid, None) is not None:
             group.replacement_ended()  # a re-fork that never came up: the old worker stays
@@ -558,38 +561,46 @@ class Pool(ForkingMixin):
         """Replace a worker forked before the master learned a job module, once it has left.
 
         It gets its warm stop now (a busy one finishes its job) and keeps its
-        place until it exits: its replacement is forked only then. Not SIGHUP's
-        re-fork (the new worker up before the old one leaves): a long job would
-        hold an old worker and its new one side by side, and a worker the master
-        believes idle may have just taken a job. A worker still starting up is
-        stopped once it is up (READY): a stop could reach it before rq's handlers.
+        place until it exits: its replacement is forked only then, as for a busy
+        worker in SIGHUP's re-fork. A worker still starting up is stopped once it
+        is up (READY): a stop could reach it before rq's handlers.
         """
         if worker.born_at < self._learned_at and worker.ready and not (worker.retiring or self._stopping):
             self._retire(group, worker, keep_place=True)
 
     def _continue_reload(self) -> None:
-        """SIGHUP's next steps: a busy worker is replaced once its job is done, an idle one by a new worker up first.
+        """SIGHUP's steps: a busy worker is replaced once its job is done, an idle one by a new worker up first.
 
-        A busy worker gets its warm stop and keeps its place (as for a learned
+        A busy worker gets the warm stop that keeps its place (as for a learned
         module): a new worker beside it would take a queued job, and a pool of
-        N would run up to 2N jobs for as long as the old ones run theirs. An
-        idle worker's successor is forked, one pair at a time, before it leaves.
+        N would run up to 2N jobs while the old ones finish theirs. An idle
+        worker's successor is forked before it leaves, one pair at a time, the
+        next only once the old one has exited: a worker the master still
+        believed idle may have just taken a job, so at most one job beyond the
+        pool's size runs at once.
         """
-        while not self._reload_pending and self._reload_queue:
-            group, old = self._reload_queue.pop(0)
+        queue: list[tuple[WorkerGroup, int]] = []
+        for group, old in self._reload_queue:
             worker = group.workers.get(old)
             if worker is None or worker.retiring:
                 continue
             if worker.busy:
                 self._retire(group, worker, keep_place=True)
-                continue
-            group.replacement_started()
-            new = self._spawn(group)
-            if new is None:  # no cluster slot for the re-fork yet: try again later
-                group.replacement_ended()
-                self._reload_queue.insert(0, (group, old))
-                return
-            self._reload_pending[new] = old
+            else:
+                queue.append((group, old))
+        self._reload_queue = queue
+        if queue and not (self._reload_pending or self._reload_leaving):
+            self._refork(*queue.pop(0))
+
+    def _refork(self, group: WorkerGroup, old: int) -> None:
+        """An idle worker's successor, forked now; the old worker leaves once it is up."""
+        group.replacement_started()
+        new = self._spawn(group)
+        if new is None:  # no cluster slot (a cap the pool fills): the old one leaves first, keeping its place
+            group.replacement_ended()
+            self._retire(group, group.workers[old], keep_place=True)
+            return
+        self._reload_pending[new] = old
 
     def _redis_reachable(self) -> bool:
         try:
