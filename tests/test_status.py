@@ -131,6 +131,14 @@ def test_status_shows_the_jobs_waiting_now_not_at_the_last_tick(start_pool, redi
     wait_until(waiting, 6, "status to show the two waiting jobs (the next tick is a minute away)")
 
 
+def test_forget_stale_drops_a_pool_that_stopped_publishing_elsewhere(redis, redis_url):
+    state = {"name": "p", "host": "otherhost", "pid": 1, "ttl": 900, "stale_after": 30.0, "groups": [], "workers": []}
+    redis.set(f"{POOL_PREFIX}otherhost:1", json.dumps(state), ex=800)  # last published 100 s ago
+    redis.zadd(POOLS, {f"{POOL_PREFIX}otherhost:1": 1})
+    assert run_status(redis_url, "--forget-stale").returncode == 1
+    assert run_status(redis_url).returncode == 3
+
+
 def test_read_pools_judges_staleness_by_redis_s_clock(redis):
     state = {"name": "p", "host": "h", "pid": 1, "ttl": 100, "stale_after": 3.0, "groups": [], "workers": []}
     redis.set(f"{POOL_PREFIX}h:1", json.dumps(state), ex=100)  # just published
@@ -180,6 +188,10 @@ def test_a_starting_pool_drops_the_entries_of_its_own_killed_runs_on_its_host_on
         pool_key(hostname(), dead + 1_000_000): None,  # expired, this host, pid gone: whose? kept
         pool_key(hostname(), dead + 2_000_000): {**gone_state, "pid": dead + 2_000_000, "name": "another"},  # kept
         pool_key(hostname(), ours): {**gone_state, "pid": ours, "name": "other"},  # alive: kept
+        # Killed a minute ago (stale by age, and gone): replaced.
+        pool_key(hostname(), dead + 3_000_000): {**gone_state, "pid": dead + 3_000_000, "ttl": 160},
+        # A run of this pool's name here before a reboot (its pids not ours to judge), a minute silent: replaced.
+        pool_key(hostname(), 5): {**gone_state, "pid": 5, "pid_namespace": "another-boot/pid:[1]", "ttl": 160},
     }
     for key, content in entries.items():
         if content is not None:
@@ -188,7 +200,8 @@ def test_a_starting_pool_drops_the_entries_of_its_own_killed_runs_on_its_host_on
     pool = type("Pool", (), {"host": hostname(), "pid": 4_000_000, "stopping": None, "groups": [],
                              "config": type("Config", (), {"pool_name": "p", "scaling_period": 1.0})})
     StatePublisher(pool, redis).replace_predecessors()
-    assert sorted(p["key"] for p in read_pools(redis)) == sorted(key for key in entries if key != pool_key(hostname(), dead))
+    replaced = {pool_key(hostname(), dead), pool_key(hostname(), dead + 3_000_000), pool_key(hostname(), 5)}
+    assert sorted(p["key"] for p in read_pools(redis)) == sorted(key for key in entries if key not in replaced)
 
 
 def test_the_history_keeps_a_sample_per_tick_and_every_scaling(start_pool, redis):

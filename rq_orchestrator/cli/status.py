@@ -46,8 +46,8 @@ def status_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
                      help="Seconds between refreshes with --watch."),
         click.option("--forget-stale", is_flag=True,
-                     help="After showing them, drop from the list the pools whose master died (else listed, stale, for "
-                          "15 minutes)."),
+                     help="After showing them, drop the stale pools from the list (a dead pool is otherwise listed for "
+                          "15 minutes; a live one that was only late is back at its next publish)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -119,9 +119,9 @@ def cluster_usage(connection: Redis, pools: list[dict[str, Any]]) -> dict[str, d
 
 
 def forget_dead(connection: Redis, pools: list[dict[str, Any]]) -> None:
-    """Drop the pools whose state expired or whose master is gone (it died without cleaning up); they were shown."""
+    """Drop the stale pools (they were shown): dead ones go; a live one that was only late is back at its next publish."""
     for pool in pools:
-        if pool["stale"] and ("name" not in pool or pool.get("gone")):
+        if pool["stale"]:
             forget_pool(connection, pool["key"])
 
 

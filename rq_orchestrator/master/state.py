@@ -141,13 +141,17 @@ class StatePublisher:
         return max(int(FORGET_AFTER), int(stale_after(self.pool.config.scaling_period)) + 5)
 
     def replace_predecessors(self) -> None:
-        """Drop the entries of this pool's killed earlier runs here (same name, master gone): a restart replaces them.
+        """Drop the entries of this pool's dead earlier runs on this host: a restart replaces them.
 
-        Another pool's dead run stays listed: its restart, not this one's, replaces it.
+        Its own name's rows whose master is gone, or that stopped publishing on
+        this host (a run before a reboot, or in another container of the same
+        name, whose pids are not this one's to judge). Another pool's dead run
+        stays listed: its restart, not this one's, replaces it.
         """
         try:
             for pool in read_pools(self.connection):
-                if pool["key"] != self.key and pool.get("name") == self.pool.config.pool_name and pool.get("gone"):
+                ours = pool["key"] != self.key and pool.get("name") == self.pool.config.pool_name
+                if ours and (pool.get("gone") or pool["stale"] and pool.get("host") == self.pool.host):
                     forget_pool(self.connection, pool["key"])
         except RedisError as exc:  # may not read or delete them: they age out as before
             log.debug("the state of earlier runs is left as it is: %s", exc)
@@ -407,10 +411,10 @@ def _pool_entry(key: str, last_seen: float, raw: bytes | None, pttl: int) -> dic
     age = max(state.get("ttl", 0) - pttl / 1000, 0.0) if pttl >= 0 else 0.0
     stale = age > state.get("stale_after", math.inf)
     state.update(key=key, age_s=round(age, 3), stale=stale)
-    if stale:
-        state["stale_reason"] = f"no update for {age:.0f} s"
-    elif master_gone(state):  # killed here, seen at once rather than when it misses its updates
+    if master_gone(state):  # killed here: seen at once, and for as long as its state is listed
         state.update(stale=True, gone=True, stale_reason=f"its master (pid {state['pid']}) is gone")
+    elif stale:
+        state["stale_reason"] = f"no update for {age:.0f} s"
     return state
 
 
