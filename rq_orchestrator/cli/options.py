@@ -162,16 +162,17 @@ def resolve_bounds(min_workers: int | None, max_workers: int | None, num_workers
     return low, high
 
 
-def check_scaling(opts: dict[str, Any]) -> tuple[int, int]:
+def check_scaling(opts: dict[str, Any], forks: bool = True) -> tuple[int, int]:
     """The pool's size and timing options, checked alike wherever a pool is sized (worker-pool, demo, simulate).
 
     Returns (min, max), or raises BadInput. Reads the options ``min_workers``,
     ``max_workers``, ``num_workers`` (absent: None), ``scaling_period``,
-    ``utilization_threshold`` and ``utilization_window``.
+    ``utilization_threshold`` and ``utilization_window``. Unless ``forks`` is
+    False (the simulator's virtual workers), the counts must fit this machine.
     """
     bounds = resolve_bounds(opts["min_workers"], opts["max_workers"], opts.get("num_workers"))
     for option in ("num_workers", "min_workers", "max_workers"):
-        if opts.get(option) is not None:
+        if forks and opts.get(option) is not None:
             check_workers(opts[option], "--" + option.replace("_", "-"))
     check_period_and_window(opts["scaling_period"], opts["utilization_window"])
     check_timing(opts["utilization_threshold"], opts["scaling_period"], opts["utilization_window"])

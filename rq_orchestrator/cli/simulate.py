@@ -29,7 +29,7 @@ def read_trace_option(path: str) -> list[TraceJob]:
 
 def settings_from_options(opts: dict[str, Any]) -> ScalingSettings:
     """The pool's scaling options and the policy options, validated, as ScalingSettings (or BadInput)."""
-    low, high = check_scaling(opts)
+    low, high = check_scaling(opts, forks=False)
     return ScalingSettings(low, high, opts["utilization_threshold"], **policy_settings(opts))
 
 
@@ -79,7 +79,11 @@ def simulate(trace: str, spawn_delay: float, until: float | None, as_json: bool,
 def _pool_scaling_params() -> list[click.Parameter]:
     """The pool's own scaling options, taken from its decorator so names, help and defaults stay one."""
     command = click.command()(pool_options(lambda **_: None))
-    return [param for param in command.params if param.name in SCALING_OPTIONS]
+    params = [param for param in command.params if param.name in SCALING_OPTIONS]
+    for param in params:  # virtual workers: this machine's bound does not apply
+        if param.name == "max_workers" and isinstance(param, click.Option):
+            param.help = "Most workers the simulated pool runs (virtual: not bound by this machine)."
+    return params
 
 
 simulate.params[1:1] = _pool_scaling_params()
