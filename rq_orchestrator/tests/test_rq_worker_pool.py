@@ -3,7 +3,7 @@
 List (reportview, as the list view asks; `frappe.get_list`/`get_all`, as code
 asks, with v15's and newer lines' different argument shapes), count, and the
 form (`frappe.get_doc`) for no pool, a running pool, and a pool whose master
-was killed (stale, then expired). The pool is a real `rq-orchestrator
+was killed (stale, its row kept with its name). The pool is a real `rq-orchestrator
 worker-pool` on a private redis-server, so that other pools on the bench's
 Redis do not change the counts; the doctype reads it through the
 controller's one connection seam, pointed there for the test.
