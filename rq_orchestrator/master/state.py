@@ -184,14 +184,11 @@ class StatePublisher:
         the state (two commands): an idle pool costs Redis about 0.2 commands a second.
         """
         wall = time.time()
-        queues = queues if queues is not None else self._observe_queues()
+        self.record_queues(queues if queues is not None else self._observe_queues())
         self._measure_memory(now)
         samples = []
         for group in self.pool.groups:
             entry = self._group_log(group.name)
-            stats = queues.get(group.name)
-            if stats is not None:
-                entry.queued, entry.oldest_wait = stats.queued, round(stats.oldest_wait, 3)
             self._record(group, group.last_decision, now, wall)
             samples.append(self._sample("tick", group, entry, now, wall))
         figures = [{k: v for k, v in s.items() if k != "t"} for s in samples]
