@@ -54,9 +54,13 @@ def counters(pid: int) -> dict[str, int]:
     return {name: int(fields[index]) for name, index in FIELDS.items()}
 
 
-def cpu_ticks(pid: int) -> int:
-    values = counters(pid)
-    return values["utime"] + values["stime"]
+def cpu_ticks(pids: dict[str, int]) -> dict[str, int]:
+    """Each named process's CPU time so far, in clock ticks."""
+    return {name: (values := counters(pid))["utime"] + values["stime"] for name, pid in pids.items()}
+
+
+def cpu_ms_a_job(before: dict[str, int], after: dict[str, int], jobs: int) -> dict[str, float]:
+    return {f"{name} CPU ms": (after[name] - before[name]) / jobs * TICK_MS for name in before}
 
 
 def servers(client: Any) -> dict[str, int]:
@@ -75,20 +79,19 @@ def run_jobs(args: argparse.Namespace, client: Any, count: int) -> float:
 
 def measure_inline(args: argparse.Namespace, client: Any) -> dict[str, float]:
     """The limit: ``execute_job`` in a loop in one process, as the tiny-job benchmark's ``inline``."""
-    proc = subprocess.Popen([str(args.bench / "env" / "bin" / "python"), "-c", INLINE, args.site, JOB, str(args.jobs)],
-                            cwd=args.bench / "sites", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = bench_python(args.bench, INLINE, args.site, JOB, str(args.jobs), stdin=subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
         raise SystemExit("the inline loop did not start")
     others = servers(client)
-    before = {name: cpu_ticks(pid) for name, pid in others.items()}
+    before = cpu_ticks(others)
     proc.stdin.write("go\n")
     proc.stdin.flush()
     faults, cpu = proc.stdout.readline().split()
-    after = {name: cpu_ticks(pid) for name, pid in others.items()}
+    after = cpu_ticks(others)
     proc.wait()
     return {"worker faults": int(faults) / args.jobs, "worker CPU ms": float(cpu) / args.jobs * 1000,
-            **{f"{name} CPU ms": (after[name] - before[name]) / args.jobs * TICK_MS for name in others}}
+            **cpu_ms_a_job(before, after, args.jobs)}
 
 
 def measure(args: argparse.Namespace, setup: str, client: Any) -> dict[str, float]:
@@ -101,9 +104,9 @@ def measure(args: argparse.Namespace, setup: str, client: Any) -> dict[str, floa
         wait_registered(client, group.pids, 1, timeout=60)  # the replacement, if the warm-up replaced the worker
         (worker,) = registered_pids(client) & set(descendants(group.pids))
         others = {"master": group.pids[0], **servers(client)}
-        before, others_before = counters(worker), {name: cpu_ticks(pid) for name, pid in others.items()}
+        before, others_before = counters(worker), cpu_ticks(others)
         enqueuer_ms = run_jobs(args, client, args.jobs)
-        after, others_after = counters(worker), {name: cpu_ticks(pid) for name, pid in others.items()}
+        after, others_after = counters(worker), cpu_ticks(others)
         if worker not in registered_pids(client):
             raise SystemExit(f"{setup}: the worker was replaced during the measured jobs")
     per = {name: (after[name] - before[name]) / args.jobs for name in FIELDS}
@@ -111,7 +114,7 @@ def measure(args: argparse.Namespace, setup: str, client: Any) -> dict[str, floa
             "worker CPU ms": (per["utime"] + per["stime"]) * TICK_MS,
             "job process CPU ms": (per["cutime"] + per["cstime"]) * TICK_MS,
             "enqueuer CPU ms": enqueuer_ms,
-            **{f"{name} CPU ms": (others_after[name] - others_before[name]) / args.jobs * TICK_MS for name in others}}
+            **cpu_ms_a_job(others_before, others_after, args.jobs)}
 
 
 def main() -> None:

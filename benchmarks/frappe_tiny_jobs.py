@@ -128,9 +128,9 @@ while True:
 """
 
 
-def bench_python(bench: Path, code: str, *args: str) -> subprocess.Popen[str]:
+def bench_python(bench: Path, code: str, *args: str, stdin: int | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen([str(bench / "env" / "bin" / "python"), "-c", code, *args], cwd=bench / "sites",
-                            stdout=subprocess.PIPE, text=True)
+                            stdin=stdin, stdout=subprocess.PIPE, text=True)
 
 
 def output(proc: subprocess.Popen[str]) -> str:
