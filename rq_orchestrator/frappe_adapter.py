@@ -287,6 +287,13 @@ def not_found(doctype: str, name: str) -> Exception:
     return frappe.DoesNotExistError(f"{doctype} {name} not found")
 
 
+def invalid_request(message: str) -> Exception:
+    """The error Frappe shows the user as a plain message (a request it cannot serve as asked)."""
+    import frappe
+
+    return frappe.ValidationError(message)
+
+
 def attribute_dict(row: dict[str, Any]) -> Any:
     """A row as Frappe's lists return them (``frappe._dict``: ``row.name`` as well as ``row["name"]``)."""
     import frappe

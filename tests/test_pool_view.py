@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from conftest import wait_until
 from rq_orchestrator.rq_orchestrator.doctype.rq_worker_pool.pool_view import (
     history_view, list_rows, page, read_group, read_rows,
@@ -73,7 +75,44 @@ def test_pages_and_the_filters_a_list_click_adds():
     assert len(page(rows, [], 0, 0)) == 5
     assert [r["pid"] for r in page(rows, {"state": "stale"}, 0, 0)] == ["3"]
     assert [r["pid"] for r in page(rows, '[["RQ Worker Pool", "state", "!=", "stale", false]]', 0, 2)] == ["1", "2"]
-    assert len(page(rows, {"busy": [">", 0]}, 0, 0)) == 5  # what the view cannot apply narrows nothing
+    assert len(page(rows, {"_assign": ["like", "%me%"]}, 0, 0)) == 5  # a field the rows lack narrows nothing
+
+
+def test_the_filter_bars_comparisons_narrow_the_list():
+    """The desk offers >, >=, <, <=, between and is (not) set on the number and time columns."""
+    sizes = [group("a", ["a"], workers=1), group("b", ["b"], workers=2), group("c", ["c"], workers=3)]
+    rows = list_rows([pool(1, sizes), EXPIRED])
+    names = lambda filters: [r["group_name"] for r in page(rows, filters, 0, 0)]  # noqa: E731
+    assert names('[["RQ Worker Pool", "workers", ">", "1", false]]') == ["b", "c"]
+    assert names({"workers": [">=", 2], "target": ["<", "3"]}) == ["b"]
+    assert names({"workers": ["<=", "1"]}) == ["a"]  # the expired pool has no figure: in no range, as SQL's NULL
+    assert names({"workers": ["between", ["2", "3"]]}) == ["b", "c"]
+    assert names({"workers": ["is", "not set"]}) == [None]
+    assert names({"workers": ["is", "set"]}) == ["a", "b", "c"]
+    assert names({"utilization": [">", "41.69"]}) == ["a", "b", "c"]
+
+
+def test_times_compare_and_a_date_range_covers_its_last_day():
+    rows = [{"name": n, "updated_at": t} for n, t in (("early", "2026-12-05 23:59:59"), ("late", "2026-12-06 21:15:00"))]
+    assert [r["name"] for r in page(rows, {"updated_at": ["between", ["2026-12-06", "2026-12-06"]]}, 0, 0)] == ["late"]
+    assert [r["name"] for r in page(rows, {"updated_at": [">", "2026-12-06 00:00:00"]}, 0, 0)] == ["late"]
+
+
+def test_a_filter_it_cannot_apply_is_refused_not_ignored():
+    rows = list_rows([pool(1, [group("a", ["a"])])])
+    with pytest.raises(ValueError, match="cannot filter with 'timespan'"):
+        page(rows, {"updated_at": ["timespan", "today"]}, 0, 0)
+
+
+def test_the_list_comes_in_the_order_asked():
+    sizes = [group("a", ["a"], workers=2), group("b", ["b"], workers=3), group("c", ["c"], workers=2)]
+    rows = list_rows([pool(1, sizes), EXPIRED])
+    order = lambda order_by: [r["group_name"] for r in page(rows, None, 0, 0, order_by)]  # noqa: E731
+    assert order("`tabRQ Worker Pool`.`workers` desc") == ["b", "a", "c", None]  # ties keep their place
+    assert order("workers asc") == [None, "a", "c", "b"]  # a missing figure first, as MariaDB's NULL
+    assert order("workers desc, group_name desc") == ["b", "c", "a", None]
+    assert order("`tabRQ Worker Pool`.`no_such_field` desc") == ["a", "b", "c", None]
+    assert [r["group_name"] for r in page(rows, None, 1, 2, "workers desc")] == ["a", "c"]  # ordered, then paged
 
 
 def test_the_search_boxes_like_filters_narrow_the_list():

@@ -91,12 +91,12 @@ class TestRQWorkerPool(unittest.TestCase):
     def list_names(self) -> list[str]:
         return frappe.get_all(DOCTYPE, pluck="name")
 
-    def desk_list(self, **filters) -> tuple[list[dict], int]:
+    def desk_list(self, filters: list | None = None, order_by: str = "", **by_field) -> tuple[list[dict], int]:
         """What the list view gets: `frappe.desk.reportview.get` and `get_count`, as the desk calls them."""
         from frappe.desk import reportview
 
         args = {"doctype": DOCTYPE, "fields": json.dumps([f"`tab{DOCTYPE}`.`name`"]),
-                "filters": json.dumps(filters), "start": 0, "page_length": 20, "order_by": ""}
+                "filters": json.dumps(filters or by_field), "start": 0, "page_length": 20, "order_by": order_by}
         frappe.local.form_dict = frappe._dict(args)
         data = reportview.get()
         frappe.local.form_dict = frappe._dict(args)
@@ -135,6 +135,17 @@ class TestRQWorkerPool(unittest.TestCase):
         self.assertEqual(history["chart"]["workers"][-1], 1)
         self.assertIsNotNone(doc.modified)
         self.assertEqual(doc.as_dict()["pool"], "desktest")
+
+    def test_the_filter_bar_narrows_the_list_and_the_count(self) -> None:
+        """Comparisons and a date range on what the desk shows (times in the site's zone); what it cannot apply is refused."""
+        from frappe.utils import today
+
+        self.start_pool()
+        self.assertEqual(self.desk_list([[DOCTYPE, "workers", ">", "1"]]), ([], 0))
+        self.assertEqual(self.desk_list([[DOCTYPE, "workers", ">=", "1"]], "`tabRQ Worker Pool`.`modified` desc")[1], 1)
+        self.assertEqual(self.desk_list([[DOCTYPE, "updated_at", "between", [today(), today()]]])[1], 1)
+        with self.assertRaises(frappe.ValidationError):
+            self.desk_list([[DOCTYPE, "updated_at", "timespan", "today"]])
 
     def test_a_killed_pool_reads_stale_and_keeps_its_row(self) -> None:
         pool = self.start_pool()

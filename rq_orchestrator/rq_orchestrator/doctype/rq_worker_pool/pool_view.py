@@ -10,6 +10,7 @@ and one GET/PTTL per pool (one LRANGE more for a form): never the master.
 from __future__ import annotations
 
 import json
+import operator
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -71,9 +72,17 @@ def _row(pool: Mapping[str, Any], group: Mapping[str, Any] | None, text: dict[st
     }
 
 
-def page(rows: list[dict[str, Any]], filters: Any, start: int, page_length: int) -> list[dict[str, Any]]:
-    """The rows a list asks for: its filters (a cell's click, the search boxes), then the page."""
+def page(rows: list[dict[str, Any]], filters: Any, start: int, page_length: int,
+         order_by: str | None = None) -> list[dict[str, Any]]:
+    """The rows a list asks for: its filters (a cell's click, the search boxes, the filter bar), its order, the page.
+
+    A filter on a field the rows do not have narrows nothing (the list's
+    sidebar may ask for ``_assign``); an operator this view cannot apply is
+    refused (``ValueError``), never ignored: the list would show every row as
+    if it matched.
+    """
     kept = [row for row in rows if all(_matches(row, f) for f in _conditions(filters))]
+    kept = ordered(kept, order_by)
     return kept[start:start + page_length] if page_length else kept[start:]
 
 
@@ -92,15 +101,63 @@ def _matches(row: Mapping[str, Any], condition: tuple[str, str, Any]) -> bool:
     field, op, value = condition
     op = op.lower()
     if field not in row:
-        return True  # a filter this view cannot apply narrows nothing
+        return True
+    cell = row[field]
     if op in ("=", "!="):
-        return (str(row[field]) == str(value)) == (op == "=")
+        return (str(cell) == str(value)) == (op == "=")
     if op in ("like", "not like"):  # the list's search boxes: SQL's LIKE, case-insensitive as MariaDB's
-        return bool(_like(str(value)).fullmatch(str(row[field]))) == (op == "like")
+        return bool(_like(str(value)).fullmatch(str(cell))) == (op == "like")
     if op in ("in", "not in"):
         values = value.split(",") if isinstance(value, str) else value
-        return (str(row[field]) in {str(v).strip() for v in values}) == (op == "in")
-    return True
+        return (str(cell) in {str(v).strip() for v in values}) == (op == "in")
+    if op == "is":  # the filter bar's "is set" / "is not set"
+        return (cell not in (None, "")) == (str(value).lower() == "set")
+    if op in COMPARISONS:  # as SQL: a missing figure is in no range
+        return cell is not None and COMPARISONS[op](*_comparable(cell, value))
+    if op == "between":
+        low, high = json.loads(value) if isinstance(value, str) else value
+        if isinstance(high, str) and DATE_ONLY.fullmatch(high):
+            high += " 23:59:59.999999"  # a date range picked for a time: to the end of its last day, as Frappe's
+        return cell is not None and operator.le(*_comparable(low, cell)) and operator.le(*_comparable(cell, high))
+    raise ValueError(f"the RQ Worker Pool list cannot filter with {op!r}")
+
+
+COMPARISONS = {">": operator.gt, "<": operator.lt, ">=": operator.ge, "<=": operator.le}
+DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _comparable(a: Any, b: Any) -> tuple[Any, Any]:
+    """Both as numbers where both read as one, else both as text (times compare as ``YYYY-MM-DD HH:MM:SS`` do)."""
+    try:
+        return float(a), float(b)
+    except (TypeError, ValueError):
+        return str(a), str(b)
+
+
+ORDER = re.compile(r"(?:`?tab[^`.]*`?\.)?`?(\w+)`?(?:\s+(asc|desc))?", re.IGNORECASE)
+
+
+def ordered(rows: list[dict[str, Any]], order_by: str | None) -> list[dict[str, Any]]:
+    """The rows in a list's order (``field desc, other``; Frappe's ```tabRQ Worker Pool`.`modified` desc``).
+
+    A field the rows do not have leaves the order as it was; a missing figure
+    sorts first ascending and last descending, as MariaDB sorts NULL.
+    """
+    for part in reversed((order_by or "").split(",")):
+        match = ORDER.fullmatch(part.strip())
+        if match is None or not rows or match[1] not in rows[0]:
+            continue
+        field = match[1]
+        rows = sorted(rows, key=lambda row: _sort_key(row[field]), reverse=(match[2] or "").lower() == "desc")
+    return rows
+
+
+def _sort_key(value: Any) -> tuple[int, float, str]:
+    if value is None:
+        return 0, 0.0, ""
+    if isinstance(value, (int, float)):
+        return 1, float(value), ""
+    return 2, 0.0, str(value)
 
 
 def _like(pattern: str) -> re.Pattern[str]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ....frappe_adapter import attribute_dict, desk_connection, document_class, not_found, require_role, system_time
+from ....frappe_adapter import (
+    attribute_dict, desk_connection, document_class, invalid_request, not_found, require_role, system_time,
+)
 from .pool_view import page, read_group, read_rows
 
 DOCTYPE = "RQ Worker Pool"
@@ -29,19 +31,15 @@ class RQWorkerPool(document_class()):  # type: ignore[misc]
     @staticmethod
     def get_list(args: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
         args = {**(args or {}), **kwargs}
-        require_role(ROLE)
         start = int(args.get("start") or args.get("limit_start") or 0)
         length = int(args.get("page_length") or args.get("limit_page_length") or 0)
-        rows = [attribute_dict(desk_row(row))
-                for row in page(read_rows(desk_connection()), args.get("filters"), start, length)]
+        rows = [attribute_dict(row) for row in listed(args, start, length)]
         pluck = args.get("pluck")
         return [row.get(pluck) for row in rows] if pluck else rows
 
     @staticmethod
     def get_count(args: Any = None, **kwargs: Any) -> int:
-        args = {**(args or {}), **kwargs}
-        require_role(ROLE)
-        return len(page(read_rows(desk_connection()), args.get("filters"), 0, 0))
+        return len(listed({**(args or {}), **kwargs}, 0, 0))
 
     @staticmethod
     def get_stats(args: Any = None, **kwargs: Any) -> dict[str, Any]:
@@ -56,6 +54,16 @@ class RQWorkerPool(document_class()):  # type: ignore[misc]
 
     def delete(self) -> None:
         raise NotImplementedError(f"{DOCTYPE} is read-only")
+
+
+def listed(args: dict[str, Any], start: int, length: int) -> list[dict[str, Any]]:
+    """The desk rows a list request asks for: filtered and ordered on what the desk shows (times in the site's zone)."""
+    require_role(ROLE)
+    rows = [desk_row(row) for row in read_rows(desk_connection())]
+    try:
+        return page(rows, args.get("filters"), start, length, args.get("order_by"))
+    except ValueError as refused:  # a filter this view cannot apply, or one that does not parse
+        raise invalid_request(str(refused)) from None
 
 
 def desk_row(row: dict[str, Any]) -> dict[str, Any]:
