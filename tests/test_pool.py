@@ -140,6 +140,18 @@ def test_burst_mode_exits_when_the_queues_are_empty(start_pool, redis):
     assert len(run_counts(redis)) == 20
 
 
+def test_a_burst_group_that_is_done_decides_nothing_more(start_pool, redis):
+    """Once a worker found the queues empty the group gets no more workers: no scale-up is logged for it."""
+    jobs = [Queue(connection=redis).enqueue("jobs.sleep", 2.0) for _ in range(3)]
+    pool = start_pool("--min-workers", "3", "--max-workers", "4", "--burst", *FAST)
+    assert pool.wait(60) == 0
+    assert finished(jobs)
+    output = pool.output()
+    assert "decision=up" in output  # three busy workers of three: the fourth came, found nothing and left
+    done = output.index("found its queues empty and exited (burst)")
+    assert "decision=up" not in output[done:], output[done:]
+
+
 def test_burst_runs_every_group_s_jobs_when_another_group_is_done_first(start_pool, redis):
     """Group `a` finds its queue empty and is done; `b`'s worker recycles mid-way and is still replaced."""
     jobs = [Queue("b", connection=redis).enqueue("jobs.sleep", 0.2) for _ in range(8)]

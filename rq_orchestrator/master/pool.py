@@ -647,6 +647,8 @@ class Pool(ForkingMixin):
         memory = self._pool_memory(now)
         suspended: bool | None = None  # asked once, and only where jobs wait: an idle pool sends nothing for it
         for group in self.groups:
+            if group.name in self._drained:
+                continue  # burst mode: done, it gets no more workers; a decision would only mislead the log
             observed = stats[group.name]
             waiting = observed.queued or self._suspension_seen  # a suspension seen is looked at until it ends
             if waiting and (suspended := self._workers_suspended() if suspended is None else suspended):
