@@ -288,7 +288,7 @@ def test_below_min_tick_spawns_the_whole_gap():
     plan = group.tick(5.0)
     # The target is the minimum already: the gap is spawned, and no scale-up is counted for it.
     assert (plan.decision.action, plan.decision.target, plan.spawn) == (Action.HOLD, 4, 3)
-    assert plan.decision.reason == "1 workers below the minimum 4 (the target holds it already)"
+    assert plan.decision.reason == "1 worker below the minimum 4 (the target holds it already)"
 
 
 def test_an_up_to_a_size_already_targeted_is_no_new_scale_up():

@@ -187,7 +187,7 @@ def test_hup_drops_the_learned_modules_so_deployed_job_code_runs(start_pool, red
     pool.send(signal.SIGHUP)
     pool.wait_until(lambda: (pids := pool.ready_pids()) and first not in pids, 15, "the worker re-forked")
     assert run_version() == "two"
-    assert "1 learned job modules dropped from the master" in pool.output()
+    assert "1 learned job module dropped from the master" in pool.output()
 
 
 def test_a_warm_stop_is_not_turned_cold_by_learning(start_pool, redis):

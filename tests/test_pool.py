@@ -438,7 +438,7 @@ def test_scale_to_zero_wakes_within_a_second_of_a_job(start_pool, redis):
     job = Queue(connection=redis).enqueue("jobs.noop")
     pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 10, "the job to run")
     assert time.monotonic() - enqueued < 5  # far sooner than the 30 s period
-    assert "jobs waiting and no worker" in pool.output() or "waited" in pool.output()
+    assert "job waiting and no worker" in pool.output() or "waited" in pool.output()
 
 
 def test_queue_wait_grows_the_pool_between_periods(start_pool, redis):

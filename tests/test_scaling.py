@@ -570,7 +570,7 @@ def test_grows_when_a_wait_is_bound_to_be_long(mode):
     # 2 busy workers, jobs of 3 s on average: the first frees in about 1.5 s, more than the 0.5 s limit
     grows = policy(**mode).urgent(observe(queued=1, oldest_wait=0.1, mean_job_seconds=3.0))
     assert_decision(grows, Action.UP, 3)
-    assert "1 jobs wait and a busy worker frees in about 1.5 s > 0.5 s" in grows.reason
+    assert "1 job waiting and a busy worker frees in about 1.5 s > 0.5 s" in grows.reason
 
 
 @pytest.mark.parametrize(
@@ -640,3 +640,13 @@ def test_a_pool_idle_for_three_periods_forgets_the_penalty():
         p.urgent(observe(now=float(t), workers=4, idle=4, utilization=0.0))
     assert p.calm_needed(40.0, 4) == 30.0  # the sample at 25 (3 busy, 1 queued) is within 15 s
     assert p.calm_needed(41.0, 4) == 15.0  # nothing ran or waited from 26 to 41
+
+
+def test_a_reason_shows_the_figures_apart_where_two_decimals_would_not():
+    """0.5004 > 0.5 is a scale-up; "0.50 > 0.50" would contradict itself in the log."""
+    assert decide(4, 0.5004).reason == "utilization 0.5004 > 0.5000"
+    assert decide(4, 0.2496).reason == "utilization 0.2496 < 0.2500"
+    assert decide(4, 0.61).reason == "utilization 0.61 > 0.50"
+    grows = policy(max_queue_wait=0.5).decide(observe(utilization=0.3, queued=1, oldest_wait=0.54))
+    assert grows.reason == "oldest job waited 0.54 s > 0.50 s"
+    assert policy(min_workers=0).decide(observe(workers=0, queued=1)).reason == "1 job waiting and no worker"

@@ -27,6 +27,7 @@ from rq.suspension import is_suspended
 from ..master.cluster import leases_in_use
 from ..infra.connection import DEFAULT_URL, connect, describe
 from ..infra.keys import pool_address
+from ..infra.wording import counted
 from .options import OneLineErrors
 from ..master.state import forget_pool, read_pools
 
@@ -130,7 +131,7 @@ def render_table(pools: list[dict[str, Any]], clusters: dict[str, dict[str, Any]
     if not pools:
         return f"no pool has published on {where}"
     stale = sum(p["stale"] for p in pools)
-    head = f"{len(pools)} pools on {where} at {datetime.now():%Y-%m-%d %H:%M:%S}"
+    head = f"{counted(len(pools), 'pool')} on {where} at {datetime.now():%Y-%m-%d %H:%M:%S}"
     head += f", {stale} stale" if stale else ""
     rows = [row for pool in pools for row in pool_rows(pool)]
     lines = [head, "", *table([COLUMNS, *rows])]

@@ -36,6 +36,7 @@ from .rq_commands import CommandRelay
 from .scheduler import MasterScheduler
 from .service_child import ServiceChildren, describe_exit as _describe_exit
 from ..infra.memory import total_pss
+from ..infra.wording import counted
 from .metrics import MetricsServer, render_metrics
 from .queue_watch import NOTHING_WAITS, QueueStats, observe_queues
 from .prewarm import prewarm
@@ -299,12 +300,14 @@ class Pool(ForkingMixin):
         self._stop_at = self._stop_at or self.clock()  # the first stop, warm or cold, starts the stragglers' grace
         busy = sum(w.busy for g in self.groups for w in g.workers.values())
         if cold:
-            log.warning("cold stop: killing the jobs of %d busy workers (%d workers)", busy, len(self._owner))
+            log.warning("cold stop: killing the jobs of %s (%s)", counted(busy, "busy worker"),
+                        counted(len(self._owner), "worker"))
             self._stop_children(signal.SIGQUIT)
             self._cold_at = None
             self.stopping = "cold"
         else:
-            log.info("warm stop: waiting for %d busy workers to finish their jobs (%d workers)", busy, len(self._owner))
+            log.info("warm stop: waiting for %s to finish their jobs (%s)", counted(busy, "busy worker"),
+                     counted(len(self._owner), "worker"))
             self._stop_children(signal.SIGTERM, spare_retiring=True)
             if self.config.graceful_timeout is not None:
                 self._cold_at = self.clock() + self.config.graceful_timeout
@@ -551,11 +554,11 @@ class Pool(ForkingMixin):
         jobs' code as it is on disk now (a deploy); what --preload imported stays.
         """
         if self.learner is not None and (forgotten := self.learner.forget()):
-            log.info("SIGHUP: %d learned job modules dropped from the master: the jobs load their code afresh",
-                     len(forgotten))
+            log.info("SIGHUP: %s dropped from the master: the jobs load their code afresh",
+                     counted(len(forgotten), "learned job module"))
         self._reload_queue = [(g, int(w.key)) for g in self.groups for w in g.active]
-        log.info("SIGHUP: re-forking %d workers (a busy one once its job is done, idle ones one at a time)",
-                 len(self._reload_queue))
+        log.info("SIGHUP: re-forking %s (a busy one once its job is done, idle ones one at a time)",
+                 counted(len(self._reload_queue), "worker"))
 
     def _refresh_if_old(self, group: WorkerGroup, worker: WorkerRecord) -> None:
         """Replace a worker forked before the master learned a job module, once it has left.

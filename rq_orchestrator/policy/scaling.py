@@ -53,6 +53,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from ..infra.sizes import format_size
+from ..infra.wording import compared, counted
 
 SCALE_ON = ("utilization", "queue-wait")
 REVERSAL_PERIODS = 3  # a change of direction within this many periods is a reversal
@@ -175,7 +176,7 @@ class ScalingPolicy:
         """Grow now, between periods, if jobs cannot wait for the next one; else None."""
         self._remember(obs)
         if obs.workers == 0:
-            reason = f"{obs.queued_jobs} jobs waiting and no worker" if obs.queued_jobs > 0 else None
+            reason = f"{counted(obs.queued_jobs, 'job')} waiting and no worker" if obs.queued_jobs > 0 else None
         else:
             reason = self._long_wait_reason(obs)
         if reason is None or obs.workers >= self.settings.max_workers or self._memory_full(obs):
@@ -188,14 +189,14 @@ class ScalingPolicy:
         s = self.settings
         n = obs.workers
         if n < s.min_workers:
-            return Decision(Action.UP, s.min_workers, f"{n} workers below the minimum {s.min_workers}")
+            return Decision(Action.UP, s.min_workers, f"{counted(n, 'worker')} below the minimum {s.min_workers}")
         if n > s.max_workers:
             if obs.idle_workers == 0:
                 return Decision(Action.HOLD, n, f"above the maximum {s.max_workers} but every worker is busy")
-            return Decision(Action.DOWN, n - 1, f"{n} workers above the maximum {s.max_workers}")
+            return Decision(Action.DOWN, n - 1, f"{counted(n, 'worker')} above the maximum {s.max_workers}")
         if n == 0:
             if obs.queued_jobs > 0 and s.max_workers > 0:
-                return self._grow_unless_full(obs, f"{obs.queued_jobs} jobs waiting and no worker")
+                return self._grow_unless_full(obs, f"{counted(obs.queued_jobs, 'job')} waiting and no worker")
             return Decision(Action.HOLD, 0, "no worker and no job waiting")
         return None
 
@@ -209,12 +210,14 @@ class ScalingPolicy:
             return self._grow_unless_full(obs, up)
         if self._waited_too_long(obs):
             # An idle worker while a job waits is one still starting: it is the growth already asked for.
-            return Decision(Action.HOLD, n, f"{self._wait_reason(obs)} but {obs.idle_workers} workers are starting")
+            starting = counted(obs.idle_workers, "worker")
+            return Decision(Action.HOLD, n, f"{self._wait_reason(obs)} but {starting} still starting")
         down = self._down_reason(obs)
         if down is not None:
             return self._shrink(obs, down)
         if s.queue_wait_only:
-            return Decision(Action.HOLD, n, f"no job waited over {s.max_queue_wait:g} s; the work needs {n} workers")
+            return Decision(Action.HOLD, n,
+                            f"no job waited over {s.max_queue_wait:g} s; the work needs {counted(n, 'worker')}")
         u = obs.utilization
         return Decision(
             Action.HOLD, n, f"utilization {u:.2f} within [{s.scale_down_below:.2f}, {s.utilization_threshold:.2f}]"
@@ -223,14 +226,14 @@ class ScalingPolicy:
     def _up_reason(self, obs: Observation) -> str | None:
         s = self.settings
         if not s.queue_wait_only and obs.utilization > s.utilization_threshold:
-            return f"utilization {obs.utilization:.2f} > {s.utilization_threshold:.2f}"
+            return "utilization {} > {}".format(*compared(obs.utilization, s.utilization_threshold))
         return self._long_wait_reason(obs)
 
     def _down_reason(self, obs: Observation) -> str | None:
         s = self.settings
         if not s.queue_wait_only:
             if obs.utilization < s.scale_down_below:
-                return f"utilization {obs.utilization:.2f} < {s.scale_down_below:.2f}"
+                return "utilization {} < {}".format(*compared(obs.utilization, s.scale_down_below))
             return None
         calm = self.calm_needed(obs.now, obs.workers)
         if self.last_long_wait_at is not None and obs.now - self.last_long_wait_at <= calm:
@@ -244,10 +247,10 @@ class ScalingPolicy:
         demand = max((busy + queued for busy, queued in recent), default=0)
         calm_part = f"for {calm:g} s no job waited over {s.max_queue_wait:g} s"
         if demand <= left:
-            return f"{calm_part} and at most {peak} workers were busy"
+            return f"{calm_part} and at most {counted(peak, 'worker')} busy at once"
         wait = self._drain_seconds(demand - left, left, obs.mean_job_seconds)
         if wait is not None and wait <= (s.max_queue_wait or 0.0):
-            return (f"{calm_part}; {left} workers would have started the busiest moment's {demand} jobs "
+            return (f"{calm_part}; {counted(left, 'worker')} would have started the busiest moment's {counted(demand, 'job')} "
                     f"within {wait:.2f} s")
         return None
 
@@ -358,7 +361,7 @@ class ScalingPolicy:
             return self._wait_reason(obs)
         free_in = self._wait_expected(obs)
         if free_in is not None:
-            return (f"{obs.queued_jobs} jobs wait and a busy worker frees in about {free_in:.1f} s "
+            return (f"{counted(obs.queued_jobs, 'job')} waiting and a busy worker frees in about {free_in:.1f} s "
                     f"> {self.settings.max_queue_wait:g} s")
         return None
 
@@ -377,7 +380,7 @@ class ScalingPolicy:
         return free_in if free_in is not None and free_in > limit else None
 
     def _wait_reason(self, obs: Observation) -> str:
-        return f"oldest job waited {obs.oldest_wait:.1f} s > {self.settings.max_queue_wait:g} s"
+        return "oldest job waited {} s > {} s".format(*compared(obs.oldest_wait, self.settings.max_queue_wait, 1))
 
     def _memory_full(self, obs: Observation) -> bool:
         limit = self.settings.max_pool_memory
