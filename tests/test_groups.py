@@ -116,6 +116,22 @@ def test_a_group_below_its_minimum_has_the_first_claim_on_a_free_slot(start_pool
     assert not finished(b_jobs)  # b still had jobs waiting: the slot went to a all the same
 
 
+def test_ttin_moves_every_group_but_keeps_their_minimums_within_the_total_cap(start_pool):
+    """The cap holds the groups' minimums together (a start with more is refused); the first group gets the room."""
+    import signal
+
+    pool = start_pool("--queue", "a:1", "--queue", "b:1-2", "--max-workers-total", "3", *FAST)
+    pool.wait_until(lambda: group_sizes(pool) == {"a": 1, "b": 1}, 15, "one worker each")
+    pool.send(signal.SIGTTIN)
+    pool.wait_until(lambda: "resize b" in pool.output(), 10, "the resize of both groups")
+    assert "resize a: bounds 2-2, target 2" in pool.output()
+    assert "resize b: bounds 1-3, target 1" in pool.output()  # a minimum or a worker more: 4 > 3 in all
+    pool.wait_until(lambda: group_sizes(pool) == {"a": 2, "b": 1}, 15, "a's new minimum, within the cap")
+    pool.send(signal.SIGTTOU)
+    pool.wait_until(lambda: "resize b: bounds 0-2" in pool.output(), 10, "the resize down")
+    assert "resize a: bounds 1-1, target 1" in pool.output()
+
+
 def test_a_group_scaled_to_zero_wakes_when_a_job_arrives(start_pool, redis):
     pool = start_pool("--queue", "main:1", "--queue", "rare:0-3", *FAST)
     pool.wait_until(lambda: group_sizes(pool) == {"main": 1, "rare": 0}, 15, "no worker for the idle group")

@@ -69,8 +69,9 @@ def worker_pool(queues: tuple[str, ...], queue_groups: tuple[str, ...], url: str
     one master and one preload; --max-workers-total caps them together.
 
     Signals: TERM/INT warm stop (a second one: cold stop), QUIT cold stop,
-    TTIN/TTOU add/retire a worker and move both bounds by one, HUP re-fork
-    every worker (learned job modules are dropped: new job code loads).
+    TTIN/TTOU add/retire a worker and move both bounds by one (in each group),
+    HUP re-fork every worker (learned job modules are dropped: new job code
+    loads).
     """
     from ..master.pool import Pool
 

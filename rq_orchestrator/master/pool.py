@@ -323,17 +323,26 @@ class Pool(ForkingMixin):
                 _kill(pid, signum)
 
     def _resize(self, delta: int) -> None:
-        bound, total = self.config.worker_bound, sum(g.policy.settings.max_workers for g in self.groups)
+        """TTIN/TTOU: every group's bounds and size move by ``delta``, within the worker bound, and a rise
+        within --max-workers-total (the groups' minimums together, as at start, and their sizes)."""
+        bound, cap = self.config.worker_bound, self.config.max_workers_total
+        maximums = sum(g.policy.settings.max_workers for g in self.groups)
+        minimums = sum(g.policy.settings.min_workers for g in self.groups)
+        sizes = sum(g.capacity for g in self.groups)
         for group in self.groups:
-            s = group.policy.settings
-            new_min, new_max = max(s.min_workers + delta, 0), max(s.max_workers + delta, 1)
+            s, size = group.policy.settings, group.capacity
+            new_max = max(s.max_workers + delta, 1)
             if bound is not None:  # the groups' maximums together stay within the worker bound
-                new_max = min(new_max, max(bound - (total - s.max_workers), s.max_workers))
-            total += new_max - s.max_workers
-            if new_min > new_max:
-                new_min = new_max
+                new_max = min(new_max, max(bound - (maximums - s.max_workers), s.max_workers))
+            new_min = min(max(s.min_workers + delta, 0), new_max)
+            target = min(max(size + delta, new_min), new_max)
+            if cap is not None and delta > 0:
+                new_min = min(new_min, max(cap - (minimums - s.min_workers), s.min_workers))
+                target = max(min(target, cap - (sizes - size)), size, new_min)
+            maximums += new_max - s.max_workers
+            minimums += new_min - s.min_workers
+            sizes += target - size
             group.resize_bounds(new_min, new_max)
-            target = min(max(group.capacity + delta, new_min), new_max)
             log.info("resize %s: bounds %d-%d, target %d", group.name, new_min, new_max, target)
             # What status shows as the last decision (not the period's before the signal); at a bound, a hold.
             action = Action.UP if target > group.capacity else Action.DOWN if target < group.capacity else Action.HOLD
