@@ -57,7 +57,16 @@ def test_the_command_line_wins_over_the_settings(start_pool, redis, redis_url, t
 def test_a_connection_the_preload_leaves_open_is_named_in_a_warning(start_pool):
     pool = start_pool(*FAST, "--preload", "opens_a_connection")  # a database client connected at import, say
     pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
-    assert "--config/--preload left 2 connections open in the master (socket:[" in pool.output()
+    assert "--config/--preload left open in the master, for every worker and job process to share: socket:[" \
+        in pool.output()
+
+
+def test_a_database_file_the_preload_leaves_open_is_named_and_its_log_file_is_not(start_pool):
+    pool = start_pool(*FAST, "--preload", "opens_a_database")  # sqlite, as Django's ORM after a query at import
+    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
+    warning = next(line for line in pool.output().splitlines() if "--config/--preload left" in line)
+    assert "to share: /" in warning and "app.sqlite3;" in warning
+    assert "app.log" not in warning
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -13,10 +13,10 @@ from .. import __version__
 from . import demo, simulate, status
 from ..infra.connection import DEFAULT_URL, connect
 from ..infra.errors import BadInput
-from ..infra.descriptors import open_sockets
+from ..infra.descriptors import open_connections
 from .group_specs import GroupRequest, check_queues, parse_groups
 from .options import OneLineErrors, build_config, given, pool_options, setup_logging
-from .rq_settings import apply_logging, read_settings, settings_url, start_sentry
+from .rq_settings import apply_logging, log_files, read_settings, settings_url, start_sentry
 
 log = logging.getLogger("rq_orchestrator")
 
@@ -76,7 +76,7 @@ def worker_pool(queues: tuple[str, ...], queue_groups: tuple[str, ...], url: str
     from ..master.pool import Pool
 
     sys.path.extend(p for p in paths if p not in sys.path)  # as rq's CLI does, before anything is imported
-    sockets = open_sockets()
+    before = open_connections()
     settings = read_settings(settings_module) if settings_module else {}
     apply_logging(settings)
     if not (queues or queue_groups) and settings.get("QUEUES"):
@@ -87,15 +87,15 @@ def worker_pool(queues: tuple[str, ...], queue_groups: tuple[str, ...], url: str
     if sentry_dsn or settings.get("SENTRY_DSN"):
         start_sentry(sentry_dsn or settings["SENTRY_DSN"])
     config = build_config(requested_groups(queues, queue_groups), opts)
-    shared = open_sockets() - sockets  # opened by the imports above: the forks would inherit them
+    shared = {name for fd, name in open_connections() - before if fd not in log_files()}  # the forks would inherit them
     connection = connect(url)
     if pid_file:
         write_pid(pid_file)
     setup_logging(config.logging_level)
     if shared:
-        log.warning("--config/--preload left %d connections open in the master (%s): every worker and job process "
-                    "would share them; close them at the end of that module (Django: "
-                    "django.db.connections.close_all())", len(shared), ", ".join(sorted(shared)))
+        log.warning("--config/--preload left open in the master, for every worker and job process to share: %s; "
+                    "close it at the end of that module (Django: django.db.connections.close_all())",
+                    ", ".join(sorted(shared)))
     sys.exit(Pool(config, connection).run())
 
 

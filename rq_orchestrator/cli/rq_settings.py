@@ -72,6 +72,19 @@ def apply_logging(settings: dict[str, Any]) -> None:
         logging.getLogger("rq_orchestrator").disabled = False
 
 
+def log_files() -> set[int]:
+    """The descriptors logging's handlers write to: a log file (DICT_CONFIG's, a preload's) is meant to be shared."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    streams = [getattr(h, "stream", None) for lg in loggers for h in getattr(lg, "handlers", ())]
+    found = set()
+    for stream in streams:
+        try:
+            found.add(stream.fileno())
+        except (AttributeError, OSError, ValueError):  # no stream (a FileHandler with delay), or not a file
+            continue
+    return found
+
+
 def start_sentry(dsn: str) -> None:
     """Report failed jobs to Sentry, as rq 1.x's ``--sentry-dsn`` did (sentry-sdk's rq integration)."""
     try:

@@ -1,8 +1,9 @@
-"""This process's open file descriptors and sockets, as Linux's /proc lists them (none known elsewhere)."""
+"""This process's open file descriptors, sockets and files, as Linux's /proc lists them (none known elsewhere)."""
 
 from __future__ import annotations
 
 import os
+import stat
 
 
 def open_descriptors() -> set[int]:
@@ -14,16 +15,18 @@ def open_descriptors() -> set[int]:
     return {fd for fd in listed if _is_open(fd)}  # not the one listdir used for the listing
 
 
-def open_sockets() -> set[str]:
-    """This process's open sockets, as /proc names them (``socket:[inode]``)."""
+def open_connections() -> set[tuple[int, str]]:
+    """This process's open sockets and regular files (a database's, say), each as (descriptor, what /proc names:
+    ``socket:[inode]`` or the file's path)."""
     found = set()
     for fd in open_descriptors():
         try:
+            kind = os.fstat(fd).st_mode
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if target.startswith("socket:"):
-            found.add(target)
+        if stat.S_ISSOCK(kind) or stat.S_ISREG(kind):
+            found.add((fd, target))
     return found
 
 

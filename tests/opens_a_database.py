@@ -1,0 +1,11 @@
+"""A preload that leaves a database file open (sqlite, as Django's ORM after a query at import) and logs to a file."""
+
+import logging
+import os
+import sqlite3
+import tempfile
+
+DIRECTORY = tempfile.mkdtemp(prefix="opens-a-database-")
+DATABASE = sqlite3.connect(os.path.join(DIRECTORY, "app.sqlite3"))
+DATABASE.execute("CREATE TABLE IF NOT EXISTS hits (n INTEGER)")
+logging.getLogger("opens_a_database").addHandler(logging.FileHandler(os.path.join(DIRECTORY, "app.log")))
