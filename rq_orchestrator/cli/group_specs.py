@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..infra.config import GroupSpec
 from ..infra.errors import BadInput
 from .limits import check_workers
 
@@ -21,6 +22,8 @@ def check_queues(queues: Iterable[str], option: str = "QUEUES") -> tuple[str, ..
     names = tuple(q.strip() for q in queues)
     if not names or any(not q for q in names):
         raise BadInput(f"{option}: empty queue name")
+    if any(c.isspace() or not c.isprintable() for q in names for c in q):
+        raise BadInput(f"{option}: no spaces or control characters in a queue name (group and worker names carry it)")
     if len(set(names)) != len(names):
         raise BadInput(f"{option}: a queue is named twice in {','.join(names)}")
     return names
@@ -50,11 +53,18 @@ def parse_group(spec: str, option: str = "--queue") -> GroupRequest:
     return GroupRequest(check_queues(names.split(","), f"{option} {spec or repr(spec)}"), bounds)
 
 
-def parse_groups(specs: Iterable[str], option: str = "--queue") -> list[GroupRequest]:
+def parse_groups(specs: Sequence[str], option: str = "--queue") -> list[GroupRequest]:
     groups = [parse_group(spec, option) for spec in specs]
     seen = [g.queues for g in groups]
     if len(set(seen)) != len(seen):
         raise BadInput(f"{option}: the same group of queues is given twice")
+    named: dict[str, str] = {}
+    for spec, group in zip(specs, groups):
+        name = GroupSpec(group.queues).name
+        if name in named:  # the pool tells its groups apart by name: one's jobs would wait for the other's workers
+            raise BadInput(f"{option} {named[name]} and {option} {spec}: both groups would be named {name!r} "
+                           f"(the queues' names after their last ':', joined with '-')")
+        named[name] = spec
     return groups
 
 
