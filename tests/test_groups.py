@@ -136,6 +136,29 @@ def test_ttin_moves_every_group_but_keeps_their_minimums_within_the_total_cap(st
     assert "resize a: bounds 1-1, target 1" in pool.output()
 
 
+def test_ttou_on_a_busy_group_retires_a_busy_worker_once_its_job_is_done(start_pool, redis):
+    """Busy workers take the next job at once, so none is ever idle to retire: one leaves after its job."""
+    import signal
+
+    pool = start_pool("--queue", "c:2", "--no-learn-job-modules", *FAST)  # learning would replace them anyway
+    pool.wait_until(lambda: group_sizes(pool) == {"c": 2}, 15, "two workers")
+    jobs = [Queue("c", connection=redis).enqueue("jobs.sleep", 1.0) for _ in range(12)]
+    pool.wait_until(lambda: [w["state"] for w in pool.workers()] == ["busy", "busy"], 10, "both workers busy")
+    pool.send(signal.SIGTTOU)
+    pool.wait_until(lambda: len(pool.workers()) == 1, 5, "one worker left with jobs still waiting")
+    assert not finished(jobs)
+    pool.wait_until(lambda: finished(jobs), 30, "the jobs, on one worker")
+
+
+def test_new_bounds_are_published_at_once_even_where_no_worker_changes(start_pool):
+    import signal
+
+    pool = start_pool("--queue", "a:0-3", "--scaling-period", "30", "--utilization-window", "30")
+    pool.wait_until(lambda: group_sizes(pool) == {"a": 0}, 15, "the pool, with no worker")
+    pool.send(signal.SIGTTOU)  # 0-2: nothing to retire, a hold
+    pool.wait_until(lambda: pool.state()["groups"][0]["max"] == 2, 3, "the new maximum in the state")
+
+
 def test_a_group_scaled_to_zero_wakes_when_a_job_arrives(start_pool, redis):
     pool = start_pool("--queue", "main:1", "--queue", "rare:0-3", *FAST)
     pool.wait_until(lambda: group_sizes(pool) == {"main": 1, "rare": 0}, 15, "no worker for the idle group")

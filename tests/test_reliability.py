@@ -128,6 +128,22 @@ def test_sighup_with_a_cluster_cap_the_pool_fills_still_reforks(start_pool, redi
     pool.wait_until(lambda: len(set(pool.ready_pids()) - old) == 2, 20, "both workers re-forked")
 
 
+def test_sighup_under_a_full_total_cap_never_runs_more_workers_than_it(start_pool):
+    import psutil
+
+    pool = start_pool("--queue", "a:2", "--queue", "c:2", "--max-workers-total", "4", *FAST)
+    old = set(pool.wait_until(lambda: len(pool.ready_pids()) == 4 and pool.ready_pids(), 15, "four workers"))
+    pool.send(signal.SIGHUP)  # no room for a successor beside its predecessor: each old worker leaves first
+    most = []
+
+    def all_new() -> bool:
+        most.append(len(psutil.Process(pool.proc.pid).children()))
+        return len(set(pool.ready_pids()) - old) == 4
+
+    pool.wait_until(all_new, 30, "four re-forked workers")
+    assert max(most) <= 4
+
+
 def test_a_wedged_worker_is_killed_and_its_job_failed(start_pool, redis):
     pool = start_pool("--num-workers", "1", "--worker-class", "rq.SimpleWorker", "--stuck-margin", "1", *FAST)
     first = pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")[0]

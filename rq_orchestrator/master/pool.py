@@ -348,7 +348,8 @@ class Pool(ForkingMixin):
             action = Action.UP if target > group.capacity else Action.DOWN if target < group.capacity else Action.HOLD
             group.last_decision = Decision(action, target, f"SIGTT{'IN' if delta > 0 else 'OU'}: bounds {new_min}-{new_max}")
             self.state.record_decision(group, group.last_decision, self.clock())
-            for key in group.resize_to(target):
+            self.state.mark_dirty()  # new bounds are news even where no worker comes or goes (a hold)
+            for key in group.resize_to(target, busy_too=True):  # "retire one now": a busy one once its job is done
                 self._retire(group, group.workers[key])
 
     def _retire(self, group: WorkerGroup, worker: WorkerRecord, keep_place: bool = False) -> None:
@@ -605,11 +606,18 @@ class Pool(ForkingMixin):
             self._refork(*queue.pop(0))
 
     def _refork(self, group: WorkerGroup, old: int) -> None:
-        """An idle worker's successor, forked now; the old worker leaves once it is up."""
-        group.replacement_started()
-        new = self._spawn(group)
-        if new is None:  # no cluster slot (a cap the pool fills): the old one leaves first, keeping its place
-            group.replacement_ended()
+        """An idle worker's successor, forked now; the old worker leaves once it is up.
+
+        Where a cap is full (--max-workers-total, or the cluster's: no slot) the
+        old one leaves first, keeping its place.
+        """
+        cap, new = self.config.max_workers_total, None
+        if cap is None or len(self._owner) < cap:
+            group.replacement_started()
+            new = self._spawn(group)
+            if new is None:
+                group.replacement_ended()
+        if new is None:
             self._retire(group, group.workers[old], keep_place=True)
             return
         self._reload_pending[new] = old

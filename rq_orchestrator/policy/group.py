@@ -289,10 +289,11 @@ class WorkerGroup:
         # replacement (or its back-off) is still replaced.
         return Plan(decision=decision, spawn=self.deficit, retire=retire)
 
-    def resize_to(self, workers: int) -> tuple[Hashable, ...]:
-        """Size the group to ``workers``, counted as ``capacity`` counts them; the idle workers to retire for it."""
+    def resize_to(self, workers: int, busy_too: bool = False) -> tuple[Hashable, ...]:
+        """Size the group to ``workers``, counted as ``capacity`` counts them; the idle workers to retire for it,
+        and with ``busy_too`` busy ones after them (an operator's resize: they leave once their job is done)."""
         self.target = workers + self.replacing
-        return self._pick_retirees(len(self.active) - self.target)
+        return self._pick_retirees(len(self.active) - self.target, busy_too)
 
     def replacement_started(self) -> None:
         """A worker is started to take over from one that leaves once it is up: one slot more, no more capacity."""
@@ -317,11 +318,12 @@ class WorkerGroup:
         self.policy.settings = replace(self.policy.settings, min_workers=min_workers, max_workers=max_workers)
         self.target = min(max(self.target - self.replacing, min_workers), max_workers) + self.replacing
 
-    def _pick_retirees(self, count: int) -> tuple[Hashable, ...]:
+    def _pick_retirees(self, count: int, busy_too: bool = False) -> tuple[Hashable, ...]:
         count -= sum(w.retiring for w in self.active)  # those keeping their place leave anyway
         # The highest slots go first, so slot numbers stay compact and readable.
         idle = sorted(self.idle, key=lambda w: w.slot, reverse=True)
-        chosen = tuple(w.key for w in idle[: max(count, 0)])
+        busy = sorted((w for w in self.active if w.busy and not w.retiring), key=lambda w: w.slot, reverse=True)
+        chosen = tuple(w.key for w in (idle + busy if busy_too else idle)[: max(count, 0)])
         for key in chosen:
             self.mark_retiring(key)
         return chosen
