@@ -294,6 +294,15 @@ def invalid_request(message: str) -> Exception:
     return frappe.ValidationError(message)
 
 
+def date_range(operator: str, value: str) -> list[str] | None:
+    """Frappe's own reading of a ``timespan``/``previous``/``next`` filter ("this week", "1 month") as
+    [first day, last day], as its list queries read it; None for a value it does not know."""
+    from frappe.model.db_query import get_date_range
+
+    found = get_date_range(operator, value)
+    return [str(found[0]), str(found[1])] if found else None
+
+
 def attribute_dict(row: dict[str, Any]) -> Any:
     """A row as Frappe's lists return them (``frappe._dict``: ``row.name`` as well as ``row["name"]``)."""
     import frappe

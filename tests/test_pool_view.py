@@ -75,7 +75,8 @@ def test_pages_and_the_filters_a_list_click_adds():
     assert len(page(rows, [], 0, 0)) == 5
     assert [r["pid"] for r in page(rows, {"state": "stale"}, 0, 0)] == ["3"]
     assert [r["pid"] for r in page(rows, '[["RQ Worker Pool", "state", "!=", "stale", false]]', 0, 2)] == ["1", "2"]
-    assert len(page(rows, {"_assign": ["like", "%me%"]}, 0, 0)) == 5  # a field the rows lack narrows nothing
+    assert page(rows, {"_assign": ["like", "%me%"]}, 0, 0) == []  # a field the rows lack is empty, as unset
+    assert len(page(rows, {"owner": ["is", "not set"]}, 0, 0)) == 5
 
 
 def test_the_filter_bars_comparisons_narrow_the_list():
@@ -90,6 +91,10 @@ def test_the_filter_bars_comparisons_narrow_the_list():
     assert names({"workers": ["is", "not set"]}) == [None]
     assert names({"workers": ["is", "set"]}) == ["a", "b", "c"]
     assert names({"utilization": [">", "41.69"]}) == ["a", "b", "c"]
+    assert names({"utilization": ["=", 41.7], "workers": ["in", ["2", "3"]]}) == ["b", "c"]
+    assert names({"workers": ["=", "2.0"]}) == ["b"]  # numbers as numbers: a click on 0 % sends 0 for 0.0
+    with pytest.raises(ValueError, match="two values for 'between'"):
+        names({"workers": ["between", 3]})  # the filter bar's Between on a number column sends one value
 
 
 def test_times_compare_and_a_date_range_covers_its_last_day():
@@ -101,17 +106,26 @@ def test_times_compare_and_a_date_range_covers_its_last_day():
 def test_a_filter_it_cannot_apply_is_refused_not_ignored():
     rows = list_rows([pool(1, [group("a", ["a"])])])
     with pytest.raises(ValueError, match="cannot filter with 'timespan'"):
-        page(rows, {"updated_at": ["timespan", "today"]}, 0, 0)
+        page(rows, {"updated_at": ["timespan", "today"]}, 0, 0)  # no reading of time spans given
+    with pytest.raises(ValueError, match="cannot read the timespan 'someday'"):
+        page(rows, {"updated_at": ["timespan", "someday"]}, 0, 0, date_ranges=lambda op, value: None)
+
+
+def test_a_timespan_is_the_range_the_desk_reads_it_as():
+    rows = [{"name": n, "updated_at": t} for n, t in (("early", "2026-12-05 23:59:59"), ("late", "2026-12-06 21:15:00"))]
+    today = lambda op, value: ["2026-12-06", "2026-12-06"] if (op, value) == ("timespan", "today") else None  # noqa: E731
+    assert [r["name"] for r in page(rows, {"updated_at": ["timespan", "today"]}, 0, 0, date_ranges=today)] == ["late"]
 
 
 def test_the_list_comes_in_the_order_asked():
-    sizes = [group("a", ["a"], workers=2), group("b", ["b"], workers=3), group("c", ["c"], workers=2)]
+    sizes = [group("a", ["a"], workers=2), group("b", ["b"], workers=10, hi=12), group("c", ["c"], workers=2)]
     rows = list_rows([pool(1, sizes), EXPIRED])
     order = lambda order_by: [r["group_name"] for r in page(rows, None, 0, 0, order_by)]  # noqa: E731
     assert order("`tabRQ Worker Pool`.`workers` desc") == ["b", "a", "c", None]  # ties keep their place
     assert order("workers asc") == [None, "a", "c", "b"]  # a missing figure first, as MariaDB's NULL
     assert order("workers desc, group_name desc") == ["b", "c", "a", None]
     assert order("`tabRQ Worker Pool`.`no_such_field` desc") == ["a", "b", "c", None]
+    assert order("size desc") == ["b", "a", "c", None]  # "10 (1–12)" after "2 (1–4)" as text: by the workers
     assert [r["group_name"] for r in page(rows, None, 1, 2, "workers desc")] == ["a", "c"]  # ordered, then paged
 
 

@@ -137,15 +137,18 @@ class TestRQWorkerPool(unittest.TestCase):
         self.assertEqual(doc.as_dict()["pool"], "desktest")
 
     def test_the_filter_bar_narrows_the_list_and_the_count(self) -> None:
-        """Comparisons and a date range on what the desk shows (times in the site's zone); what it cannot apply is refused."""
+        """Comparisons, ranges and time spans on what the desk shows (times in the site's zone); a bad filter is refused."""
         from frappe.utils import today
 
         self.start_pool()
         self.assertEqual(self.desk_list([[DOCTYPE, "workers", ">", "1"]]), ([], 0))
         self.assertEqual(self.desk_list([[DOCTYPE, "workers", ">=", "1"]], "`tabRQ Worker Pool`.`modified` desc")[1], 1)
         self.assertEqual(self.desk_list([[DOCTYPE, "updated_at", "between", [today(), today()]]])[1], 1)
+        self.assertEqual(self.desk_list([[DOCTYPE, "updated_at", "timespan", "today"]])[1], 1)
+        self.assertEqual(self.desk_list([[DOCTYPE, "updated_at", "timespan", "yesterday"]]), ([], 0))
+        self.assertEqual(self.desk_list([[DOCTYPE, "utilization", "=", 0]])[1], 1)  # 0.0 %, as a cell's click sends it
         with self.assertRaises(frappe.ValidationError):
-            self.desk_list([[DOCTYPE, "updated_at", "timespan", "today"]])
+            self.desk_list([[DOCTYPE, "workers", "between", 3]])
 
     def test_a_killed_pool_reads_stale_and_keeps_its_row(self) -> None:
         pool = self.start_pool()

@@ -13,7 +13,8 @@ import json
 import operator
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import date
 from typing import Any
 
 from redis import Redis
@@ -72,16 +73,20 @@ def _row(pool: Mapping[str, Any], group: Mapping[str, Any] | None, text: dict[st
     }
 
 
-def page(rows: list[dict[str, Any]], filters: Any, start: int, page_length: int,
-         order_by: str | None = None) -> list[dict[str, Any]]:
+DateRanges = Callable[[str, Any], Sequence[Any]]  # (operator, value) -> (first day, last day); Frappe's reading
+
+
+def page(rows: list[dict[str, Any]], filters: Any, start: int, page_length: int, order_by: str | None = None,
+         date_ranges: DateRanges | None = None) -> list[dict[str, Any]]:
     """The rows a list asks for: its filters (a cell's click, the search boxes, the filter bar), its order, the page.
 
-    A filter on a field the rows do not have narrows nothing (the list's
-    sidebar may ask for ``_assign``); an operator this view cannot apply is
-    refused (``ValueError``), never ignored: the list would show every row as
-    if it matched.
+    A field the rows do not have (the sidebar's ``_assign``, ``owner``) is
+    empty in every row, as an unset column is. ``date_ranges`` turns a
+    ``timespan``/``previous``/``next`` filter ("this week") into a range; an
+    operator this view cannot apply is refused (``ValueError``), never
+    ignored: the list would show every row as if it matched.
     """
-    kept = [row for row in rows if all(_matches(row, f) for f in _conditions(filters))]
+    kept = [row for row in rows if all(_matches(row, f, date_ranges) for f in _conditions(filters))]
     kept = ordered(kept, order_by)
     return kept[start:start + page_length] if page_length else kept[start:]
 
@@ -97,25 +102,27 @@ def _conditions(filters: Any) -> list[tuple[str, str, Any]]:
     return [tuple(f[1:4]) if len(f) > 3 else tuple(f) for f in filters]
 
 
-def _matches(row: Mapping[str, Any], condition: tuple[str, str, Any]) -> bool:
+def _matches(row: Mapping[str, Any], condition: tuple[str, str, Any], date_ranges: DateRanges | None) -> bool:
     field, op, value = condition
     op = op.lower()
-    if field not in row:
-        return True
-    cell = row[field]
+    cell = row.get(field)
+    if op in ("timespan", "previous", "next") and date_ranges is not None:
+        op, value = "between", _date_range(date_ranges, op, value)
     if op in ("=", "!="):
-        return (str(cell) == str(value)) == (op == "=")
+        return _equal(cell, value) == (op == "=")
     if op in ("like", "not like"):  # the list's search boxes: SQL's LIKE, case-insensitive as MariaDB's
-        return bool(_like(str(value)).fullmatch(str(cell))) == (op == "like")
+        return bool(_like(str(value)).fullmatch("" if cell is None else str(cell))) == (op == "like")
     if op in ("in", "not in"):
         values = value.split(",") if isinstance(value, str) else value
-        return (str(cell) in {str(v).strip() for v in values}) == (op == "in")
+        return any(_equal(cell, str(v).strip()) for v in values) == (op == "in")
     if op == "is":  # the filter bar's "is set" / "is not set"
         return (cell not in (None, "")) == (str(value).lower() == "set")
-    if op in COMPARISONS:  # as SQL: a missing figure is in no range
+    if op in COMPARISONS:  # a missing figure is in no range
         return cell is not None and COMPARISONS[op](*_comparable(cell, value))
     if op == "between":
-        low, high = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ValueError(f"the RQ Worker Pool list needs two values for 'between', got {value!r}")
+        low, high = (str(v) if isinstance(v, date) else v for v in value)
         if isinstance(high, str) and DATE_ONLY.fullmatch(high):
             high += " 23:59:59.999999"  # a date range picked for a time: to the end of its last day, as Frappe's
         return cell is not None and operator.le(*_comparable(low, cell)) and operator.le(*_comparable(cell, high))
@@ -124,6 +131,22 @@ def _matches(row: Mapping[str, Any], condition: tuple[str, str, Any]) -> bool:
 
 COMPARISONS = {">": operator.gt, "<": operator.lt, ">=": operator.ge, "<=": operator.le}
 DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _date_range(date_ranges: DateRanges, op: str, value: Any) -> Sequence[Any]:
+    try:
+        found = date_ranges(op, value)
+    except (KeyError, ValueError, TypeError):
+        found = None
+    if not found:
+        raise ValueError(f"the RQ Worker Pool list cannot read the {op} {value!r}")
+    return found
+
+
+def _equal(cell: Any, value: Any) -> bool:
+    """Equal as numbers where both read as one (a click on 0 % sends 0 for 0.0), else as text."""
+    a, b = _comparable("" if cell is None else cell, value)
+    return a == b
 
 
 def _comparable(a: Any, b: Any) -> tuple[Any, Any]:
@@ -135,6 +158,7 @@ def _comparable(a: Any, b: Any) -> tuple[Any, Any]:
 
 
 ORDER = re.compile(r"(?:`?tab[^`.]*`?\.)?`?(\w+)`?(?:\s+(asc|desc))?", re.IGNORECASE)
+SORTED_BY = {"size": "workers", "oldest_wait": "oldest_wait_s"}  # text shown, sorted by the number behind it
 
 
 def ordered(rows: list[dict[str, Any]], order_by: str | None) -> list[dict[str, Any]]:
@@ -147,8 +171,8 @@ def ordered(rows: list[dict[str, Any]], order_by: str | None) -> list[dict[str, 
         match = ORDER.fullmatch(part.strip())
         if match is None or not rows or match[1] not in rows[0]:
             continue
-        field = match[1]
-        rows = sorted(rows, key=lambda row: _sort_key(row[field]), reverse=(match[2] or "").lower() == "desc")
+        field = SORTED_BY.get(match[1], match[1])
+        rows = sorted(rows, key=lambda row: _sort_key(row.get(field)), reverse=(match[2] or "").lower() == "desc")
     return rows
 
 
