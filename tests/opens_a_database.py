@@ -1,4 +1,4 @@
-"""A preload that leaves a database file open (sqlite, as Django's ORM after a query at import) and logs to a file."""
+"""A preload that leaves a database file open (sqlite, as Django's ORM after a query at import) and log files."""
 
 import logging
 import os
@@ -9,3 +9,6 @@ DIRECTORY = tempfile.mkdtemp(prefix="opens-a-database-")
 DATABASE = sqlite3.connect(os.path.join(DIRECTORY, "app.sqlite3"))
 DATABASE.execute("CREATE TABLE IF NOT EXISTS hits (n INTEGER)")
 logging.getLogger("opens_a_database").addHandler(logging.FileHandler(os.path.join(DIRECTORY, "app.log")))
+logging.getLogger("opens_a_database.overwritten").addHandler(
+    logging.FileHandler(os.path.join(DIRECTORY, "overwritten.log"), mode="w"))
+APPENDED = open(os.path.join(DIRECTORY, "appended.log"), "a")  # a log of its own, written to directly

@@ -27,6 +27,9 @@ def group_sizes(pool) -> dict[str, int]:
         ("batch:0-3", GroupRequest(("batch",), (0, 3))),
         # Only a suffix that starts like a number is read as bounds: rq queue names may hold ':'.
         ("app:high-priority", GroupRequest(("app:high-priority",))),
+        # Frappe names a bench's queues after its path, spaces and all: only the part after the last ':' is a name.
+        ("home-me-My Bench:short,home-me-My Bench:long:1-2",
+         GroupRequest(("home-me-My Bench:short", "home-me-My Bench:long"), (1, 2))),
     ],
 )
 def test_group_specs_parse(spec, expected):

@@ -66,7 +66,7 @@ def test_a_database_file_the_preload_leaves_open_is_named_and_its_log_file_is_no
     pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
     warning = next(line for line in pool.output().splitlines() if "--config/--preload left" in line)
     assert "to share: /" in warning and "app.sqlite3;" in warning
-    assert "app.log" not in warning
+    assert "app.log" not in warning and "overwritten.log" not in warning and "appended.log" not in warning
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -467,7 +467,7 @@ def test_scale_down_delay_after_up_and_after_down():
     assert_decision(p.decide(observe(now=0.0, utilization=0.9)), Action.UP, 3)
     held = p.decide(observe(now=10.0, workers=3, idle=3, utilization=0.0))
     assert_decision(held, Action.HOLD, 3)
-    assert "10.0 s since the last change < 30 s" in held.reason
+    assert "10.0 s since the last change < 30.0 s" in held.reason
     assert_decision(p.decide(observe(now=30.0, workers=3, idle=3, utilization=0.0)), Action.DOWN, 2)
     assert_decision(p.decide(observe(now=55.0, workers=2, idle=2, utilization=0.0)), Action.HOLD, 2)
     assert_decision(p.decide(observe(now=60.0, workers=2, idle=2, utilization=0.0)), Action.DOWN, 1)

@@ -87,7 +87,8 @@ def worker_pool(queues: tuple[str, ...], queue_groups: tuple[str, ...], url: str
     if sentry_dsn or settings.get("SENTRY_DSN"):
         start_sentry(sentry_dsn or settings["SENTRY_DSN"])
     config = build_config(requested_groups(queues, queue_groups), opts)
-    shared = {name for fd, name in open_connections() - before if fd not in log_files()}  # the forks would inherit them
+    logs = log_files()
+    shared = {name for fd, name in open_connections() - before if fd not in logs}  # the forks would inherit them
     connection = connect(url)
     if pid_file:
         write_pid(pid_file)

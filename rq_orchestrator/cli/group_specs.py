@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..infra.config import GroupSpec
+from ..infra.config import GroupSpec, short_queue_name
 from ..infra.errors import BadInput
 from .limits import check_workers
 
@@ -22,8 +22,9 @@ def check_queues(queues: Iterable[str], option: str = "QUEUES") -> tuple[str, ..
     names = tuple(q.strip() for q in queues)
     if not names or any(not q for q in names):
         raise BadInput(f"{option}: empty queue name")
-    if any(c.isspace() or not c.isprintable() for q in names for c in q):
-        raise BadInput(f"{option}: no spaces or control characters in a queue name (group and worker names carry it)")
+    if any(c.isspace() or not c.isprintable() for q in names for c in short_queue_name(q)):
+        raise BadInput(f"{option}: no spaces or control characters in a queue name after its last ':' "
+                       f"(group and worker names carry that part)")
     if len(set(names)) != len(names):
         raise BadInput(f"{option}: a queue is named twice in {','.join(names)}")
     return names

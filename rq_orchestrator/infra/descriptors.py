@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 
@@ -17,15 +18,16 @@ def open_descriptors() -> set[int]:
 
 def open_connections() -> set[tuple[int, str]]:
     """This process's open sockets and regular files (a database's, say), each as (descriptor, what /proc names:
-    ``socket:[inode]`` or the file's path)."""
+    ``socket:[inode]`` or the file's path); not a file open for appending only (a log, meant to be shared)."""
     found = set()
     for fd in open_descriptors():
         try:
             kind = os.fstat(fd).st_mode
+            appending = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if stat.S_ISSOCK(kind) or stat.S_ISREG(kind):
+        if stat.S_ISSOCK(kind) or (stat.S_ISREG(kind) and not appending):
             found.add((fd, target))
     return found
 

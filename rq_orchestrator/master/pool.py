@@ -306,7 +306,7 @@ class Pool(ForkingMixin):
             self._cold_at = None
             self.stopping = "cold"
         else:
-            log.info("warm stop: waiting for %s to finish their jobs (%s)", counted(busy, "busy worker"),
+            log.info("warm stop: waiting for the jobs of %s (%s)", counted(busy, "busy worker"),
                      counted(len(self._owner), "worker"))
             self._stop_children(signal.SIGTERM, spare_retiring=True)
             if self.config.graceful_timeout is not None:
@@ -337,8 +337,9 @@ class Pool(ForkingMixin):
             new_min = min(max(s.min_workers + delta, 0), new_max)
             target = min(max(size + delta, new_min), new_max)
             if cap is not None and delta > 0:
-                new_min = min(new_min, max(cap - (minimums - s.min_workers), s.min_workers))
-                target = max(min(target, cap - (sizes - size)), size, new_min)
+                room = cap - (sizes - size)  # the most this group may have beside the others' sizes
+                new_min = min(new_min, max(min(cap - (minimums - s.min_workers), room), s.min_workers))
+                target = max(min(target, room), size, new_min)
             maximums += new_max - s.max_workers
             minimums += new_min - s.min_workers
             sizes += target - size

@@ -3,8 +3,9 @@
 The group knows which workers it has, which of them are busy, which are
 retiring, and what size the policy wants. It performs no I/O and reads no
 clock, so the master (real processes) and the simulator (virtual ones) drive
-the same object and get the same retirement semantics: only an idle worker is
-retired, with a warm stop, and a retiring worker no longer counts as capacity.
+the same object and get the same retirement semantics: a scale-down retires an
+idle worker (an operator's resize, a busy one too when no idle one is left),
+always with a warm stop, and a retiring worker no longer counts as capacity.
 """
 
 from __future__ import annotations

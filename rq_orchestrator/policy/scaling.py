@@ -300,7 +300,7 @@ class ScalingPolicy:
             return Decision(Action.HOLD, n, f"{reason} but every worker is busy")
         since = self._since_last_change(obs.now)
         if since is not None and since < s.scale_down_delay:
-            wait = f"{since:.1f} s since the last change < {s.scale_down_delay:g} s"
+            wait = "{} s since the last change < {} s".format(*compared(since, s.scale_down_delay, 1))
             return Decision(Action.HOLD, n, f"{reason} but {wait}")
         return Decision(Action.DOWN, n - 1, reason)
 
@@ -361,8 +361,8 @@ class ScalingPolicy:
             return self._wait_reason(obs)
         free_in = self._wait_expected(obs)
         if free_in is not None:
-            return (f"{counted(obs.queued_jobs, 'job')} waiting and a busy worker frees in about {free_in:.1f} s "
-                    f"> {self.settings.max_queue_wait:g} s")
+            shown, limit = compared(free_in, self.settings.max_queue_wait or 0.0, 1)
+            return f"{counted(obs.queued_jobs, 'job')} waiting and a busy worker frees in about {shown} s > {limit} s"
         return None
 
     def _wait_expected(self, obs: Observation) -> float | None:
