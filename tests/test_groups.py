@@ -105,6 +105,7 @@ def test_total_cap_holds_and_capacity_moves_to_where_jobs_wait(start_pool, redis
     pool.wait_until(watch(lambda: group_sizes(pool).get("b", 0) >= 2), 20, "capacity to move to group b")
     pool.wait_until(watch(lambda: finished(b_jobs)), 30, "b's jobs")
     assert max(totals) <= 3
+    assert "--max-workers-total 3 is full: a quiet group's idle worker moves here" in pool.output()
 
 
 def test_a_group_below_its_minimum_has_the_first_claim_on_a_free_slot(start_pool, redis):

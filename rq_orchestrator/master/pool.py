@@ -15,6 +15,7 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from redis import Redis
@@ -703,7 +704,7 @@ class Pool(ForkingMixin):
         return suspended
 
     def _apply(self, group: WorkerGroup, plan: Plan, now: float) -> None:
-        d = plan.decision
+        d = self._noting_the_cap(plan.decision)
         workers = group.capacity + len(plan.retire)
         log.log(
             self._decision_level(group.name, d, now),
@@ -713,6 +714,15 @@ class Pool(ForkingMixin):
         for key in plan.retire:
             _kill(int(key), signal.SIGTERM)
         self.state.record_decision(group, d, now)
+
+    def _noting_the_cap(self, decision: Decision) -> Decision:
+        """A scale-up that a full --max-workers-total holds back says so (the target stands: it is what
+        moves a quiet group's idle worker here)."""
+        cap = self.config.max_workers_total
+        if decision.action is not Action.UP or cap is None or sum(g.target - g.replacing for g in self.groups) <= cap:
+            return decision
+        return replace(decision, reason=f"{decision.reason}; --max-workers-total {cap} is full: a quiet group's "
+                                        f"idle worker moves here, or the jobs wait")
 
     def _decision_level(self, group: str, decision: Decision, now: float) -> int:
         """INFO for a change; DEBUG for a hold that repeats the group's last decision but for its figures.
