@@ -650,3 +650,4 @@ def test_a_reason_shows_the_figures_apart_where_two_decimals_would_not():
     grows = policy(max_queue_wait=0.5).decide(observe(utilization=0.3, queued=1, oldest_wait=0.54))
     assert grows.reason == "oldest job waited 0.54 s > 0.50 s"
     assert policy(min_workers=0).decide(observe(workers=0, queued=1)).reason == "1 job waiting and no worker"
+    assert decide(4, 0.5000000001).reason == "utilization 0.5000000001 > 0.5"  # in full where decimals cannot tell

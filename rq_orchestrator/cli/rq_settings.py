@@ -73,14 +73,14 @@ def apply_logging(settings: dict[str, Any]) -> None:
 
 
 def log_files() -> set[int]:
-    """The descriptors logging's handlers write to: a log file (DICT_CONFIG's, a preload's) is meant to be shared."""
+    """The descriptors logging's handlers write to (a file, syslog's socket): a log is meant to be shared."""
     loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
-    streams = [getattr(h, "stream", None) for lg in loggers for h in getattr(lg, "handlers", ())]
+    handlers = [h for lg in loggers for h in getattr(lg, "handlers", ())]  # a PlaceHolder has none
     found = set()
-    for stream in streams:
+    for channel in [getattr(h, name, None) for h in handlers for name in ("stream", "socket")]:
         try:
-            found.add(stream.fileno())
-        except (AttributeError, OSError, ValueError):  # no stream (a FileHandler with delay), or not a file
+            found.add(channel.fileno())
+        except (AttributeError, OSError, ValueError):  # none (a FileHandler with delay), or closed
             continue
     return found
 

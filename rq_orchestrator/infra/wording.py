@@ -9,9 +9,10 @@ def counted(number: int, noun: str) -> str:
 
 
 def compared(value: float, bound: float, decimals: int = 2) -> tuple[str, str]:
-    """``value`` and ``bound`` with ``decimals``, or more where those would print the two equal (0.5004 > 0.5000)."""
-    for places in range(decimals, decimals + 5):
+    """``value`` and ``bound`` with ``decimals``, or more where those would print the two equal (0.5004 > 0.5000);
+    in full past six more."""
+    for places in range(decimals, decimals + 7):
         shown = f"{value:.{places}f}", f"{bound:.{places}f}"
         if shown[0] != shown[1]:
-            break
-    return shown
+            return shown
+    return repr(float(value)), repr(float(bound))
