@@ -18,11 +18,16 @@ from .limits import check_workers
 SUFFIX = re.compile(r"^(?P<low>\d+)(?:-(?P<high>\d+))?$")
 
 
+def plain(name: str) -> bool:
+    """No spaces or control characters: a name that worker names and log lines carry as one word."""
+    return not any(c.isspace() or not c.isprintable() for c in name)
+
+
 def check_queues(queues: Iterable[str], option: str = "QUEUES") -> tuple[str, ...]:
     names = tuple(q.strip() for q in queues)
     if not names or any(not q for q in names):
         raise BadInput(f"{option}: empty queue name")
-    if any(c.isspace() or not c.isprintable() for q in names for c in short_queue_name(q)):
+    if not all(plain(short_queue_name(q)) for q in names):
         raise BadInput(f"{option}: no spaces or control characters in a queue name after its last ':' "
                        f"(group and worker names carry that part)")
     if len(set(names)) != len(names):

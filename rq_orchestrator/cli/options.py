@@ -28,7 +28,7 @@ from ..infra.config import (
 )
 from ..master.cluster import default_cluster_name
 from ..master.metrics import require_client
-from .group_specs import check_total
+from .group_specs import check_total, plain
 from .limits import (MAX_LEASE_TTL, MAX_WINDOW, MAX_WORKERS_ENV, MIN_SCALING_PERIOD, MIN_STUCK_MARGIN, WORKER_CEILING,
                      WORKER_MEMORY, check_period_and_window, check_worker_memory, check_workers, worker_bound)
 from .policy_options import policy_options, policy_settings
@@ -238,7 +238,7 @@ def check_numbers(opts: dict[str, Any]) -> tuple[int, int]:
     if not MIN_STUCK_MARGIN <= opts["stuck_margin"] < math.inf:
         raise BadInput(f"--stuck-margin must be at least {MIN_STUCK_MARGIN:g} second (finite), got {opts['stuck_margin']:g}")
     check_cluster(opts["cluster"], opts["cluster_max_workers"], opts["cluster_lease_ttl"])
-    if any(c.isspace() or not c.isprintable() for c in opts["name"]):
+    if not plain(opts["name"]):
         raise BadInput(f"--name: no spaces or control characters in a pool name (worker names carry it), "
                        f"got {opts['name']!r}")
     if opts["metrics_port"] is not None:
@@ -274,7 +274,7 @@ def check_cluster(name: str | None, max_workers: int | None, lease_ttl: float) -
         raise BadInput("--cluster needs --cluster-max-workers")
     if name is not None and not name.strip():
         raise BadInput("--cluster: empty cluster name")
-    if name is not None and any(c.isspace() or not c.isprintable() for c in name):
+    if name is not None and not plain(name):
         raise BadInput(f"--cluster: no spaces or control characters in a cluster name, got {name!r}")
     if max_workers is not None and max_workers < 1:
         raise BadInput(f"--cluster-max-workers must be at least 1, got {max_workers}")

@@ -149,11 +149,15 @@ class ForkingMixin:
 
     def _room_for_one_more(self, needy: WorkerGroup, pending: int) -> bool:
         """Under --max-workers-total, a worker for ``needy`` (after ``pending`` others) if the cap allows; else make room."""
-        cap = self.config.max_workers_total
-        if cap is None or len(self._owner) + pending < cap:
+        if self._below_total_cap(pending):
             return True
         self._move_capacity_to(needy)
         return False
+
+    def _below_total_cap(self, pending: int = 0) -> bool:
+        """Room for one more worker under --max-workers-total (none set: always), after ``pending`` others."""
+        cap = self.config.max_workers_total
+        return cap is None or len(self._owner) + pending < cap
 
     def _move_capacity_to(self, needy: WorkerGroup) -> None:
         """Retire an idle worker of a quiet group for one that waits.

@@ -613,8 +613,8 @@ class Pool(ForkingMixin):
         Where a cap is full (--max-workers-total, or the cluster's: no slot) the
         old one leaves first, keeping its place.
         """
-        cap, new = self.config.max_workers_total, None
-        if cap is None or len(self._owner) < cap:
+        new = None
+        if self._below_total_cap():
             group.replacement_started()
             new = self._spawn(group)
             if new is None:
