@@ -126,6 +126,8 @@ def test_the_list_comes_in_the_order_asked():
     assert order("workers desc, group_name desc") == ["b", "c", "a", None]
     assert order("`tabRQ Worker Pool`.`no_such_field` desc") == ["a", "b", "c", None]
     assert order("size desc") == ["b", "a", "c", None]  # "10 (1–12)" after "2 (1–4)" as text: by the workers
+    by_size = [r["group_name"] for r in page(rows, {"size": [">", 5]}, 0, 0)]  # the desk's first "Workers" field
+    assert by_size == ["b"]
     assert [r["group_name"] for r in page(rows, None, 1, 2, "workers desc")] == ["a", "c"]  # ordered, then paged
 
 

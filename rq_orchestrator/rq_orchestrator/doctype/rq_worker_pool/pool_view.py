@@ -106,6 +106,7 @@ def _matches(row: Mapping[str, Any], condition: tuple[str, str, Any], date_range
     field, op, value = condition
     op = op.lower()
     cell = row.get(field)
+    figure = row.get(FIGURE_OF.get(field, field))  # what a range reads: the number behind a text column
     if op in ("timespan", "previous", "next") and date_ranges is not None:
         op, value = "between", _date_range(date_ranges, op, value)
     if op in ("=", "!="):
@@ -118,14 +119,14 @@ def _matches(row: Mapping[str, Any], condition: tuple[str, str, Any], date_range
     if op == "is":  # the filter bar's "is set" / "is not set"
         return (cell not in (None, "")) == (str(value).lower() == "set")
     if op in COMPARISONS:  # a missing figure is in no range
-        return cell is not None and COMPARISONS[op](*_comparable(cell, value))
+        return figure is not None and COMPARISONS[op](*_comparable(figure, value))
     if op == "between":
         if not isinstance(value, (list, tuple)) or len(value) != 2:
             raise ValueError(f"the RQ Worker Pool list needs two values for 'between', got {value!r}")
         low, high = (str(v) if isinstance(v, date) else v for v in value)
         if isinstance(high, str) and DATE_ONLY.fullmatch(high):
             high += " 23:59:59.999999"  # a date range picked for a time: to the end of its last day, as Frappe's
-        return cell is not None and operator.le(*_comparable(low, cell)) and operator.le(*_comparable(cell, high))
+        return figure is not None and operator.le(*_comparable(low, figure)) and operator.le(*_comparable(figure, high))
     raise ValueError(f"the RQ Worker Pool list cannot filter with {op!r}")
 
 
@@ -158,7 +159,7 @@ def _comparable(a: Any, b: Any) -> tuple[Any, Any]:
 
 
 ORDER = re.compile(r"(?:`?tab[^`.]*`?\.)?`?(\w+)`?(?:\s+(asc|desc))?", re.IGNORECASE)
-SORTED_BY = {"size": "workers", "oldest_wait": "oldest_wait_s"}  # text shown, sorted by the number behind it
+FIGURE_OF = {"size": "workers", "oldest_wait": "oldest_wait_s"}  # text shown; ranges and order read the number
 
 
 def ordered(rows: list[dict[str, Any]], order_by: str | None) -> list[dict[str, Any]]:
@@ -171,7 +172,7 @@ def ordered(rows: list[dict[str, Any]], order_by: str | None) -> list[dict[str, 
         match = ORDER.fullmatch(part.strip())
         if match is None or not rows or match[1] not in rows[0]:
             continue
-        field = SORTED_BY.get(match[1], match[1])
+        field = FIGURE_OF.get(match[1], match[1])
         rows = sorted(rows, key=lambda row: _sort_key(row.get(field)), reverse=(match[2] or "").lower() == "desc")
     return rows
 
