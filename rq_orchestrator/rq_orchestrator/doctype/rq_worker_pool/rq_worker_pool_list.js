@@ -45,10 +45,12 @@ frappe.listview_settings["RQ Worker Pool"] = {
 	},
 
 	refresh(listview) {
+		const filtered = ((listview.filter_area && listview.filter_area.get()) || []).length > 0;
+		const message = filtered
+			? __("No group of a pool matches these filters.")
+			: __("No worker pool publishes on this bench's Redis. Start one with `bench worker-pool`.");
 		listview.$no_result.html(`
-			<div class="no-result text-muted flex justify-center align-center">
-			${__("No worker pool publishes on this bench's Redis. Start one with `bench worker-pool`.")}
-			</div>
+			<div class="no-result text-muted flex justify-center align-center">${message}</div>
 		`);
 	},
 };
