@@ -169,6 +169,20 @@ def test_burst_runs_what_a_job_of_another_group_enqueues_for_a_group_scaled_to_z
     assert Job.fetch(job.return_value(), connection=redis).get_status() == JobStatus.FINISHED
 
 
+@pytest.mark.parametrize("retires", [("--max-jobs-per-worker", "1"), ("--learn-job-modules",)], ids=["recycled", "learned"])
+def test_burst_runs_the_job_a_retiring_worker_s_job_enqueued(start_pool, redis, retires):
+    """The worker running the parent retires after it (its module learned, or its last job): its successor came up
+    while the parent ran, found the queue empty and left; the child the parent's end enqueues must still run."""
+    queue = Queue(connection=redis)
+    parent = queue.enqueue("learned_jobs.hold", 1.5)
+    child = queue.enqueue("jobs.noop", depends_on=parent)
+    others = [queue.enqueue("jobs.sleep", 0.5) for _ in range(2)]  # the other worker is busy when the module is learned
+    pool = start_pool("--num-workers", "2", "--burst", *retires, *FAST)
+    assert pool.wait(60) == 0
+    assert finished([parent, child, *others]), pool.output()
+    assert queue.count == 0
+
+
 def test_a_suspended_burst_with_no_minimum_exits_leaving_the_jobs_queued(start_pool, redis):
     """As rq's own burst workers do when suspended."""
     from rq.suspension import suspend

@@ -70,7 +70,7 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Add a worker above this utilization, retire one below half of it; in (0, 1]."),
         click.option("--utilization-window", type=float, default=DEFAULT_WINDOW, show_default=True,
                      help=f"Seconds of history utilization is averaged over; at least the scaling period, at most {MAX_WINDOW:g}."),
-        click.option("--burst", "-b", is_flag=True, help="Workers exit when the queues are empty; the pool exits when all have."),
+        click.option("--burst", "-b", is_flag=True, help="Workers exit when the queues are empty; the pool exits 0 when all have and no job waits."),
         click.option("--preload", multiple=True, metavar="MODULE",
                      help="Import MODULE in the master before forking, so workers share it (repeatable)."),
         click.option("--prewarm/--no-prewarm", default=True, show_default=True,

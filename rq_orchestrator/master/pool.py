@@ -247,8 +247,9 @@ class Pool(ForkingMixin):
                 self.state.publish_if_due(self.clock())  # `status` shows the stop, not a stale pool, for all it lasts
                 continue
             if self.config.burst and not self._owner and len(self._drained) == len(self.groups):
-                log.info("pool %s: burst done, all workers have exited", self.config.pool_name)
-                return
+                if not self._burst_left_jobs():
+                    log.info("pool %s: burst done, all workers have exited", self.config.pool_name)
+                    return
             now = self.clock()
             self._scale(now)
             self._kill_stuck(now)
@@ -690,6 +691,25 @@ class Pool(ForkingMixin):
             self.state.record_tick(now, stats)
         else:
             self.state.record_queues(stats)
+
+    def _burst_left_jobs(self) -> bool:
+        """Whether a burst that looks done left jobs queued, and if so start a worker for each group that has them.
+
+        A worker that retires after its job (recycled, or its job's module learned) leaves without looking
+        at the queues again, and its successor may have come up, found them empty and left while that job
+        ran: what the job's end enqueued (a dependent job) would wait for good. rq's burst workers, the
+        last of which looks once more after its job, run it; so does the pool. Suspended, nothing starts.
+        """
+        stats = self._observe_queues()
+        left = [g for g in self.groups if stats is not None and stats[g.name].queued]
+        if not left or self._workers_suspended():
+            return False
+        for group in left:
+            self._drained.discard(group.name)
+            group.target = max(group.target, 1)
+            log.info("group %s: %s queued after its workers left (burst): starting a worker for them",
+                     group.name, counted(stats[group.name].queued, "job"))
+        return True
 
     def _workers_suspended(self) -> bool:
         """Whether `rq suspend` is in force (False if Redis does not answer); said in the log when it starts and ends."""
