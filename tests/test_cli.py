@@ -48,6 +48,12 @@ BAD_INPUT = [
     (["", "default"], "queue"),
     (["--cluster", "a b", "--cluster-max-workers", "2"], "--cluster: no spaces"),
     (["--metrics-host", "0.0.0.0"], "--metrics-host needs --metrics-port"),
+    (["--preload", "exits_on_import"], "--preload: cannot import exits_on_import: SystemExit: 3"),
+    (["--worker-class", "exits_on_import.Worker"], "--worker-class: cannot import exits_on_import.Worker: SystemExit"),
+    (["--max-workers-total", "3"], "--max-workers-total caps several --queue groups together"),
+    (["--queue", "a:1-4", "--max-workers-total", "3"], "--max-workers-total caps several --queue groups together"),
+    (["--name", ""], "--name: empty"),
+    (["--quiet", "--logging-level", "DEBUG"], "--quiet is --logging-level WARNING: give one of them"),
 ]
 
 

@@ -89,6 +89,7 @@ def test_demo_on_a_named_redis_deletes_its_keys(tmp_path: Path) -> None:
         (["--interval", "soon"], "'soon' is not a valid float"),
         (["--scaling-period", "0.05"], "--scaling-period must be from 0.1"),  # the pool's own limits, checked first
         (["--max-workers", "100000"], "more than this machine can hold"),
+        (["--plot", "out.png", "--no-plot"], "--plot and --no-plot: give one of them"),
     ],
 )
 def test_demo_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

@@ -84,6 +84,8 @@ def test_settings_it_cannot_take_are_refused(redis_url, tmp_path, extra, message
 def test_a_settings_module_that_does_not_import_is_refused(redis_url):
     result = run_cli("worker-pool", "--url", redis_url, "--config", "no_such_settings")
     assert result.returncode == 2 and "--config: cannot import no_such_settings: ModuleNotFoundError" in result.stderr
+    ended = run_cli("worker-pool", "--url", redis_url, "--config", "exits_on_import")  # a sys.exit() in the module
+    assert ended.returncode == 2 and ended.stderr.strip() == "Error: --config: cannot import exits_on_import: SystemExit: 3"
 
 
 class SentrySink(http.server.BaseHTTPRequestHandler):

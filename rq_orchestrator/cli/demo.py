@@ -40,7 +40,7 @@ from ..infra.config import (
 from ..infra.embedded_redis import NoRedisServer, RedisServer
 from ..infra.connection import connect
 from ..infra.errors import BadInput
-from .options import OneLineErrors, check_scaling
+from .options import OneLineErrors, check_scaling, given
 from .outputs import check_output, check_plot_path
 from ..master.state import read_pools
 from ..worker.process import set_parent_death_signal
@@ -67,7 +67,8 @@ class DemoError(click.ClickException):
 # -- the command ------------------------------------------------------------
 @click.command("demo", cls=OneLineErrors)
 @click.option("--url", "-u", default=None,
-              help="Run against this Redis (only the demo's own keys are written, then deleted). "
+              help="Run against this Redis (only the demo's own keys are written, then deleted; what rq keeps of "
+                   "exited workers expires within a minute, as for any rq worker). "
                    "Default: a private redis-server.")
 @click.option("--duration", type=float, default=120.0, show_default=True, help="Seconds of load.")
 @click.option("--idle", type=float, default=None, show_default="--duration",
@@ -100,6 +101,8 @@ def demo(url: str | None, plot_path: str, no_plot: bool, json_path: str | None, 
     settings = DemoSettings(**values)
     check_settings(settings)
     check_output("--json", json_path)
+    if no_plot and given("plot_path"):
+        raise BadInput("--plot and --no-plot: give one of them")
     if not no_plot:
         check_plot_path(plot_path)
     if url is not None:

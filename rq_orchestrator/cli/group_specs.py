@@ -87,6 +87,9 @@ def check_total(groups: Sequence[tuple[int, int]], total: int | None) -> None:
         check_workers(sum(high for _, high in groups), "--queue (the groups' maximums together; cap them with "
                                                         "--max-workers-total)")
         return
+    if len(groups) == 1:
+        raise BadInput("--max-workers-total caps several --queue groups together; one group's most workers is "
+                       "--max-workers (or --queue QUEUES:MIN-MAX)")
     if total < 1:
         raise BadInput(f"--max-workers-total must be at least 1, got {total}")
     minimums = sum(low for low, _ in groups)

@@ -7,7 +7,6 @@ naming the option, exit status 2, and nothing started.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import math
@@ -33,7 +32,7 @@ from .limits import (MAX_LEASE_TTL, MAX_WINDOW, MAX_WORKERS_ENV, MIN_SCALING_PER
                      WORKER_MEMORY, check_period_and_window, check_worker_memory, check_workers, worker_bound)
 from .policy_options import policy_options, policy_settings
 from ..infra.sizes import parse_size
-from ..infra.errors import BadInput
+from ..infra.errors import BadInput, import_given
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEQUEUE_STRATEGIES = ("default", "round_robin", "random")  # rq's DequeueStrategy values (rq 1.15 to 3.x)
@@ -192,10 +191,10 @@ def import_object(path: str, option: str) -> Any:
     module_name, _, attr = path.rpartition(".")
     if not module_name:
         raise BadInput(f"{option}: {path!r} is not a dotted path (module.Name)")
+    module = import_given(module_name, option, shown=path)
     try:
-        module = importlib.import_module(module_name)
         return getattr(module, attr)
-    except Exception as exc:  # noqa: BLE001 - any failure to import is the user's input
+    except AttributeError as exc:
         raise BadInput(f"{option}: cannot import {path}: {type(exc).__name__}: {exc}") from None
 
 
@@ -208,13 +207,12 @@ def import_class(path: str, option: str, base: type) -> type:
 
 def preload(modules: Iterable[str]) -> None:
     for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001
-            raise BadInput(f"--preload: cannot import {name}: {type(exc).__name__}: {exc}") from None
+        import_given(name, "--preload")
 
 
 def logging_level(level: str, quiet: bool) -> str:
+    if quiet and given("logging_level"):
+        raise BadInput(f"--quiet is --logging-level WARNING: give one of them, not both (got --logging-level {level})")
     if quiet:
         return "WARNING"
     if level.upper() not in LOG_LEVELS:
@@ -238,6 +236,8 @@ def check_numbers(opts: dict[str, Any]) -> tuple[int, int]:
     if not MIN_STUCK_MARGIN <= opts["stuck_margin"] < math.inf:
         raise BadInput(f"--stuck-margin must be at least {MIN_STUCK_MARGIN:g} second (finite), got {opts['stuck_margin']:g}")
     check_cluster(opts["cluster"], opts["cluster_max_workers"], opts["cluster_lease_ttl"])
+    if given("name") and not opts["name"]:
+        raise BadInput("--name: empty (leave it out to name the pool after its queues)")
     if not plain(opts["name"]):
         raise BadInput(f"--name: no spaces or control characters in a pool name (worker names carry it), "
                        f"got {opts['name']!r}")

@@ -11,12 +11,11 @@ worker shares.
 
 from __future__ import annotations
 
-import importlib
 import logging.config
 from typing import Any
 from urllib.parse import quote
 
-from ..infra.errors import BadInput
+from ..infra.errors import BadInput, import_given
 
 CONNECTION_NAMES = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "REDIS_SSL")
 TRUE, FALSE = ("y", "yes", "t", "true"), ("n", "no", "f", "false", "")
@@ -24,10 +23,7 @@ TRUE, FALSE = ("y", "yes", "t", "true"), ("n", "no", "f", "false", "")
 
 def read_settings(module: str) -> dict[str, Any]:
     """The module's upper-case names, as rq's ``read_config_file`` reads them."""
-    try:
-        settings = importlib.import_module(module)
-    except Exception as exc:  # noqa: BLE001 - any failure to import is the user's input
-        raise BadInput(f"--config: cannot import {module}: {type(exc).__name__}: {exc}") from None
+    settings = import_given(module, "--config")
     return {name: value for name, value in vars(settings).items() if name.isupper()}
 
 
