@@ -164,6 +164,19 @@ def test_a_stop_kills_an_idle_worker_that_does_not_leave(start_pool, redis, sign
     assert "has not left 5 s after the stop, with no job in hand; killing it" in pool.output()
 
 
+@pytest.mark.parametrize("mode", [(), ("--no-fork",)], ids=["fork", "no-fork"])
+def test_a_warm_stop_lets_a_job_outlast_the_idle_grace_and_its_worker_leave_by_itself(start_pool, redis, mode):
+    """The idle grace runs from the job's end, not the stop: the worker is not killed on its way out."""
+    pool = start_pool("--num-workers", "1", *mode, *FAST)
+    pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
+    job = Queue(connection=redis).enqueue("jobs.sleep", 7)
+    pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 15, "the job to start")
+    pool.send(signal.SIGTERM)
+    assert pool.wait(30) == 0
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+    assert "has not left" not in pool.output()
+
+
 def test_a_cold_stop_that_lands_in_a_finalizer_still_stops_the_worker(start_pool, redis):
     """The cold stop's SystemExit is lost in a finalizer (Python prints it and goes on): the worker stops all the same."""
     pool = start_pool("--num-workers", "1", "--worker-class", "jobs.StopInFinalizer", *FAST)

@@ -547,16 +547,20 @@ class Pool(ForkingMixin):
     def _kill_idle_stragglers(self, now: float) -> None:
         """In the pool's stop: kill a worker with no job in hand that has not left IDLE_STOP_GRACE after it.
 
-        An idle worker leaves within a second of its stop; one still here is
-        wedged outside any job (the stop would otherwise wait for it forever).
+        An idle worker leaves within a second of its stop, a busy one within a
+        second of its job's end; one still here is wedged outside any job (the
+        stop would otherwise wait for it forever). The grace runs from the
+        later of the two, so a job that outlasts it does not get its worker
+        killed on the way out.
         """
-        if not self._stop_at or now - self._stop_at < IDLE_STOP_GRACE:
+        if not self._stop_at:
             return
         for group in self.groups:
             for pid, record in group.workers.items():
-                if record.job_id is None and pid not in self._stragglers:
-                    log.warning("worker %s has not left %.0f s after the stop, with no job in hand; killing it",
-                                record.name, now - self._stop_at)
+                idle_for = now - max(self._stop_at, record.job_ended_at)
+                if record.job_id is None and idle_for >= IDLE_STOP_GRACE and pid not in self._stragglers:
+                    log.warning("worker %s has not left %.0f s after the stop%s, with no job in hand; killing it",
+                                record.name, idle_for, " and its job's end" if record.job_ended_at > self._stop_at else "")
                     self._stragglers.add(pid)
                     _kill(int(pid), signal.SIGKILL)
 

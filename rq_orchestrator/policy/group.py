@@ -31,6 +31,7 @@ class WorkerRecord:
     keeps_place: bool = False  # retiring, yet capacity until it exits: its replacement waits (mark_retiring)
     ready: bool = False
     job_started_at: float = 0.0
+    job_ended_at: float = 0.0
     job_timeout: float | None = None
 
     @property
@@ -173,6 +174,7 @@ class WorkerGroup:
         if record is None or record.job_id is None:
             return
         record.job_id = None
+        record.job_ended_at = now
         record.jobs_done += 1
         self.ledger.job_ended(key, now)
         self.flow.ended(key, now)
