@@ -287,11 +287,13 @@ def not_found(doctype: str, name: str) -> Exception:
     return frappe.DoesNotExistError(f"{doctype} {name} not found")
 
 
-def invalid_request(message: str) -> Exception:
-    """The error Frappe shows the user as a plain message (a request it cannot serve as asked)."""
+def refuse_request(message: str) -> NoReturn:
+    """Refuse a request the desk cannot serve as asked, with a message it shows the user (``frappe.throw``:
+    a bare ValidationError reaches the desk as a 417 with no message, and the list hangs on "Refreshing...")."""
     import frappe
 
-    return frappe.ValidationError(message)
+    frappe.throw(message, frappe.ValidationError)
+    raise AssertionError("frappe.throw returned")  # it raises; this tells type checkers so
 
 
 def date_range(operator: str, value: str) -> list[str] | None:

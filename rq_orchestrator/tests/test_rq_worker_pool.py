@@ -147,8 +147,11 @@ class TestRQWorkerPool(unittest.TestCase):
         self.assertEqual(self.desk_list([[DOCTYPE, "updated_at", "timespan", "today"]])[1], 1)
         self.assertEqual(self.desk_list([[DOCTYPE, "updated_at", "timespan", "yesterday"]]), ([], 0))
         self.assertEqual(self.desk_list([[DOCTYPE, "utilization", "=", 0]])[1], 1)  # 0.0 %, as a cell's click sends it
+        frappe.clear_messages()
         with self.assertRaises(frappe.ValidationError):
             self.desk_list([[DOCTYPE, "workers", "between", 3]])
+        shown = [m.get("message") for m in frappe.get_message_log()]  # what the desk shows the user
+        self.assertIn("the RQ Worker Pool list needs two values for 'between', got 3", shown)
 
     def test_a_killed_pool_reads_stale_and_keeps_its_row(self) -> None:
         pool = self.start_pool()

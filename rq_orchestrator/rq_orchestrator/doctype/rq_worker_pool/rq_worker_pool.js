@@ -82,11 +82,14 @@ function rq_worker_pool_draw_decisions(frm, decisions) {
 	`);
 }
 
+// One timer per form object. Frappe reuses that object for every pool's form, so the timer reloads
+// whichever pool the form shows at its tick (a timer that kept the first pool's name stopped when
+// another pool's form opened within 5 s, and nothing started a new one).
 function rq_worker_pool_keep_fresh(frm) {
 	if (frm.rq_worker_pool_timer) return;
-	const name = frm.doc.name;
 	frm.rq_worker_pool_timer = setInterval(() => {
 		const route = frappe.get_route() || [];
+		const name = frm.doc && frm.doc.name;
 		if (route[0] !== "Form" || route[1] !== "RQ Worker Pool" || route[2] !== name) {
 			clearInterval(frm.rq_worker_pool_timer);
 			frm.rq_worker_pool_timer = null;

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from ....frappe_adapter import (
-    attribute_dict, date_range, desk_connection, document_class, invalid_request, not_found, require_role, system_time,
+    attribute_dict, date_range, desk_connection, document_class, not_found, refuse_request, require_role, system_time,
 )
 from .pool_view import page, read_group, read_rows
 
@@ -63,7 +63,7 @@ def listed(args: dict[str, Any], start: int, length: int) -> list[dict[str, Any]
     try:
         return page(rows, args.get("filters"), start, length, args.get("order_by"), date_range)
     except ValueError as refused:  # a filter this view cannot apply, or one that does not parse
-        raise invalid_request(str(refused)) from None
+        refuse_request(str(refused))
 
 
 def desk_row(row: dict[str, Any]) -> dict[str, Any]:
