@@ -177,6 +177,23 @@ def test_a_warm_stop_lets_a_job_outlast_the_idle_grace_and_its_worker_leave_by_i
     assert "has not left" not in pool.output()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP], ids=["TTIN", "TTOU", "HUP"])
+@pytest.mark.parametrize("ending", ["burst", "stop"])
+def test_a_resize_or_reload_signal_while_the_master_finishes_is_ignored(start_pool, redis, signum, ending):
+    """Sent as the master logs its end, a TTIN/TTOU no longer stops it for good (their default action), nor a HUP kills it."""
+    pool = start_pool("--num-workers", "1", *(["--burst"] if ending == "burst" else []), *FAST)
+    if ending == "stop":
+        pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
+        pool.send(signal.SIGTERM)
+    last_line = "burst done, all workers have exited" if ending == "burst" else "stopped: all workers have exited"
+    deadline = time.monotonic() + 20
+    while last_line not in pool.output() and pool.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    if pool.proc.poll() is None:
+        pool.send(signum)
+    assert pool.wait(10) == 0
+
+
 def test_a_cold_stop_that_lands_in_a_finalizer_still_stops_the_worker(start_pool, redis):
     """The cold stop's SystemExit is lost in a finalizer (Python prints it and goes on): the worker stops all the same."""
     pool = start_pool("--num-workers", "1", "--worker-class", "jobs.StopInFinalizer", *FAST)

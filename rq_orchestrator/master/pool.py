@@ -26,7 +26,7 @@ from ..infra.config import PoolConfig, hostname
 from ..infra.connection import fresh_copy, server_version
 from .access import check_access
 from .dead_workers import Aftercare
-from .forking import HANDLED_SIGNALS, ForkingMixin, PoolError
+from .forking import HANDLED_SIGNALS, STOP_SIGNALS, ForkingMixin, PoolError
 from .cluster import ClusterLeases
 from .learning import ModuleLearner
 from .sentry_events import keep_master_events_local
@@ -205,7 +205,9 @@ class Pool(ForkingMixin):
         self.services.stop()
         signal.set_wakeup_fd(-1)
         for signum in HANDLED_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
+            # A stop may still end the master as it finishes; a HUP, TTIN or TTOU would kill it (HUP's default,
+            # exit status -1) or stop it for good (TTIN/TTOU's): ignored, the master exits as it would have.
+            signal.signal(signum, signal.SIG_DFL if signum in STOP_SIGNALS + (signal.SIGCHLD,) else signal.SIG_IGN)
         self.state.remove()
         if self.scheduler is not None:
             self.scheduler.stop()
