@@ -183,6 +183,34 @@ def test_burst_runs_the_job_a_retiring_worker_s_job_enqueued(start_pool, redis, 
     assert queue.count == 0
 
 
+@pytest.mark.skipif(not hasattr(Queue, "ready_job_registry"), reason="rq < 3 has no ready registry")
+@pytest.mark.parametrize("burst", [True, False], ids=["burst", "running"])
+def test_a_dependent_rq_left_in_its_ready_registry_runs(start_pool, redis, burst):
+    """rq 3.0 leaves a dependent whose move to the queue lost a WATCH race in the ready registry, in no queue,
+    until its 10-minute clean-up: the pool enqueues it at its next period after a job's end (and before a burst ends)."""
+    from rq.registry import ReadyJobRegistry
+
+    queue = Queue(connection=redis)
+    running = queue.enqueue("jobs.sleep", 1.5)
+    pool = start_pool("--num-workers", "1", *(["--burst"] if burst else []), *FAST)
+    pool.wait_until(lambda: running.get_status(refresh=True) == JobStatus.STARTED, 15, "a job to start")
+    # After the start's clean-up (which recovers it too), what rq's lost race leaves: moved deferred -> ready only.
+    parent = Queue("elsewhere", connection=redis).enqueue("jobs.noop")  # a queue no worker takes: it never runs
+    child = queue.enqueue("jobs.noop", depends_on=parent)
+    with redis.pipeline() as pipe:
+        pipe.watch(queue.key)
+        pipe.multi()
+        ReadyJobRegistry(queue=queue).register_jobs([child], pipe)
+        pipe.execute()
+    assert child.get_status(refresh=True) == JobStatus.READY_TO_ENQUEUE
+    if burst:
+        assert pool.wait(30) == 0
+    else:
+        pool.wait_until(lambda: child.get_status(refresh=True) == JobStatus.FINISHED, 15, "the dependent to run")
+    assert child.get_status(refresh=True) == JobStatus.FINISHED
+    assert "enqueued 1 dependent job that rq had left in its ready registries" in pool.output()
+
+
 def test_a_suspended_burst_with_no_minimum_exits_leaving_the_jobs_queued(start_pool, redis):
     """As rq's own burst workers do when suspended."""
     from rq.suspension import suspend

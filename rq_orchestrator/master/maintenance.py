@@ -27,6 +27,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from ..infra.connection import fresh_copy
+from ..infra.wording import counted
 from .dead_workers import clean_with_handlers
 from .errand import Say, run_errand
 
@@ -71,15 +72,39 @@ class RegistryMaintenance:
         except Exception:  # noqa: BLE001 - rq 1.x's clean-up passes on what a job's failure callback raised
             log.exception("registry maintenance failed")
 
-    def _clean(self) -> None:
-        from rq import worker_registration
+    def recover_ready(self) -> int:
+        """rq 3+: enqueue the dependents left in the queues' ready registries; how many (0 on a Redis error).
+
+        A job's end moves its dependents deferred -> ready -> queue. When two ends
+        race for one queue's ready registry, rq 3.0 leaves the loser's dependents
+        there "for now", in no queue, until the 10-minute clean-up (a burst would
+        exit without them). rq's ``cleanup`` enqueues each under WATCH: never twice.
+        """
+        recovered = 0
+        try:
+            for name in self._queues:
+                registry = getattr(self._queue(name), "ready_job_registry", None)  # rq < 3 has none
+                if registry is not None:
+                    recovered += len(registry.cleanup())
+        except RedisError as exc:
+            log.debug("looking at the ready registries failed: %s", exc)
+        if recovered:
+            log.info("enqueued %s that rq had left in its ready registries", counted(recovered, "dependent job"))
+        return recovered
+
+    def _queue(self, name: str) -> Any:
         from rq.queue import Queue
-        from rq.registry import clean_registries
 
         queue_class = self._worker_kwargs.get("queue_class") or Queue
         lookups = {k: v for k, v in self._worker_kwargs.items() if k in ("job_class", "serializer")}
+        return queue_class(name, connection=self._connection, **lookups)
+
+    def _clean(self) -> None:
+        from rq import worker_registration
+        from rq.registry import clean_registries
+
         for name in self._queues:
-            queue = queue_class(name, connection=self._connection, **lookups)
+            queue = self._queue(name)
             if not queue.acquire_maintenance_lock():
                 continue  # another pool's master (or an rq worker) is at it
             log.info("cleaning registries for queue %s", name)

@@ -94,6 +94,7 @@ class Pool(ForkingMixin):
         self._stop_at = 0.0  # when the pool's stop was asked for
         self._stragglers: set[int] = set()  # idle workers killed for not leaving after the stop
         self._drained: set[str] = set()  # burst mode: groups done (a worker found their queues empty, or none to run)
+        self._ends_unchecked = False  # a job ended since the ready registries were last looked at (recover_ready)
         self._exit_status = 0
         self._next_tick = now + config.scaling_period
         self._next_observation = now
@@ -410,6 +411,7 @@ class Pool(ForkingMixin):
             return
         elif event.kind == IDLE:
             group.job_ended(event.pid, event.at)
+            self._ends_unchecked = True
             self.state.counters.jobs[self._failed.pop(event.pid, "finished")] += 1
         elif event.kind == READY:
             group.worker_ready(event.pid)
@@ -670,6 +672,9 @@ class Pool(ForkingMixin):
         self._next_observation = now + OBSERVE_SECONDS
         if due:
             self._next_tick = now + self.config.scaling_period
+            if self._ends_unchecked:  # dependents rq left in its ready registries are queued before they are counted
+                self._ends_unchecked = False
+                self.maintenance.recover_ready()
         stats = self._observe_queues()
         if stats is None:
             return  # no decision on missing data
@@ -706,6 +711,7 @@ class Pool(ForkingMixin):
         ran: what the job's end enqueued (a dependent job) would wait for good. rq's burst workers, the
         last of which looks once more after its job, run it; so does the pool. Suspended, nothing starts.
         """
+        self.maintenance.recover_ready()
         stats = self._observe_queues()
         left = [g for g in self.groups if stats is not None and stats[g.name].queued]
         if not left or self._workers_suspended():
