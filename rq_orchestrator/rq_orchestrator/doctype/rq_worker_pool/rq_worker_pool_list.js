@@ -35,22 +35,54 @@ frappe.listview_settings["RQ Worker Pool"] = {
 		// the columns (the toolbar's sidebar button brings it back).
 		listview.page.sidebar.hide();
 		listview.page.update_sidebar_icon && listview.page.update_sidebar_icon();
-		// Virtual doctypes get no realtime list updates: poll while the list is on screen.
+		rq_worker_pool_note_refusals(listview);
+		// Virtual doctypes get no realtime list updates: poll while the list is on screen (not while
+		// it shows filters the server refused: it said why once, in a message, not again every 5 s).
 		setInterval(() => {
 			if (listview.list_view_settings.disable_auto_refresh) return;
 			const route = frappe.get_route() || [];
 			if (route[0] !== "List" || route[1] !== "RQ Worker Pool") return;
+			if (listview.rq_worker_pool_refused === rq_worker_pool_filters(listview)) return;
 			listview.refresh();
 		}, RQ_WORKER_POOL_REFRESH_MS);
 	},
 
 	refresh(listview) {
-		const filtered = ((listview.filter_area && listview.filter_area.get()) || []).length > 0;
-		const message = filtered
-			? __("No group of a pool matches these filters.")
-			: __("No worker pool publishes on this bench's Redis. Start one with `bench worker-pool`.");
-		listview.$no_result.html(`
-			<div class="no-result text-muted flex justify-center align-center">${message}</div>
-		`);
+		listview.rq_worker_pool_refused = null;
+		const filtered = JSON.parse(rq_worker_pool_filters(listview)).length > 0;
+		rq_worker_pool_no_result(
+			listview,
+			filtered
+				? __("No group of a pool matches these filters.")
+				: __("No worker pool publishes on this bench's Redis. Start one with `bench worker-pool`.")
+		);
 	},
 };
+
+function rq_worker_pool_filters(listview) {
+	return JSON.stringify((listview.filter_area && listview.filter_area.get()) || []);
+}
+
+function rq_worker_pool_no_result(listview, message) {
+	listview.$no_result.html(`<div class="no-result text-muted flex justify-center align-center">${message}</div>`);
+}
+
+// A filter the list cannot apply (e.g. "Descendants Of") is refused by the server with a message (HTTP 417).
+// Frappe then leaves the rows from before the filter under it and its count on "Refreshing..." for good:
+// show no rows and say why instead, until the filters change.
+function rq_worker_pool_note_refusals(listview) {
+	const refresh = listview.refresh.bind(listview);
+	listview.refresh = () => {
+		const filters = rq_worker_pool_filters(listview);
+		return Promise.resolve(refresh()).catch((xhr) => {
+			if (!xhr || xhr.status !== 417) return; // not a refusal (Redis or the network): the next poll retries
+			listview.rq_worker_pool_refused = filters;
+			listview.data = [];
+			listview.toggle_result_area();
+			rq_worker_pool_no_result(
+				listview,
+				__("This list cannot apply these filters (the message said why): change or remove them.")
+			);
+		});
+	};
+}
