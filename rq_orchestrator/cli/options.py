@@ -194,7 +194,7 @@ def import_object(path: str, option: str) -> Any:
     module = import_given(module_name, option, shown=path)
     try:
         return getattr(module, attr)
-    except AttributeError as exc:
+    except Exception as exc:  # noqa: BLE001 - a module __getattr__ may raise anything: the user's input too
         raise BadInput(f"{option}: cannot import {path}: {type(exc).__name__}: {exc}") from None
 
 
