@@ -270,6 +270,13 @@ def test_watch_prints_one_json_document_per_refresh(start_pool, redis_url):
     assert all(d["pools"][0]["pid"] == pool.pid for d in documents)
 
 
+def test_interval_without_watch_is_refused_before_any_connection():
+    for command, args in ((status_module.status, ["--url", "redis://127.0.0.1:1/0"]), (worker_pool_status, [])):
+        result = CliRunner().invoke(command, [*args, "--interval", "5"])
+        assert result.exit_code == 2 and "--interval" in result.output and "--watch" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
 def test_the_bench_command_shares_the_options_and_needs_a_bench():
     result = CliRunner().invoke(worker_pool_status, ["--help"])
     assert result.exit_code == 0

@@ -28,7 +28,8 @@ from ..master.cluster import leases_in_use
 from ..infra.connection import DEFAULT_URL, connect, describe
 from ..infra.keys import pool_address
 from ..infra.wording import counted
-from .options import OneLineErrors
+from ..infra.errors import BadInput
+from .options import OneLineErrors, given
 from ..master.state import forget_pool, read_pools
 
 HEALTHY, STALE, UNREACHABLE, NO_POOL = 0, 1, 2, 3
@@ -67,7 +68,15 @@ def status(url: str | None, **opts: Any) -> None:
     decision. Exit status: 0 all pools publishing, 1 one stopped publishing
     (stale), 2 bad input or Redis unreachable, 3 no pool found.
     """
+    check_display(opts)
     sys.exit(show_status(connect(url or DEFAULT_URL), **opts))
+
+
+def check_display(opts: dict[str, Any]) -> None:
+    """--interval alone would be taken and never used: refused, as any option that cannot apply."""
+    if given("interval") and not opts["watch"]:
+        raise BadInput(f"--interval is the time between refreshes with --watch: give --watch too "
+                       f"(got --interval {opts['interval']:g} alone)")
 
 
 def show_status(connection: Redis, as_json: bool, watch: bool, interval: float, forget_stale: bool,

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..cli.options import OneLineErrors
-from ..cli.status import show_status, status_options
+from ..cli.status import check_display, show_status, status_options
 
 
 @click.command("worker-pool-status", cls=OneLineErrors)
@@ -22,6 +22,7 @@ def worker_pool_status(**opts: Any) -> None:
     Exit status: 0 all pools publishing, 1 one stopped publishing (stale),
     2 bad input or Redis unreachable, 3 no pool found.
     """
+    check_display(opts)
     from ..frappe_adapter import bench_connection
 
     sys.exit(show_status(bench_connection(), **opts))
