@@ -52,6 +52,13 @@ def test_default_policy_replays_the_seed_trajectory():
     assert result.back_to_min_s == 145.0 - 119.5
 
 
+@pytest.mark.parametrize("window", [7.7, 0.3, 2.2, 3.3, 12.1])
+def test_one_busy_worker_of_two_holds_whatever_the_window(window):
+    """Utilization exactly at the threshold holds (the seed's rule adds a worker only above it)."""
+    result = run_simulation([TraceJob(0.0, 200.0)], ScalingSettings(max_workers=3, scaling_period=1.0), window)
+    assert result.moves == []
+
+
 def test_fixed_pool_serves_in_arrival_order():
     result = run(at_once(3), min_workers=1, max_workers=1)
     assert waits(result) == (1.0, 2.0, 2.0)

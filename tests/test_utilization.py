@@ -62,6 +62,19 @@ def test_job_spanning_several_windows_is_fully_busy_in_each():
     assert ledger.busy_seconds(70.0) == 0.0
 
 
+@pytest.mark.parametrize("window", [7.7, 0.3, 2.2, 3.3, 12.1, 30.0])
+def test_a_job_covering_the_whole_window_counts_exactly_the_window(window):
+    """``now - (now - W)`` is not W in binary floating point for these W: one busy worker of two read above 0.5."""
+    ledger = BusyLedger(window, 0.0)
+    ledger.job_started("a", 0.25)
+    for now in (100.1, 123.456789, 1e6 + 0.1):
+        assert ledger.busy_seconds(now) == window
+        assert ledger.utilization(now, 2) == 0.5
+    ledger.job_ended("a", 200.0)
+    ledger.job_started("b", 200.0)  # another worker's job, from the end of the first on
+    assert ledger.utilization(300.0, 2) == 0.5
+
+
 def test_job_started_before_window_counts_only_its_part_inside():
     ledger = BusyLedger(10.0, 0.0)
     ledger.job_started("a", 2.0)
