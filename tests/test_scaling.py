@@ -423,6 +423,7 @@ def test_max_step_sizes_growth_to_the_work(extra, expected):
     decision = policy(**settings).decide(observe(**fields))
     assert decision.action is Action.UP
     assert decision.target == expected
+    assert decision.reason.endswith(f"; +{expected - 2}")  # the step taken (from 2 workers), the maximum's cap included
 
 
 def test_max_step_one_is_the_seed_step():

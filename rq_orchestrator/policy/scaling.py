@@ -317,7 +317,7 @@ class ScalingPolicy:
         step = 1
         if s.max_step > 1:
             # A waiting job needs one worker at most: young estimates must not outgrow the backlog.
-            step = min(max(self.wanted_workers(obs) - n, 1), s.max_step, max(obs.queued_jobs, 1))
+            step = min(max(self.wanted_workers(obs) - n, 1), s.max_step, max(obs.queued_jobs, 1), s.max_workers - n)
             reason = f"{reason}; +{step}"
         return Decision(Action.UP, min(n + step, s.max_workers), reason)
 
