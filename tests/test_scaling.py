@@ -562,7 +562,20 @@ def test_reversals_lengthen_the_calm_needed():
     assert p.reversals == 1
     assert p.calm_needed(26.0) == 30.0
     assert p.calm_needed(25.0 + 150.0) == 30.0
-    assert p.calm_needed(25.0 + 150.1) == 15.0  # forgotten after ten reversal windows
+    assert p.calm_needed(25.0 + 150.2) == 15.0  # forgotten after ten reversal windows (and the clock slack)
+
+
+@pytest.mark.parametrize("late", [0.0, 0.003, 0.04])
+def test_the_master_s_late_clock_decides_as_the_simulator_s_exact_one(late):
+    """The master's ticks and checks run milliseconds late; at exactly three periods they decide as exact ones."""
+    p = policy(**QUEUE_WAIT, scaling_period=2.0)
+    p.urgent(observe(now=8.0 + late / 2, workers=3, idle=0, oldest_wait=1.0, queued=3))  # long wait: up
+    assert_decision(p.decide(observe(now=14.0 + late, workers=6, idle=6)), Action.HOLD, 6)  # calm 6 s not over
+    down = p.decide(observe(now=16.0 + late, workers=6, idle=6))
+    assert_decision(down, Action.DOWN, 5)
+    assert p.reversals == 0  # 8 s after the growth
+    back_up = p.urgent(observe(now=22.0 + 2 * late, workers=5, idle=0, oldest_wait=1.0, queued=1))
+    assert back_up.action is Action.UP and p.reversals == 1  # 6 s after the scale-down: within three periods
 
 
 # -- a wait bound to be long, and a scale-down that looks at what n - 1 workers would have done -------------

@@ -63,6 +63,10 @@ CHECK_SECONDS = 1.0  # the pool asks urgent() about this often, between the peri
 # Queue-wait mode retires a worker only if the others were busy at most this share of the time: at
 # (nearly) full use, the noise of a steady load makes their queue grow and the pool flap.
 SPARE = 0.9
+# "Within three periods" holds for a gap up to this share of a period (of a second, if shorter) more: the
+# master's ticks and checks run a few milliseconds late, the simulator's never, and at exactly three
+# periods the two must decide alike.
+CLOCK_SLACK = 0.1
 
 
 class Action(str, Enum):
@@ -110,6 +114,14 @@ class ScalingSettings:
     @property
     def reversal_window(self) -> float:
         return REVERSAL_PERIODS * self.scaling_period
+
+    @property
+    def clock_slack(self) -> float:
+        return CLOCK_SLACK * min(self.scaling_period, CHECK_SECONDS)
+
+    def within(self, gap: float, span: float) -> bool:
+        """Whether ``gap`` seconds lie within ``span`` (periods long), allowing for the master's late clocks."""
+        return gap <= span + self.clock_slack
 
     @property
     def queue_wait_only(self) -> bool:
@@ -236,10 +248,10 @@ class ScalingPolicy:
                 return "utilization {} < {}".format(*compared(obs.utilization, s.scale_down_below))
             return None
         calm = self.calm_needed(obs.now, obs.workers)
-        if self.last_long_wait_at is not None and obs.now - self.last_long_wait_at <= calm:
+        if self.last_long_wait_at is not None and s.within(obs.now - self.last_long_wait_at, calm):
             return None
         left = obs.workers - 1
-        recent = [(busy, queued) for at, busy, queued in self._load if obs.now - at <= calm]
+        recent = [(busy, queued) for at, busy, queued in self._load if s.within(obs.now - at, calm)]
         lately = sum(busy for busy, _ in recent) / len(recent) if recent else 0.0
         if max(obs.busy_average, lately) > left * SPARE:
             return None  # the others would be (nearly) always busy: a steady load would flap
@@ -276,7 +288,7 @@ class ScalingPolicy:
         """
         window = self.settings.reversal_window
         times = self._reversal_times
-        while times and now - times[0][0] > PENALTY_MEMORY * window:
+        while times and not self.settings.within(now - times[0][0], PENALTY_MEMORY * window):
             times.popleft()
         count = sum(1 for _, size in times if workers is None or size >= workers)
         if not count or self._idle_for(window, now):
@@ -285,10 +297,10 @@ class ScalingPolicy:
 
     def _idle_for(self, span: float, now: float) -> bool:
         """Observed over the whole of the last ``span`` seconds, with no job running or queued."""
-        load = self._load
-        if not load or load[0][0] > now - span:
+        load, within = self._load, self.settings.within
+        if not load or not within(span, now - load[0][0]):
             return False
-        recent = [busy + queued for at, busy, queued in load if now - at <= span]
+        recent = [busy + queued for at, busy, queued in load if within(now - at, span)]
         return bool(recent) and not any(recent)
 
     def _shrink(self, obs: Observation, reason: str) -> Decision:
@@ -396,7 +408,7 @@ class ScalingPolicy:
         if self._waited_too_long(obs) or self._wait_expected(obs) is not None:
             self.last_long_wait_at = obs.now
         self._load.append((obs.now, obs.workers - obs.idle_workers, obs.queued_jobs))
-        oldest = obs.now - self.settings.reversal_window * 2**MAX_PENALTY
+        oldest = obs.now - self.settings.reversal_window * 2**MAX_PENALTY - self.settings.clock_slack
         while len(self._load) > 1 and self._load[1][0] <= oldest:
             self._load.popleft()
 
@@ -405,7 +417,8 @@ class ScalingPolicy:
         if decision.action is Action.HOLD:
             return decision
         last = self._last_move
-        if last is not None and last[0] is not decision.action and now - last[1] <= self.settings.reversal_window:
+        s = self.settings
+        if last is not None and last[0] is not decision.action and s.within(now - last[1], s.reversal_window):
             self.reversals += 1
             # the size that flapped: the one the scale-down left (each shrinks by one)
             shrunk_to = decision.target if decision.action is Action.DOWN else last[2]
