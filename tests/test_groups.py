@@ -135,9 +135,14 @@ def test_ttin_moves_every_group_but_keeps_their_minimums_within_the_total_cap(st
     assert "resize a: bounds 2-2, target 2" in pool.output()
     assert "resize b: bounds 1-3, target 1" in pool.output()  # a minimum or a worker more: 4 > 3 in all
     pool.wait_until(lambda: group_sizes(pool) == {"a": 2, "b": 1}, 15, "a's new minimum, within the cap")
-    pool.send(signal.SIGTTOU)
-    pool.wait_until(lambda: "resize b: bounds 0-2" in pool.output(), 10, "the resize down")
+    pool.send(signal.SIGTTOU)  # undoes the TTIN: b's minimum, which the cap held back, stays where it started
+    pool.wait_until(lambda: "resize b: bounds 1-2, target 1" in pool.output(), 10, "the resize down")
     assert "resize a: bounds 1-1, target 1" in pool.output()
+    pool.wait_until(lambda: [(g["min"], g["max"]) for g in pool.state()["groups"]] == [(1, 1), (1, 2)], 5,
+                    "the bounds as at the start, published")
+    pool.wait_until(lambda: group_sizes(pool) == {"a": 1, "b": 1}, 15, "one worker each, as at the start")
+    pool.send(signal.SIGTTOU)  # a TTOU of its own lowers b's minimum
+    pool.wait_until(lambda: "resize b: bounds 0-1" in pool.output(), 10, "the second resize down")
 
 
 def test_ttou_on_a_busy_group_retires_a_busy_worker_once_its_job_is_done(start_pool, redis):

@@ -444,6 +444,14 @@ def test_ttin_stops_at_the_worker_bound(start_pool, monkeypatch):
     state = pool.state()["groups"][0]
     assert (state["min"], state["max"]) == (2, 2)
     assert state["scale_ups"] == 0  # at the bound, the TTIN added nothing: a hold, not a scale-up
+    pool.send(signal.SIGTTOU)  # undoes the TTIN, which raised nothing: the bounds stay, no worker leaves
+    pool.wait_until(lambda: pool.output().count("resize default: bounds 2-2, target 2") == 2, 15, "the resize down")
+    time.sleep(0.5)
+    assert len(pool.workers()) == 2
+    assert [(g["min"], g["max"]) for g in pool.state()["groups"]] == [(2, 2)]
+    pool.send(signal.SIGTTOU)  # a TTOU of its own
+    pool.wait_until(lambda: len(pool.workers()) == 1, 15, "one worker after a second TTOU")
+    pool.wait_until(lambda: [(g["min"], g["max"]) for g in pool.state()["groups"]] == [(1, 1)], 5, "bounds 1-1")
 
 
 def test_ttin_keeps_the_groups_together_within_the_worker_bound(start_pool, monkeypatch):

@@ -127,6 +127,8 @@ class Pool(ForkingMixin):
         self.state.services = self.services
         self._events_resume_at: float | None = None  # events fd out of the selector until then
         self._failed: dict[int, str] = {}  # worker -> how its current job ended if not finished (FAILED/STOPPED came)
+        # group -> (minimum, maximum) raises a TTIN asked for and a limit held back: the next TTOUs undo those first
+        self._held_back: dict[str, tuple[int, int]] = {g.name: (0, 0) for g in self.groups}
         self.leases: ClusterLeases | None = None
         self._lease_of: dict[int, str] = {}  # worker pid -> its cluster lease
         if config.cluster_max_workers is not None:
@@ -329,22 +331,32 @@ class Pool(ForkingMixin):
 
     def _resize(self, delta: int) -> None:
         """TTIN/TTOU: every group's bounds and size move by ``delta``, within the worker bound, and a rise
-        within --max-workers-total (the groups' minimums together, as at start, and their sizes)."""
+        within --max-workers-total (the groups' minimums together, as at start, and their sizes).
+
+        A bound a TTIN could not raise (held by the worker bound or the total) is not lowered by the next
+        TTOU, so TTIN then TTOU leaves every group's bounds as they were."""
         bound, cap = self.config.worker_bound, self.config.max_workers_total
         maximums = sum(g.policy.settings.max_workers for g in self.groups)
         minimums = sum(g.policy.settings.min_workers for g in self.groups)
         sizes = sum(g.capacity for g in self.groups)
         for group in self.groups:
             s, size = group.policy.settings, group.capacity
-            new_max = max(s.max_workers + delta, 1)
+            held_min, held_max = self._held_back[group.name]
+            new_max = s.max_workers if delta < 0 and held_max else max(s.max_workers + delta, 1)
             if bound is not None:  # the groups' maximums together stay within the worker bound
                 new_max = min(new_max, max(bound - (maximums - s.max_workers), s.max_workers))
-            new_min = min(max(s.min_workers + delta, 0), new_max)
+            new_min = min(s.min_workers if delta < 0 and held_min else max(s.min_workers + delta, 0), new_max)
             target = min(max(size + delta, new_min), new_max)
             if cap is not None and delta > 0:
                 room = cap - (sizes - size)  # the most this group may have beside the others' sizes
                 new_min = min(new_min, max(min(cap - (minimums - s.min_workers), room), s.min_workers))
                 target = max(min(target, room), size, new_min)
+            if delta > 0:
+                held_min += new_min == s.min_workers
+                held_max += new_max == s.max_workers
+            else:
+                held_min, held_max = max(held_min - 1, 0), max(held_max - 1, 0)
+            self._held_back[group.name] = held_min, held_max
             maximums += new_max - s.max_workers
             minimums += new_min - s.min_workers
             sizes += target - size
@@ -353,10 +365,10 @@ class Pool(ForkingMixin):
             # What status shows as the last decision (not the period's before the signal); at a bound, a hold.
             action = Action.UP if target > group.capacity else Action.DOWN if target < group.capacity else Action.HOLD
             group.last_decision = Decision(action, target, f"SIGTT{'IN' if delta > 0 else 'OU'}: bounds {new_min}-{new_max}")
-            self.state.record_decision(group, group.last_decision, self.clock())
-            self.state.mark_dirty()  # new bounds are news even where no worker comes or goes (a hold)
             for key in group.resize_to(target, busy_too=True):  # "retire one now": a busy one once its job is done
                 self._retire(group, group.workers[key])
+            self.state.record_decision(group, group.last_decision, self.clock())  # the history's figures: after it
+            self.state.mark_dirty()  # new bounds are news even where no worker comes or goes (a hold)
 
     def _retire(self, group: WorkerGroup, worker: WorkerRecord, keep_place: bool = False) -> None:
         group.mark_retiring(worker.key, keep_place)
