@@ -230,6 +230,9 @@ def test_the_history_keeps_a_sample_per_tick_and_every_scaling(start_pool, redis
     # A decision's sample shows what it was taken on: a scale-down from 2 to 1 says 2 workers, as its log line does.
     down = next(s for s in history if s["kind"] == "decision" and s["action"] == "down")
     assert (down["target"], down["workers"]) == (1, 2)
+    down_ticks = [s for s in ticks if s["action"] == "down" and s["reason"] == down["reason"]]
+    assert down_ticks and all((s["target"], s["workers"], s["utilization"]) == (1, 2, down["utilization"])
+                              for s in down_ticks)  # the tick's sample too: its figures are its reason's
     recent = read_history(redis, key, limit=2)
     assert len(recent) == 2 and recent[0]["t"] <= recent[1]["t"]
     assert pool.state()["ttl"] < redis.ttl(f"{key}:history") <= HISTORY_SECONDS  # outlives quiet times

@@ -282,7 +282,9 @@ class StatePublisher:
         last = entry.last or {}
         figures = group_figures(group, entry, now)
         seen = group.last_observation
-        if kind == "decision" and seen is not None:  # what it was decided on: a scale-down has already retired
+        # What it was decided on (a scale-down has already retired): a decision's sample, and the tick's own
+        # when the group was observed at this tick (not one skipped while suspended or done with its burst).
+        if seen is not None and (kind == "decision" or seen.now == now):
             figures.update(workers=seen.workers, utilization=finite(seen.utilization))
         return {"kind": kind, "t": round(wall, 3), "group": group.name, **figures,
                 "action": last.get("action"), "reason": last.get("reason")}
