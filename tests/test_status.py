@@ -266,10 +266,11 @@ def test_watch_prints_one_json_document_per_refresh(start_pool, redis_url):
     pool.wait_until(lambda: pool.ready_pids(), 20, "a ready worker")
     watcher = subprocess.Popen([sys.executable, "-m", "rq_orchestrator", "status", "--url", redis_url, "--json",
                                 "--watch", "--interval", "0.2"], stdout=subprocess.PIPE, text=True, env=child_env())
-    time.sleep(2)
+    assert watcher.stdout is not None
+    lines = [watcher.stdout.readline() for _ in range(3)]  # as they come (a loaded machine starts Python slowly)
     watcher.send_signal(signal.SIGINT)
     out, _ = watcher.communicate(timeout=10)
-    documents = [json.loads(line) for line in out.splitlines()]
+    documents = [json.loads(line) for line in [*lines, *out.splitlines()]]
     assert watcher.returncode == 0 and len(documents) >= 3
     assert all(d["pools"][0]["pid"] == pool.pid for d in documents)
 
