@@ -44,6 +44,14 @@ def test_new_group_targets_the_minimum():
     assert group.ledger.window == 30.0
 
 
+def test_a_group_observed_from_later_measures_from_then():
+    group = make_group(min_workers=1, window=30.0, now=0.0)
+    group.observed_from(4.0)  # the master's start-up (prewarm) took 4 s: no worker existed before
+    (key,) = populate(group, 1, now=4.0)
+    group.job_started(key, "j", 4.0)
+    assert group.utilization(8.0) == 1.0  # busy all the time there was a worker, not 4 s of 8
+
+
 def test_worker_born_records_the_worker():
     group = make_group()
     record = group.worker_born(1234, 1, 5.0, name="host.pool.w1.1234")

@@ -194,6 +194,10 @@ class Pool(ForkingMixin):
         settle_for_fork(thorough=not self.config.burst)
         self.aftercare.clear_previous_run(self.host, self.config.pool_name)
         self.state.replace_predecessors()
+        now = self.clock()  # the first period and the windows start with the workers, after prewarm
+        self._next_tick, self._next_observation = now + self.config.scaling_period, now
+        for group in self.groups:
+            group.observed_from(now)
         log.info(
             "pool %s started: pid %d, queues %s, %s",
             self.config.pool_name,

@@ -149,6 +149,11 @@ class WorkerGroup:
         self.last_decision: Decision | None = None
         self.last_observation: Observation | None = None  # the latest observe(), e.g. of the last tick
 
+    def observed_from(self, now: float) -> None:
+        """Measure from ``now`` on, not from the group's creation: the master's start-up before its first
+        fork (prewarm: a second or more) had no worker, and would thin the young window's utilization."""
+        self.ledger.started_at = now
+
     # -- events -----------------------------------------------------------
     def worker_born(self, key: Hashable, slot: int, now: float, name: str = "") -> WorkerRecord:
         record = WorkerRecord(key=key, slot=slot, born_at=now, name=name or str(key))
