@@ -31,10 +31,14 @@ def finished(pool, job) -> None:
     pool.wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, f"job {job.id}")
 
 
-def test_the_settings_give_the_connection_queues_name_and_logging(start_pool, redis, redis_url, tmp_path):
+@pytest.mark.parametrize("shared", [False, True], ids=["one-logger", "handler-on-root-too"])
+def test_the_settings_give_the_connection_queues_name_and_logging(start_pool, redis, redis_url, tmp_path, shared):
+    """``shared``: one handler on the root and on rq.worker, as Django's LOGGING gives ``console`` to two loggers."""
     logging_config = {"version": 1, "formatters": {"tagged": {"format": "SETTINGS-LOG %(message)s"}},
                       "handlers": {"out": {"class": "logging.StreamHandler", "formatter": "tagged"}},
-                      "loggers": {"rq.worker": {"handlers": ["out"], "level": "INFO"}}}
+                      "loggers": {"rq.worker": {"handlers": ["out"], "level": "INFO", "propagate": not shared}}}
+    if shared:
+        logging_config["root"] = {"handlers": ["out"], "level": "INFO"}
     pool = start_pool(*FAST, *settings_module(tmp_path, redis_url, DICT_CONFIG=logging_config), url_option=False)
     pool.wait_until(lambda: len(pool.ready_pids()) == 1, 15, "a ready worker")
     state = pool.state()

@@ -178,11 +178,11 @@ def _master_state_kept() -> Iterator[None]:
     real = {"stdout": sys.stdout, "stderr": sys.stderr}
     sinks = {name: io.StringIO() for name in real}
     streams = {id(stream): name for name, stream in real.items()}
-    redirected = [h for h in _stream_handlers() if id(h.stream) in streams]
-    for handler in redirected:
-        handler.setStream(sinks[streams[id(handler.stream)]])
-    sys.stdout, sys.stderr = sinks["stdout"], sinks["stderr"]
     try:
+        for handler in _stream_handlers():
+            if id(handler.stream) in streams:
+                handler.setStream(sinks[streams[id(handler.stream)]])
+        sys.stdout, sys.stderr = sinks["stdout"], sinks["stderr"]
         yield
     finally:
         sys.stdout, sys.stderr = real["stdout"], real["stderr"]
@@ -195,5 +195,8 @@ def _master_state_kept() -> Iterator[None]:
 
 
 def _stream_handlers() -> list[logging.StreamHandler[Any]]:
+    """Every stream handler of every logger, once: one handler on several loggers (Django's LOGGING gives
+    its ``console`` to the root and to ``django``) was redirected once and then not found among the real streams."""
     loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger))]
-    return [h for logger in loggers for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+    handlers = (h for logger in loggers for h in logger.handlers if isinstance(h, logging.StreamHandler))
+    return list({id(h): h for h in handlers}.values())
