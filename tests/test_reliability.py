@@ -287,6 +287,36 @@ def test_a_warm_stop_during_a_redis_outage_does_not_wait_for_redis(tmp_path):
             pool.cleanup()
 
 
+@pytest.mark.parametrize("back", [True, False], ids=["redis-back", "redis-gone"])
+def test_a_warm_stop_settles_the_jobs_of_workers_the_outage_killed_or_says_which_it_left(tmp_path, back):
+    """Busy workers die when their job's end cannot be written; a stop right then exited 0 and left their jobs
+    in the started registry and their registrations, without a word."""
+    with RedisServer(persistent=True) as server:
+        client = server.client()
+        pool = PoolProcess(server.url, ("--num-workers", "2", *FAST), tmp_path / "pool.log")
+        try:
+            pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two workers")
+            jobs = [Queue(connection=client).enqueue("jobs.sleep", 1.0) for _ in range(2)]
+            pool.wait_until(lambda: all(j.get_status(refresh=True) == JobStatus.STARTED for j in jobs), 10, "busy")
+            server.stop()
+            pool.send(signal.SIGTERM)
+            pool.wait_until(lambda: "waiting up to 10 s for Redis to settle the jobs" in pool.output(), 15,
+                            "the stopped master to wait for Redis")
+            if not back:
+                assert pool.wait(30) == 1
+                assert "stopped without settling 2 jobs of dead workers" in pool.output()
+                assert all(j.id in pool.output() for j in jobs)
+                return
+            server.start()
+            assert pool.wait(30) == 0
+            assert {j.get_status(refresh=True) for j in jobs} == {JobStatus.FAILED}
+            assert StartedJobRegistry(connection=client).get_job_ids() == []
+            assert Worker.all(connection=client) == []
+        finally:
+            pool.cleanup()
+            client.close()
+
+
 def test_twenty_starts_with_jobs_already_queued_never_hang(start_pool, redis):
     queue = Queue(connection=redis)
     for attempt in range(20):

@@ -281,6 +281,12 @@ class Aftercare:
         self._pending.append((name, queues, job_id, reason))
         self._next_check = 0.0  # killed inside a pop, it may have left one
 
+    @property
+    def unsettled_jobs(self) -> list[str]:
+        """The jobs of dead workers not settled yet (Redis did not answer). A registration alone is not
+        waited for: rq drops a dead worker's once its key expires."""
+        return [job_id for _name, _queues, job_id, _reason in self._pending if job_id]
+
     def settle_pending(self) -> None:
         """Settle the dead workers not settled yet, in one errand; those Redis did not answer for stay pending."""
         if not self._pending or time.monotonic() < self._retry_at:

@@ -57,6 +57,7 @@ EVENT_BATCH_SECONDS = 0.05  # busy workers' events wake the master at most this 
 HOLD_REPEAT_SECONDS = 600.0  # a hold that lasts is logged again at INFO this often
 FIGURES = re.compile(r"\d+(?:\.\d+)?")  # the numbers of a decision's reason, which change from period to period
 IDLE_STOP_GRACE = 5.0  # seconds: a stopped worker with no job in hand leaves within one; one that has not is killed
+STOP_SETTLE_SECONDS = 10.0  # a stop whose workers are gone waits this long for Redis to settle dead workers' jobs
 
 
 class Pool(ForkingMixin):
@@ -92,6 +93,7 @@ class Pool(ForkingMixin):
         self.stopping: str | None = None  # "warm" / "cold" once a stop was asked for: status shows it
         self._cold_at: float | None = None  # when a warm stop turns cold (--graceful-timeout)
         self._stop_at = 0.0  # when the pool's stop was asked for
+        self._settle_until: float | None = None  # stopped: how long to wait for Redis to settle dead workers' jobs
         self._stragglers: set[int] = set()  # idle workers killed for not leaving after the stop
         self._drained: set[str] = set()  # burst mode: groups done (a worker found their queues empty, or none to run)
         self._ends_unchecked = False  # a job ended since the ready registries were last looked at (recover_ready)
@@ -208,6 +210,28 @@ class Pool(ForkingMixin):
         if self.metrics is not None:  # with --metrics-port 0, the only other place to read the port is status
             log.info("metrics: http://%s/metrics", self.state.metrics_address)
 
+    def _settling_before_exit(self) -> bool:
+        """Whether the stopped master waits on: workers that died during a Redis outage have jobs to settle.
+
+        It waits up to STOP_SETTLE_SECONDS for Redis (``_reap`` retries each second); then it says which
+        jobs it leaves (the next start of this pool on this host settles them) and exits with status 1.
+        """
+        unsettled = self.aftercare.unsettled_jobs
+        if not unsettled:
+            return False
+        now = self.clock()
+        if self._settle_until is None:
+            self._settle_until = now + STOP_SETTLE_SECONDS
+            log.warning("stopping: waiting up to %.0f s for Redis to settle the jobs of workers that died: %s",
+                        STOP_SETTLE_SECONDS, ", ".join(unsettled))
+        if now < self._settle_until:
+            return True
+        log.error("stopped without settling %s of dead workers (Redis does not answer): %s; the next start of "
+                  "pool %s on this host settles them", counted(len(unsettled), "job"), ", ".join(unsettled),
+                  self.config.pool_name)
+        self._exit_status = 1
+        return False
+
     def _teardown(self) -> None:
         self.services.stop()
         signal.set_wakeup_fd(-1)
@@ -245,7 +269,7 @@ class Pool(ForkingMixin):
             self._reap()
             self._renew_leases()
             if self._stopping:
-                if not self._owner:
+                if not self._owner and not self._settling_before_exit():
                     log.info("pool %s stopped: all workers have exited", self.config.pool_name)
                     return
                 if self._cold_at is not None and self.clock() >= self._cold_at:
