@@ -143,6 +143,20 @@ def test_a_queue_the_bench_does_not_have_is_refused_before_anything_is_written(t
     assert ((tmp_path / "config/supervisor.conf").read_text(), (tmp_path / "Procfile").read_text()) == before
 
 
+@pytest.mark.parametrize("args,wait", [
+    ([], 1560),  # the longest queue timeout (long: 1500 s) and the margin
+    (["--graceful-timeout", "5000"], 5060),  # the stop the operator asked to wait for
+    (["--graceful-timeout", "30"], 1560),  # a shorter one ends the stop sooner: the longer wait stands
+])
+@pytest.mark.parametrize("command", [worker_pool_setup, worker_pool_supervisor], ids=["setup", "supervisor"])
+def test_stopwaitsecs_covers_the_graceful_timeout_too(tmp_path, monkeypatch, command, args, wait):
+    monkeypatch.chdir(fake_bench(tmp_path))
+    monkeypatch.setattr(bench_commands, "bench_queues", lambda: dict(BENCH_QUEUES))
+    result = CliRunner().invoke(command, [*(["--dry-run"] if command is worker_pool_setup else []), *args])
+    assert result.exit_code == 0, result.output
+    assert f"stopwaitsecs={wait}\n" in result.output
+
+
 @pytest.mark.parametrize("args,warned", [
     ([], "--strategy round_robin, and the pool serves its queues in the order given"),
     (["--strategy", "random"], "--strategy round_robin, and the pool dequeues random"),

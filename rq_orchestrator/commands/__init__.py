@@ -6,6 +6,7 @@ Importing this module must not import frappe: the adapter is imported inside the
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from typing import Any
 
@@ -74,7 +75,7 @@ def worker_pool_supervisor(name: str | None, user: str | None, pool_args: tuple[
 
     from .supervisor import program_block
 
-    _, _, queues = check_against_bench(pool_args)
+    checked = check_against_bench(pool_args)
     bench_dir = bench_directory()
     name = name or f"{os.path.basename(bench_dir)}-frappe-worker-pool"
     log_dir = os.path.join(bench_dir, "logs")
@@ -86,7 +87,7 @@ def worker_pool_supervisor(name: str | None, user: str | None, pool_args: tuple[
             directory=bench_dir,
             stdout_logfile=os.path.join(log_dir, f"{name}.log"),
             stderr_logfile=os.path.join(log_dir, f"{name}.error.log"),
-            longest_job=max(queues.values()),
+            longest_job=checked.longest_stop,
             user=user,
         ),
         nl=False,
@@ -110,11 +111,12 @@ def worker_pool_setup(dry_run: bool, program_name: str | None, pool_args: tuple[
     """
     from .bench_setup import left_out_queues, left_out_strategies, setup_bench
 
-    groups, strategy, queues = check_against_bench(pool_args)
+    checked = check_against_bench(pool_args)
+    groups, strategy = checked.groups, checked.strategy
     bench_dir = bench_directory()
-    left_out = left_out_queues(bench_dir, groups, list(queues))
+    left_out = left_out_queues(bench_dir, groups, list(checked.queues))
     strategies = left_out_strategies(bench_dir, strategy)
-    outcomes = setup_bench(bench_dir, pool_args, max(queues.values()), program_name, dry_run)
+    outcomes = setup_bench(bench_dir, pool_args, checked.longest_stop, program_name, dry_run)
     for outcome in outcomes:
         if outcome.diff:
             click.echo(outcome.diff, nl=False)
@@ -131,24 +133,40 @@ def worker_pool_setup(dry_run: bool, program_name: str | None, pool_args: tuple[
         click.echo("To apply: sudo supervisorctl reread && sudo supervisorctl update")
 
 
-def check_pool_args(pool_args: tuple[str, ...]) -> tuple[list[GroupRequest], str | None]:
+@dataclasses.dataclass(frozen=True)
+class CheckedArgs:
+    """What `bench worker-pool POOL_ARGS` would run, checked against the bench."""
+
+    groups: list[GroupRequest]
+    strategy: str | None  # the dequeue strategy; None: not given
+    graceful_timeout: float | None
+    queues: dict[str, int]  # the bench's queues and their job timeouts
+
+    @property
+    def longest_stop(self) -> int:
+        """Seconds a warm stop may take before the margin: the longest queue timeout, or --graceful-timeout if
+        longer (a job enqueued with a timeout of its own may outlast its queue's, and the operator said to wait)."""
+        return math.ceil(max(*self.queues.values(), self.graceful_timeout or 0))
+
+
+def check_pool_args(pool_args: tuple[str, ...]) -> tuple[list[GroupRequest], str | None, float | None]:
     """Reject what `bench worker-pool POOL_ARGS` would reject, before anything is written or printed.
 
-    Returns the groups and the dequeue strategy (None: not given) the arguments ask for.
+    Returns the groups, the dequeue strategy (None: not given) and the graceful timeout the arguments ask for.
     """
     with worker_pool.make_context("worker-pool", list(pool_args)) as context:  # current: options.given reads it
         groups = parse_groups(context.params["queue_groups"])
         group_specs(groups, context.params)
         strategy = bench_strategy(context.params["strategy"], context.params["dequeue_strategy"])
-    return groups, strategy
+    return groups, strategy, context.params["graceful_timeout"]
 
 
-def check_against_bench(pool_args: tuple[str, ...]) -> tuple[list[GroupRequest], str | None, dict[str, int]]:
-    """``check_pool_args``, then the queues it names against the bench's: the groups, strategy and bench's queues."""
-    groups, strategy = check_pool_args(pool_args)
+def check_against_bench(pool_args: tuple[str, ...]) -> CheckedArgs:
+    """``check_pool_args``, then the queues it names against the bench's."""
+    groups, strategy, graceful_timeout = check_pool_args(pool_args)
     queues = bench_queues()
     check_known(groups, list(queues))
-    return groups, strategy, queues
+    return CheckedArgs(groups, strategy, graceful_timeout, queues)
 
 
 def bench_directory() -> str:
