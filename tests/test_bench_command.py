@@ -157,6 +157,18 @@ def test_stopwaitsecs_covers_the_graceful_timeout_too(tmp_path, monkeypatch, com
     assert f"stopwaitsecs={wait}\n" in result.output
 
 
+def test_an_empty_queue_is_every_queue_of_the_bench_as_in_frappe_s_pool(tmp_path, monkeypatch):
+    """Frappe's `worker-pool --queue ""` consumes all queues (its `if queue:`); it was refused here."""
+    monkeypatch.chdir(fake_bench(tmp_path))
+    monkeypatch.setattr(bench_commands, "bench_queues", lambda: dict(BENCH_QUEUES))
+    result = CliRunner().invoke(worker_pool_setup, ["--dry-run", "--queue", ""])
+    assert result.exit_code == 0, result.output
+    assert "warning: no --queue names" not in result.output  # the replaced short,default worker's queues: served
+    assert bench_commands.bench_groups(("",)) == [] and bench_commands.bench_groups((" ",)) == []
+    result = CliRunner().invoke(worker_pool_setup, ["--dry-run", "--queue", "", "--queue", "short"])
+    assert result.exit_code == 2 and "--queue" in result.output  # beside a group, an empty one is a mistake
+
+
 @pytest.mark.parametrize("args,warned", [
     ([], "--strategy round_robin, and the pool serves its queues in the order given"),
     (["--strategy", "random"], "--strategy round_robin, and the pool dequeues random"),

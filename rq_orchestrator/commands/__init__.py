@@ -41,7 +41,7 @@ def worker_pool(queue_groups: tuple[str, ...], rq_username: str | None, rq_passw
 
     check_numbers(opts)
     opts["dequeue_strategy"] = bench_strategy(strategy, opts["dequeue_strategy"])
-    bench = prepare_bench(parse_groups(queue_groups), rq_username, rq_password, opts["no_fork"])
+    bench = prepare_bench(bench_groups(queue_groups), rq_username, rq_password, opts["no_fork"])
     # Frappe's workers never run rq's scheduler (Frappe schedules with its own): neither does the pool, unless asked.
     config = build_config(bench.groups, {**opts, "no_fork": bench.no_fork}, default_worker_class=bench.worker_class,
                           default_with_scheduler=False)
@@ -49,6 +49,13 @@ def worker_pool(queue_groups: tuple[str, ...], rq_username: str | None, rq_passw
     config = dataclasses.replace(config, services=bench.services, job_module=frappe_job_module)
     setup_logging(config.logging_level)
     sys.exit(Pool(config, bench.connection).run())
+
+
+def bench_groups(queue_groups: tuple[str, ...]) -> list[GroupRequest]:
+    """The --queue groups; an empty --queue is all the bench's queues, as Frappe's `worker-pool --queue ""` is."""
+    if queue_groups and not any(spec.strip() for spec in queue_groups):
+        return []
+    return parse_groups(queue_groups)
 
 
 def bench_strategy(strategy: str | None, dequeue_strategy: str | None) -> str | None:
@@ -67,8 +74,8 @@ def worker_pool_supervisor(name: str | None, user: str | None, pool_args: tuple[
 
     For a supervisor config written by hand; `bench worker-pool-setup` rewrites
     the one `bench setup supervisor` wrote. Its stopwaitsecs covers the longest
-    queue timeout, so a warm stop lets every running job finish before
-    supervisor would kill the pool.
+    queue timeout (or --graceful-timeout, if longer), so a warm stop lets every
+    running job finish before supervisor would kill the pool.
     """
     import os
     import shutil
@@ -155,7 +162,7 @@ def check_pool_args(pool_args: tuple[str, ...]) -> tuple[list[GroupRequest], str
     Returns the groups, the dequeue strategy (None: not given) and the graceful timeout the arguments ask for.
     """
     with worker_pool.make_context("worker-pool", list(pool_args)) as context:  # current: options.given reads it
-        groups = parse_groups(context.params["queue_groups"])
+        groups = bench_groups(context.params["queue_groups"])
         group_specs(groups, context.params)
         strategy = bench_strategy(context.params["strategy"], context.params["dequeue_strategy"])
     return groups, strategy, context.params["graceful_timeout"]
