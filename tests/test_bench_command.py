@@ -71,7 +71,7 @@ def test_outside_a_bench_the_error_says_so():
 def test_supervisor_block_waits_for_the_longest_job():
     block = program_block("b-frappe-worker-pool", ["/b/env/bin/bench", "worker-pool", "--min-workers", "2"],
                           directory="/b", stdout_logfile="/b/logs/worker.log",
-                          stderr_logfile="/b/logs/worker.error.log", longest_job=1500)
+                          stderr_logfile="/b/logs/worker.error.log", longest_stop=1500)
     assert block.startswith("[program:b-frappe-worker-pool]\n")
     assert "command=/b/env/bin/bench worker-pool --min-workers 2\n" in block
     assert "stopwaitsecs=1560\n" in block

@@ -94,7 +94,7 @@ def worker_pool_supervisor(name: str | None, user: str | None, pool_args: tuple[
             directory=bench_dir,
             stdout_logfile=os.path.join(log_dir, f"{name}.log"),
             stderr_logfile=os.path.join(log_dir, f"{name}.error.log"),
-            longest_job=checked.longest_stop,
+            longest_stop=checked.longest_stop,
             user=user,
         ),
         nl=False,
@@ -111,7 +111,8 @@ def worker_pool_setup(dry_run: bool, program_name: str | None, pool_args: tuple[
 
     In config/supervisor.conf the `bench worker` programs (and a `bench
     worker-pool` program) become one pool program, in their place in the
-    workers group, with a stopwaitsecs that covers the longest queue timeout;
+    workers group, with a stopwaitsecs that covers the longest queue timeout
+    (or --graceful-timeout, if longer);
     in Procfile the `bench worker` lines become one `worker:` line. Every other
     program and line stays as it was. A changed file is first copied to
     FILE.bak; running it again with the same options changes nothing.

@@ -80,7 +80,7 @@ def is_worker_program(section: Section) -> bool:
     return section.name.startswith("program:") and bench_prefix(section.values().get("command", "")) is not None
 
 
-def pool_program(name: str, worker: Section, pool_args: Sequence[str], longest_job: int) -> str:
+def pool_program(name: str, worker: Section, pool_args: Sequence[str], longest_stop: int) -> str:
     """The pool's program block, run as, where and with the logs of the first worker program it replaces."""
     values = worker.values()
     command = [*(bench_prefix(values["command"]) or ["bench"]), "worker-pool", *pool_args]
@@ -90,7 +90,7 @@ def pool_program(name: str, worker: Section, pool_args: Sequence[str], longest_j
         directory=values.get("directory"),
         stdout_logfile=values.get("stdout_logfile", "logs/worker.log"),
         stderr_logfile=values.get("stderr_logfile", "logs/worker.error.log"),
-        longest_job=longest_job,
+        longest_stop=longest_stop,
         user=values.get("user"),
         startretries=values.get("startretries"),
     )
@@ -118,7 +118,7 @@ def regroup(section: Section, removed: Sequence[str], pool: str) -> Section:
     return Section(section.name, body, section.gap)
 
 
-def rewrite_supervisor(text: str, name: str, pool_args: Sequence[str], longest_job: int) -> str:
+def rewrite_supervisor(text: str, name: str, pool_args: Sequence[str], longest_stop: int) -> str:
     """``text`` with its worker programs replaced by one pool program ``name``; everything else as it was.
 
     The pool program takes the place of the first worker program; every group
@@ -132,7 +132,7 @@ def rewrite_supervisor(text: str, name: str, pool_args: Sequence[str], longest_j
     out = [head]
     for i, section in enumerate(sections):
         if i == workers[0]:
-            out.append(pool_program(name, section, pool_args, longest_job) + "".join(section.gap))
+            out.append(pool_program(name, section, pool_args, longest_stop) + "".join(section.gap))
         elif i in workers:
             continue
         elif section.name.startswith("group:"):
@@ -278,7 +278,7 @@ def planned_text(bench_dir: str, path: str, rewrite: Callable[[str], str]) -> tu
 
 
 def setup_bench(
-    bench_dir: str, pool_args: Sequence[str], longest_job: int, program_name: str | None = None, dry_run: bool = False
+    bench_dir: str, pool_args: Sequence[str], longest_stop: int, program_name: str | None = None, dry_run: bool = False
 ) -> list[Outcome]:
     """Rewrite ``bench_dir``'s config/supervisor.conf and Procfile, those of them that exist.
 
@@ -287,7 +287,7 @@ def setup_bench(
     """
     name = program_name or f"{os.path.basename(os.path.abspath(bench_dir))}-frappe-worker-pool"
     rewrites: dict[str, Callable[[str], str]] = {
-        os.path.join("config", "supervisor.conf"): lambda text: rewrite_supervisor(text, name, pool_args, longest_job),
+        os.path.join("config", "supervisor.conf"): lambda text: rewrite_supervisor(text, name, pool_args, longest_stop),
         "Procfile": lambda text: rewrite_procfile(text, pool_args),
     }
     present = [p for p in rewrites if os.path.isfile(os.path.join(bench_dir, p))]

@@ -15,7 +15,7 @@ def program_block(
     directory: str | None,
     stdout_logfile: str,
     stderr_logfile: str,
-    longest_job: int,
+    longest_stop: int,
     user: str | None = None,
     startretries: str | None = None,
 ) -> str:
@@ -30,7 +30,7 @@ def program_block(
         f"stderr_logfile={stderr_logfile}",
         *([f"user={user}"] if user else []),
         "stopsignal=TERM",
-        f"stopwaitsecs={longest_job + STOP_MARGIN}",
+        f"stopwaitsecs={longest_stop + STOP_MARGIN}",
         *([f"directory={directory}"] if directory else []),
         "killasgroup=true",
         "stopasgroup=false",

@@ -41,6 +41,7 @@ from ..infra.wording import counted
 from .metrics import MetricsServer, render_metrics
 from .queue_watch import NOTHING_WAITS, QueueStats, observe_queues
 from .prewarm import prewarm
+from .resize import next_net, resized_bounds
 from ..policy.scaling import Action, Decision, ScalingPolicy, ScalingSettings
 from .sharing import settle_for_fork
 from .state import StatePublisher
@@ -129,8 +130,7 @@ class Pool(ForkingMixin):
         self.state.services = self.services
         self._events_resume_at: float | None = None  # events fd out of the selector until then
         self._failed: dict[int, str] = {}  # worker -> how its current job ended if not finished (FAILED/STOPPED came)
-        # group -> (minimum, maximum) raises a TTIN asked for and a limit held back: the next TTOUs undo those first
-        self._held_back: dict[str, tuple[int, int]] = {g.name: (0, 0) for g in self.groups}
+        self._resize_net = 0  # TTINs less TTOUs (resize.next_net): the groups' bounds are their start's moved by it
         self.leases: ClusterLeases | None = None
         self._lease_of: dict[int, str] = {}  # worker pid -> its cluster lease
         if config.cluster_max_workers is not None:
@@ -224,7 +224,7 @@ class Pool(ForkingMixin):
             self._settle_until = now + STOP_SETTLE_SECONDS
             log.warning("stopping: waiting up to %.0f s for Redis to settle the jobs of workers that died: %s",
                         STOP_SETTLE_SECONDS, ", ".join(unsettled))
-        if now < self._settle_until:
+        if now < self._settle_until and self.stopping == "warm":  # a cold stop (QUIT, a second TERM) does not wait
             return True
         log.error("stopped without settling %s of dead workers (Redis does not answer): %s; the next start of "
                   "pool %s on this host settles them", counted(len(unsettled), "job"), ", ".join(unsettled),
@@ -358,35 +358,19 @@ class Pool(ForkingMixin):
                 _kill(pid, signum)
 
     def _resize(self, delta: int) -> None:
-        """TTIN/TTOU: every group's bounds and size move by ``delta``, within the worker bound, and a rise
-        within --max-workers-total (the groups' minimums together, as at start, and their sizes).
-
-        A bound a TTIN could not raise (held by the worker bound or the total) is not lowered by the next
-        TTOU, so TTIN then TTOU leaves every group's bounds as they were."""
-        bound, cap = self.config.worker_bound, self.config.max_workers_total
-        maximums = sum(g.policy.settings.max_workers for g in self.groups)
-        minimums = sum(g.policy.settings.min_workers for g in self.groups)
+        """TTIN/TTOU: every group's bounds move by ``delta`` from where they started, net of the signals before
+        (``resize.resized_bounds``: within the worker bound and --max-workers-total), and its size with them,
+        a rise within --max-workers-total (the groups' sizes together)."""
+        specs, bound, cap = self.config.groups, self.config.worker_bound, self.config.max_workers_total
+        self._resize_net = next_net(specs, self._resize_net, delta)
+        bounds = resized_bounds(specs, self._resize_net, bound, cap)
         sizes = sum(g.capacity for g in self.groups)
-        for group in self.groups:
-            s, size = group.policy.settings, group.capacity
-            held_min, held_max = self._held_back[group.name]
-            new_max = s.max_workers if delta < 0 and held_max else max(s.max_workers + delta, 1)
-            if bound is not None:  # the groups' maximums together stay within the worker bound
-                new_max = min(new_max, max(bound - (maximums - s.max_workers), s.max_workers))
-            new_min = min(s.min_workers if delta < 0 and held_min else max(s.min_workers + delta, 0), new_max)
+        for group, (new_min, new_max) in zip(self.groups, bounds):
+            size = group.capacity
             target = min(max(size + delta, new_min), new_max)
             if cap is not None and delta > 0:
                 room = cap - (sizes - size)  # the most this group may have beside the others' sizes
-                new_min = min(new_min, max(min(cap - (minimums - s.min_workers), room), s.min_workers))
                 target = max(min(target, room), size, new_min)
-            if delta > 0:
-                held_min += new_min == s.min_workers
-                held_max += new_max == s.max_workers
-            else:
-                held_min, held_max = max(held_min - 1, 0), max(held_max - 1, 0)
-            self._held_back[group.name] = held_min, held_max
-            maximums += new_max - s.max_workers
-            minimums += new_min - s.min_workers
             sizes += target - size
             group.resize_bounds(new_min, new_max)
             log.info("resize %s: bounds %d-%d, target %d", group.name, new_min, new_max, target)

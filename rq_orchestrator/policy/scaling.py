@@ -297,10 +297,10 @@ class ScalingPolicy:
 
     def _idle_for(self, span: float, now: float) -> bool:
         """Observed over the whole of the last ``span`` seconds, with no job running or queued."""
-        load, within = self._load, self.settings.within
-        if not load or not within(span, now - load[0][0]):
+        load = self._load
+        if not load or load[0][0] > now - span:
             return False
-        recent = [busy + queued for at, busy, queued in load if within(now - at, span)]
+        recent = [busy + queued for at, busy, queued in load if self.settings.within(now - at, span)]
         return bool(recent) and not any(recent)
 
     def _shrink(self, obs: Observation, reason: str) -> Decision:
