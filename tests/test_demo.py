@@ -90,6 +90,8 @@ def test_demo_on_a_named_redis_deletes_its_keys(tmp_path: Path) -> None:
         (["--scaling-period", "0.05"], "--scaling-period must be from 0.1"),  # the pool's own limits, checked first
         (["--max-workers", "100000"], "more than this machine can hold"),
         (["--plot", "out.png", "--no-plot"], "--plot and --no-plot: give one of them"),
+        (["--duration", "inf"], "--duration must be a finite number of seconds"),  # a traceback, after starting
+        (["--job-seconds", "inf"], "--job-seconds must be a finite number of seconds"),
     ],
 )
 def test_demo_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -127,3 +129,20 @@ def test_plot_is_skipped_with_a_note_without_matplotlib(tmp_path: Path, monkeypa
     draw([sample(0, 2)], SEED, tmp_path / "d.png")
     assert capsys.readouterr().out.startswith("plot skipped: matplotlib is not installed")
     assert not (tmp_path / "d.png").exists()
+
+
+def test_a_plot_asked_for_without_matplotlib_is_refused_before_the_run(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """It ran the whole demo (4 minutes by default), then said "plot skipped" and exited 0."""
+    from click.testing import CliRunner
+
+    from rq_orchestrator.cli.demo import demo
+    from rq_orchestrator.cli.simulate import simulate
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.chdir(tmp_path)
+    trace = Path(__file__).resolve().parent.parent / "benchmarks" / "traces" / "seed.csv"
+    for command, args in ((demo, ["--plot", "run.png"]), (simulate, ["--trace", str(trace), "--plot", "sim.png"])):
+        result = CliRunner().invoke(command, args)
+        assert result.exit_code == 2 and "--plot needs matplotlib" in result.output, result.output
+        assert "demo queue" not in result.output

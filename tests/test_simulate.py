@@ -299,6 +299,9 @@ def test_plot_is_drawn(tmp_path):
         (["--profile", "fast"], "--profile"),
         (["--spawn-delay", "-1"], "--spawn-delay"),
         (["--until", "-1"], "--until"),
+        (["--until", "inf"], "--until"),  # it ran until the memory was gone
+        (["--until", "1e9"], "--until must be 0 to 604800"),
+        (["--spawn-delay", "inf"], "--spawn-delay"),
         (["--min-workers", "3", "--max-workers", "2"], "--min-workers"),
         (["--num-workers", "2", "--max-workers", "4"], "--num-workers"),
         (["--utilization-threshold", "0"], "--utilization-threshold"),
@@ -312,6 +315,17 @@ def test_bad_input_is_one_line_with_status_2(args, name):
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and name in lines[0], result.output
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("1e300,1", "line 2: the job ends after 604800 s"),
+    ("0,400000\n0,400000", "the jobs would still run after 604800 s"),  # one worker: the second ends in 9 days
+])
+def test_a_trace_past_a_week_is_refused_not_run_for_ever(tmp_path, rows, message):
+    path = tmp_path / "long.csv"
+    path.write_text(f"arrival_s,duration_s\n{rows}\n")
+    result = invoke("--trace", str(path), "--num-workers", "1")
+    assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_a_simulated_pool_is_not_bound_by_this_machine():

@@ -104,7 +104,7 @@ def demo(url: str | None, plot_path: str, no_plot: bool, json_path: str | None, 
     if no_plot and given("plot_path"):
         raise BadInput("--plot and --no-plot: give one of them")
     if not no_plot:
-        check_plot_path(plot_path)
+        check_plot_path(plot_path, asked=given("plot_path"))
     if url is not None:
         connect(url)
     queue = f"demo-{secrets.token_hex(4)}"
@@ -126,6 +126,10 @@ def demo(url: str | None, plot_path: str, no_plot: bool, json_path: str | None, 
 
 
 def check_settings(s: DemoSettings) -> None:
+    for option, value in (("--duration", s.duration), ("--idle", s.idle), ("--interval", s.interval),
+                          ("--job-seconds", s.job_seconds)):
+        if math.isinf(value):
+            raise BadInput(f"{option} must be a finite number of seconds, got {value}")
     if not s.duration > 0:
         raise BadInput(f"--duration must be greater than 0, got {s.duration}")
     if not s.idle >= 0:

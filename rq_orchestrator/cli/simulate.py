@@ -10,7 +10,8 @@ import click
 
 from ..infra.errors import BadInput
 from ..policy.scaling import ScalingSettings
-from ..policy.simulator import DEFAULT_SPAWN_DELAY, DEFAULT_TAIL, BadTrace, Result, TraceJob, read_trace, run_simulation
+from ..policy.simulator import (DEFAULT_SPAWN_DELAY, DEFAULT_TAIL, MAX_SIMULATED_SECONDS, BadTrace, Result, TooLong,
+                                TraceJob, read_trace, run_simulation)
 from .options import OneLineErrors, check_scaling, pool_options
 from .outputs import check_plot_path
 from .policy_options import policy_options, policy_settings
@@ -58,13 +59,16 @@ def simulate(trace: str, spawn_delay: float, until: float | None, as_json: bool,
     queue's last emptying to the pool back at its minimum.
     """
     settings = settings_from_options(opts)
-    if not spawn_delay >= 0:
-        raise BadInput(f"--spawn-delay must be 0 or more seconds, got {spawn_delay}")
-    if until is not None and not until >= 0:
-        raise BadInput(f"--until must be 0 or more seconds, got {until}")
+    if not 0 <= spawn_delay <= MAX_SIMULATED_SECONDS:
+        raise BadInput(f"--spawn-delay must be 0 to {MAX_SIMULATED_SECONDS:g} seconds, got {spawn_delay}")
+    if until is not None and not 0 <= until <= MAX_SIMULATED_SECONDS:
+        raise BadInput(f"--until must be 0 to {MAX_SIMULATED_SECONDS:g} seconds (a week), got {until}")
     if plot:
         check_plot_path(plot)
-    result = run_simulation(read_trace_option(trace), settings, opts["utilization_window"], spawn_delay, until)
+    try:
+        result = run_simulation(read_trace_option(trace), settings, opts["utilization_window"], spawn_delay, until)
+    except TooLong as exc:
+        raise BadInput(f"--trace: {exc}") from None
     metrics = result.metrics()
     if as_json:
         click.echo(json.dumps(metrics))

@@ -37,6 +37,9 @@ CHECK_EVERY = 1.0  # the urgent check between ticks, as in the master's loop
 # of 40 ms and 61 ms in two runs, 83 ms at worst. 0.1 s is above every sample, on the safe side for a
 # busier host; rq's own worker-pool takes about 1 s.
 DEFAULT_SPAWN_DELAY = 0.1
+# The loop steps through every second (the urgent check): an endless span would never end, and its samples
+# would fill the memory. A week takes about 20 s here.
+MAX_SIMULATED_SECONDS = 7 * 86400.0
 
 
 class BadTrace(ValueError):
@@ -112,6 +115,9 @@ def _trace_job(row: list[str], number: int, path: str | Path) -> TraceJob:
         raise BadTrace(f"{path}: line {number}: expected two numbers, got {','.join(row)!r}") from None
     if not (math.isfinite(arrival) and math.isfinite(duration) and arrival >= 0 and duration >= 0):
         raise BadTrace(f"{path}: line {number}: times must be finite and not negative")
+    if arrival + duration > MAX_SIMULATED_SECONDS:
+        raise BadTrace(f"{path}: line {number}: the job ends after {MAX_SIMULATED_SECONDS:g} s (a week), "
+                       f"the most the simulator runs")
     return TraceJob(arrival, duration)
 
 
@@ -123,6 +129,10 @@ def write_trace(path: str | Path, jobs: list[TraceJob]) -> None:
 
 
 # -- the simulation -------------------------------------------------------------
+class TooLong(ValueError):
+    """The run would go past MAX_SIMULATED_SECONDS."""
+
+
 class Simulation:
     """One replay of a trace; build it, then call :meth:`run` once."""
 
@@ -163,6 +173,9 @@ class Simulation:
             at, kind, _, payload = heapq.heappop(self.events)
             if kind >= TICK and self._drained() and at > self._end():
                 break
+            if at > MAX_SIMULATED_SECONDS:
+                raise TooLong(f"the jobs would still run after {MAX_SIMULATED_SECONDS:g} s (a week), the most "
+                              f"the simulator runs: a shorter trace, or more workers")
             self._advance(at)
             handlers[kind](at, payload)
         self._advance(self._end())
