@@ -72,3 +72,22 @@ def test_the_dequeue_strategy_orders_the_queues_as_rq_worker_s(start_pool, redis
     pool.wait_until(lambda: redis.llen("test:order") == len(jobs), 30, "the jobs")
     ran = [entry.decode().split(":")[1] for entry in redis.lrange("test:order", 0, -1)]
     assert "".join(jobs[job_id] for job_id in ran) == order
+
+
+def test_every_option_spelling_of_rq_worker_is_taken_or_named_in_the_readme():
+    """A line from `rq worker -s -ds round_robin ...` must carry over: `-s` and `-ds` were refused."""
+    from pathlib import Path
+
+    from rq.cli import cli as rq_cli
+
+    from rq_orchestrator.cli import main
+
+    rq_worker = rq_cli.main.commands["worker"]
+    ours = {o for p in main.commands["worker-pool"].params for o in p.opts + p.secondary_opts}
+    table = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = table[table.index("#### From `rq worker`"):table.index("#### The worker bound")]
+    for param in rq_worker.params:
+        for spelling in param.opts + param.secondary_opts:
+            assert spelling in ours or f"`{spelling}" in table or f"/`{spelling}`" in table, spelling
+    context = main.commands["worker-pool"].make_context("worker-pool", ["-s", "-ds", "round_robin", "high"])
+    assert (context.params["with_scheduler"], context.params["dequeue_strategy"]) == (True, "round_robin")

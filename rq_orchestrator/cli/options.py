@@ -101,7 +101,7 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--job-monitoring-interval", type=click.IntRange(min=1), default=None, metavar="SECONDS",
                      help="Fork mode: a worker heartbeats for its running job this often [default: rq's, 30]."),
         click.option("--disable-job-desc-logging", is_flag=True, help="Do not log each job's description."),
-        click.option("--dequeue-strategy", type=click.Choice(DEQUEUE_STRATEGIES), default=None,
+        click.option("--dequeue-strategy", "-ds", type=click.Choice(DEQUEUE_STRATEGIES), default=None,
                      help="Which queue a worker looks at first, as `rq worker --dequeue-strategy`: default, the "
                           "order given; round_robin, the one after the queue of its last job; random, the "
                           "queues shuffled after each job [default: default]."),
@@ -128,7 +128,7 @@ def pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Most workers all pools of the cluster run together, on any host (a lease in Redis each)."),
         click.option("--cluster-lease-ttl", type=float, default=15.0, show_default=True, metavar="SECONDS",
                      help=f"A dead pool's worker slots return to the cluster after this long; from 2 to {MAX_LEASE_TTL:g}."),
-        click.option("--with-scheduler/--without-scheduler", default=None,
+        click.option("--with-scheduler/--without-scheduler", "-s", default=None,
                      help="Run RQ's scheduler (enqueue_at/enqueue_in, retry intervals) once, in the master "
                           "[default: with; in a bench: without, as Frappe's own workers]."),
         click.option("--name", default="", help="Pool name in worker names and status (default: from the queues)."),
