@@ -77,7 +77,7 @@ def test_table_and_json_show_every_running_pool(start_pool, redis, redis_url):
 def test_a_pool_in_its_warm_stop_says_so_for_as_long_as_it_lasts(start_pool, redis, redis_url):
     pool = start_pool("--num-workers", "1", *FAST)
     pool.wait_until(lambda: pool.ready_pids(), 15, "a ready worker")
-    job = Queue(connection=redis).enqueue("jobs.sleep", 14)
+    job = Queue(connection=redis).enqueue("jobs.sleep", 24)  # outlasts the 12 s below and a slow `status` start
     pool.wait_until(lambda: job.get_status(refresh=True) == "started", 10, "the job to start")
     assert pool.state()["stopping"] is None
     pool.send(signal.SIGTERM)  # the job finishes first
@@ -85,7 +85,7 @@ def test_a_pool_in_its_warm_stop_says_so_for_as_long_as_it_lasts(start_pool, red
     time.sleep(12)  # longer than a quiet pool goes without publishing before it counts as stale (10.4 s here)
     table = run_status(redis_url)
     assert table.returncode == 0 and " stopping (warm)" in table.stdout, table.stdout
-    assert pool.wait(15) == 0 and job.get_status(refresh=True) == "finished"
+    assert pool.wait(30) == 0 and job.get_status(refresh=True) == "finished"
 
 
 def test_a_killed_pool_stays_listed_by_name_until_forgotten(start_pool, redis, redis_url):
