@@ -146,3 +146,21 @@ def test_a_plot_asked_for_without_matplotlib_is_refused_before_the_run(tmp_path:
         result = CliRunner().invoke(command, args)
         assert result.exit_code == 2 and "--plot needs matplotlib" in result.output, result.output
         assert "demo queue" not in result.output
+
+
+def test_a_term_to_the_demo_s_process_group_stops_it_cleanly(tmp_path: Path) -> None:
+    """`timeout` and terminals signal the whole group: the private Redis died with the demo's TERM while the
+    pool still ran on it, and the workers printed hundreds of lines of tracebacks."""
+    import os
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "rq_orchestrator", "demo", "--no-plot", *FAST_POOL],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    while "load  workers" not in proc.stdout.readline():  # the load has begun
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted: the pool and the private Redis stopped" in err
+    assert "Traceback" not in err + out and "Error" not in err, err

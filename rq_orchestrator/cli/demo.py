@@ -168,7 +168,9 @@ def demo_redis(url: str | None) -> Iterator[str]:
         yield url
         return
     try:
-        server = RedisServer()
+        # Its own session: a TERM to the demo's process group (`timeout`, a terminal) is the demo's to handle,
+        # with the pool still on this Redis; it dies with the demo all the same.
+        server = RedisServer(popen_kwargs={"start_new_session": True, "preexec_fn": die_with_parent})
     except NoRedisServer as exc:
         raise DemoError(f"cannot start a private Redis: {exc}; or pass --url") from None
     try:

@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -40,16 +41,19 @@ def free_port() -> int:
 
 class RedisServer:
     def __init__(
-        self, port: int | None = None, binary: str | None = None, persistent: bool = False, extra_args: tuple[str, ...] = ()
+        self, port: int | None = None, binary: str | None = None, persistent: bool = False, extra_args: tuple[str, ...] = (),
+        popen_kwargs: dict[str, Any] | None = None,
     ) -> None:
         """``persistent``: keep data across stop()/start() (append-only file), for outage tests;
-        ``extra_args``: more redis-server options (e.g. a TLS port)."""
+        ``extra_args``: more redis-server options (e.g. a TLS port); ``popen_kwargs``: how the process starts
+        (e.g. in a session of its own, so that a signal to its parent's process group leaves it to the parent)."""
         self.binary = binary or find_redis_server()
         self.persistent = persistent
         self.extra_args = extra_args
         self.port = port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="rq-orchestrator-redis-")
         self._process: subprocess.Popen[bytes] | None = None
+        self._popen_kwargs = popen_kwargs or {}
 
     @property
     def pid(self) -> int | None:
@@ -69,7 +73,7 @@ class RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
                 "--dir", self._dir.name, "--logfile", str(Path(self._dir.name) / "redis.log"), *self.extra_args]
-        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, **self._popen_kwargs)
         deadline = time.monotonic() + timeout
         client = self.client(socket_connect_timeout=0.5)
         while True:
