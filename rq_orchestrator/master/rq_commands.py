@@ -74,7 +74,7 @@ class CommandRelay:
         except NoPermissionError as exc:
             pubsub.close()
             self.refused = str(exc)
-            log.error("rq's worker commands (stop-job, kill-horse, shutdown: the desk's Stop button) cannot reach "
+            log.warning("rq's worker commands (stop-job, kill-horse, shutdown: the desk's Stop button) cannot reach "
                       "this pool's workers: the Redis user %r may not subscribe to %s* (%s); grant it that channel "
                       "pattern (ACL SETUSER ... &%s*) to enable them", redis_user(self._client), self._prefix,
                       exc, self._prefix)
