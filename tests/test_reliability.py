@@ -251,6 +251,14 @@ def test_redis_outage_loses_no_queued_job(tmp_path, mode):
             client.close()
 
 
+def two_busy_workers(pool: PoolProcess, client: Redis, seconds: float) -> list[Job]:
+    """The pool's two workers each running a job of ``seconds``: the jobs."""
+    pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two workers")
+    jobs = [Queue(connection=client).enqueue("jobs.sleep", seconds) for _ in range(2)]
+    pool.wait_until(lambda: all(j.get_status(refresh=True) == JobStatus.STARTED for j in jobs), 10, "busy")
+    return jobs
+
+
 def test_workers_lost_in_a_redis_outage_are_replaced_once_it_is_back_not_after_their_back_off(tmp_path):
     """Busy workers die of the outage and their replacements at start-up, so the crash back-off grows to its
     10 s cap; those crashes were the outage's: once Redis answers, the pool forks again at once."""
@@ -258,9 +266,7 @@ def test_workers_lost_in_a_redis_outage_are_replaced_once_it_is_back_not_after_t
         client = server.client()
         pool = PoolProcess(server.url, ("--num-workers", "2", *FAST), tmp_path / "pool.log")
         try:
-            pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two workers")
-            jobs = [Queue(connection=client).enqueue("jobs.sleep", 0.5) for _ in range(2)]
-            pool.wait_until(lambda: all(j.get_status(refresh=True) == JobStatus.STARTED for j in jobs), 10, "busy")
+            two_busy_workers(pool, client, 0.5)
             server.stop()
             pool.wait_until(lambda: "Redis unreachable" in pool.output(), 10, "the outage seen")
             time.sleep(16)  # crash, back off, fork, crash: the back-off reaches its cap
@@ -295,9 +301,7 @@ def test_a_warm_stop_settles_the_jobs_of_workers_the_outage_killed_or_says_which
         client = server.client()
         pool = PoolProcess(server.url, ("--num-workers", "2", *FAST), tmp_path / "pool.log")
         try:
-            pool.wait_until(lambda: len(pool.ready_pids()) == 2, 15, "two workers")
-            jobs = [Queue(connection=client).enqueue("jobs.sleep", 1.0) for _ in range(2)]
-            pool.wait_until(lambda: all(j.get_status(refresh=True) == JobStatus.STARTED for j in jobs), 10, "busy")
+            jobs = two_busy_workers(pool, client, 1.0)
             server.stop()
             pool.send(signal.SIGTERM)
             pool.wait_until(lambda: "waiting up to 10 s for Redis to settle the jobs" in pool.output(), 15,
