@@ -99,8 +99,7 @@ class Pool(ForkingMixin):
         self._drained: set[str] = set()  # burst mode: groups done (a worker found their queues empty, or none to run)
         self._ends_unchecked = False  # a job ended since the ready registries were last looked at (recover_ready)
         self._exit_status = 0
-        self._next_tick = now + config.scaling_period
-        self._next_observation = now
+        self._next_tick = self._next_observation = now  # the first period is scheduled as the workers start (_setup)
         self._memory: int | None = None  # the pool's PSS, last measured for --max-pool-memory
         self._memory_measured_until = now
         self._respawn_at = 0.0
